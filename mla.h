@@ -1,0 +1,1157 @@
+/* mla.h - Multi-Head Latent Attention (DeepSeek-V2/V3) in one C99 header,
+   with GQA -> MLA conversion.                       MIT license, see LICENSE.
+
+   Do this in exactly one C or C++ file:
+       #define MLA_IMPLEMENTATION
+       #include "mla.h"
+   Everywhere else include "mla.h" without the macro.
+
+   ---------------------------------------------------------------- usage --
+   A single MLA layer, prefill of T tokens then one decode step:
+
+       mla_config cfg = {0};                     // zero fields = defaults
+       cfg.dim = 1024; cfg.n_heads = 16; cfg.kv_lora_rank = 512;
+       cfg.qk_nope_head_dim = 128; cfg.qk_rope_head_dim = 64;
+       cfg.v_head_dim = 128; cfg.kv_norm = 1;
+       mla_layer_weights w = {0};                // your f32 [out][in] arrays
+       w.w_q = wq; w.w_kva = wkva; w.kv_norm = kvn; w.w_kvb = wkvb; w.w_o = wo;
+       mla_cache cache;                          // contiguous latent cache
+       mla_cache_init(&cache, MLA_BF16, 1, cfg.kv_lora_rank,
+                      cfg.qk_rope_head_dim, 4096, NULL);
+       size_t wsb = mla_workspace_bytes(&cfg, T, 4096, MLA_ABSORBED);
+       void *ws = malloc(wsb);
+       mla_forward(&cfg, &w, &cache.pool, &cache.seq, 0, x, T, out,
+                   MLA_ABSORBED, ws, wsb);
+       mla_seq_advance(&cache.seq, T);           // after all layers
+       mla_decode(&cfg, &w, &cache.pool, &cache.seq, 1, 0, x1, out1, ws, wsb);
+       mla_seq_advance(&cache.seq, 1);
+       mla_cache_free(&cache);
+   Every call that can fail returns an mla_result; mla_result_string() names it.
+
+   ------------------------------------------------------------- contents --
+     1. config       mla_config, defaults, validation, RoPE + YaRN
+     2. weights      mla_layer_weights (non-owning f32 pointers)
+     3. cache        latent KV cache: paged pool, sequences, contiguous cache
+     4. attention    naive and absorbed forward, batched decode, core latent
+                     attention, and a plain GQA/MHA reference beside it
+     5. conversion   GQA -> MLA (see the section's own comment)
+
+   -------------------------------------------------------------- options --
+     MLA_STATIC        make every function static (private vendoring)
+     MLA_MALLOC/MLA_FREE/MLA_ASSERT   override before the implementation
+     MLA_USE_CBLAS     matrix products through cblas_sgemm (link a BLAS)
+     Compile with -fopenmp to run the matrix products on several threads.
+
+   ------------------------------------------------------ memory and errors --
+   The library never prints, exits or aborts. Weights are borrowed. Scratch
+   memory comes from the caller (mla_workspace_bytes() sizes it); the decode
+   step performs no heap allocation. A call that fails writes nothing to the
+   cache. Inputs containing NaN/Inf are rejected with MLA_ERR_NONFINITE. */
+
+#ifndef MLA_H
+#define MLA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef MLA_STATIC
+#define MLAPI static
+#else
+#define MLAPI extern
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ====================================================================== */
+/* 0. results                                                               */
+/* ====================================================================== */
+typedef enum {
+    MLA_OK = 0,
+    MLA_ERR_INVALID_ARG,     /* NULL pointer or negative count             */
+    MLA_ERR_BAD_CONFIG,      /* a config field is out of range (see field) */
+    MLA_ERR_NULL_WEIGHT,     /* a weight the config needs is NULL          */
+    MLA_ERR_NONFINITE,       /* NaN or Inf in an input or in weights       */
+    MLA_ERR_SHAPE,           /* buffers were built for other shapes        */
+    MLA_ERR_CACHE_FULL,      /* no free block / sequence table full        */
+    MLA_ERR_POSITION,        /* position would pass cfg.max_seq_len        */
+    MLA_ERR_WORKSPACE,       /* workspace smaller than mla_workspace_bytes */
+    MLA_ERR_OUT_OF_MEMORY,
+    MLA_ERR_NO_CONVERGENCE,  /* eigensolver did not converge               */
+    MLA_ERR_COUNT
+} mla_result;
+
+MLAPI const char *mla_result_string(mla_result r);
+
+/* ====================================================================== */
+/* 1. config                                                                */
+/* ====================================================================== */
+typedef enum {
+    MLA_ROPE_INTERLEAVED = 0, /* pairs (x[2i], x[2i+1]): DeepSeek, GGUF "NORM" */
+    MLA_ROPE_HALF_SPLIT = 1   /* pairs (x[i], x[i+m/2]): HF rotate_half/NEOX */
+} mla_rope_layout;
+
+typedef enum { MLA_F32 = 0, MLA_F16 = 1, MLA_BF16 = 2 } mla_dtype;
+
+/* Every zero field means its documented default. Names follow DeepSeek-V2. */
+typedef struct {
+    int dim;              /* D, hidden size                                  */
+    int n_heads;          /* h, query heads                                  */
+    int q_lora_rank;      /* r_q; 0 = full-rank W_q                          */
+    int kv_lora_rank;     /* r, latent size                                  */
+    int qk_nope_head_dim; /* d_nope (may be 0)                               */
+    int qk_rope_head_dim; /* m, even (may be 0)                              */
+    int v_head_dim;       /* d_v                                             */
+    float rms_eps;        /* RMSNorm epsilon; 0 -> 1e-6                      */
+    int kv_norm;          /* 1: RMSNorm on the latent c (DeepSeek); 0: none  */
+    int q_norm;           /* 1: RMSNorm after W_qa (DeepSeek); 0: none       */
+    int attn_bias;        /* 1: b_q (or b_qa) and b_kva are used             */
+    int max_seq_len;      /* positions allowed; 0 -> 1<<30                   */
+    /* RoPE */
+    float rope_theta;            /* 0 -> 10000                               */
+    mla_rope_layout rope_layout; /* default interleaved                      */
+    const float *rope_freqs;     /* optional [m/2] inverse frequencies; overrides theta/YaRN */
+    /* YaRN (DeepSeek-V2/V3 "rope_scaling"); off when yarn_factor <= 1 */
+    float yarn_factor;
+    int yarn_original_max_pos;   /* required when yarn_factor > 1           */
+    float yarn_beta_fast;        /* 0 -> 32                                  */
+    float yarn_beta_slow;        /* 0 -> 1                                   */
+    float yarn_mscale;           /* 0 -> 1                                   */
+    float yarn_mscale_all_dim;   /* 0 -> 0 (no softmax-scale correction)     */
+    float softmax_scale;         /* 0 -> 1/sqrt(d_nope+m) * yarn mscale^2    */
+} mla_config;
+
+/* MLA_OK, or MLA_ERR_BAD_CONFIG with *bad_field (if non-NULL) naming the field. */
+MLAPI mla_result mla_config_validate(const mla_config *cfg, const char **bad_field);
+/* The scale applied to q.k (default or override, YaRN included). */
+MLAPI float mla_softmax_scale(const mla_config *cfg);
+/* RoPE inverse frequencies [m/2] (caller table, or theta with YaRN) and the
+   factor YaRN applies to cos/sin (1 without YaRN). */
+MLAPI void mla_rope_freqs(const mla_config *cfg, float *inv_freq, float *cos_scale);
+/* Rotate x[m] in place for position pos (inv_freq from mla_rope_freqs). */
+MLAPI void mla_rope_apply(float *x, int m, int pos, const float *inv_freq,
+                          float cos_scale, mla_rope_layout layout);
+
+/* ====================================================================== */
+/* 2. weights: f32, row-major [out][in] (PyTorch Linear and GGUF layout)    */
+/* ====================================================================== */
+typedef struct {
+    const float *w_q;     /* [h*(d_nope+m)][D]        when q_lora_rank == 0   */
+    const float *b_q;     /* [h*(d_nope+m)]           when attn_bias          */
+    const float *w_qa;    /* [r_q][D]                 when q_lora_rank > 0    */
+    const float *b_qa;    /* [r_q]                    when attn_bias          */
+    const float *q_norm;  /* [r_q]                    when cfg.q_norm         */
+    const float *w_qb;    /* [h*(d_nope+m)][r_q]      when q_lora_rank > 0    */
+    const float *w_kva;   /* [r+m][D]  kv_a_proj_with_mqa: rows c then k_pe   */
+    const float *b_kva;   /* [r+m]                    when attn_bias          */
+    const float *kv_norm; /* [r]                      when cfg.kv_norm        */
+    const float *w_kvb;   /* [h*(d_nope+d_v)][r]: per head d_nope k rows, d_v v rows */
+    const float *w_o;     /* [D][h*d_v]                                       */
+    const float *b_o;     /* [D] optional (NULL = none)                       */
+} mla_layer_weights;
+
+/* Checks that every weight the config needs is present (MLA_ERR_NULL_WEIGHT,
+   *bad_field names it). With check_finite, also scans all values for NaN/Inf
+   (MLA_ERR_NONFINITE): O(parameters), do it once after loading. */
+MLAPI mla_result mla_weights_validate(const mla_config *cfg, const mla_layer_weights *w,
+                                      int check_finite, const char **bad_field);
+
+/* ====================================================================== */
+/* 3. latent KV cache                                                       */
+/* ====================================================================== */
+/* Per token per layer the cache holds one row [c (r) | k_pe (m)].
+   A pool is n_blocks blocks; a block holds block_size tokens of every layer:
+   element (block b, layer l, token i) is row ((b*n_layers + l)*block_size + i).
+   A sequence owns a block table into one pool; many sequences share a pool. */
+typedef struct {
+    mla_dtype type;
+    int n_layers, kv_lora_rank, qk_rope_head_dim, block_size, n_blocks;
+    void *data;     /* n_blocks * n_layers * block_size * (r+m) elements    */
+    int *free_list; /* stack of free block ids                              */
+    int n_free;
+    void *owned;    /* memory to MLA_FREE in mla_pool_free, or NULL          */
+} mla_pool;
+
+typedef struct {
+    int len;          /* tokens whose rows are complete in every layer       */
+    int n_blocks;     /* blocks held                                         */
+    int max_blocks;   /* room in block_table                                 */
+    int *block_table; /* caller memory [max_blocks]                          */
+} mla_seq;
+
+/* Bytes mla_pool_init needs (data + free list). block_size 0 -> 64. */
+MLAPI size_t mla_pool_bytes(mla_dtype type, int n_layers, int kv_lora_rank,
+                            int qk_rope_head_dim, int block_size, int n_blocks);
+/* mem: caller memory of mla_pool_bytes() bytes (aligned for float), or NULL
+   to allocate with MLA_MALLOC. */
+MLAPI mla_result mla_pool_init(mla_pool *pool, mla_dtype type, int n_layers,
+                               int kv_lora_rank, int qk_rope_head_dim,
+                               int block_size, int n_blocks, void *mem);
+MLAPI void mla_pool_free(mla_pool *pool);
+MLAPI size_t mla_pool_row_bytes(const mla_pool *pool); /* one token, one layer */
+
+MLAPI void mla_seq_init(mla_seq *seq, int *block_table, int max_blocks);
+/* Makes room for n_tokens more tokens (takes free blocks). All or nothing:
+   MLA_ERR_CACHE_FULL leaves pool and seq unchanged. mla_forward/mla_decode
+   call it themselves. */
+MLAPI mla_result mla_seq_reserve(mla_pool *pool, mla_seq *seq, int n_tokens);
+/* seq->len += n once every layer has written its rows. */
+MLAPI mla_result mla_seq_advance(mla_seq *seq, int n);
+/* Returns all blocks of seq to the pool; seq becomes empty. */
+MLAPI void mla_seq_release(mla_pool *pool, mla_seq *seq);
+/* Row (token t, layer) of a sequence, NULL if t is outside its blocks. */
+MLAPI void *mla_seq_row(const mla_pool *pool, const mla_seq *seq, int layer, int t);
+
+/* Contiguous cache = a pool of one block of `capacity` tokens + one sequence. */
+typedef struct {
+    mla_pool pool;
+    mla_seq seq;
+    int table[1];
+} mla_cache;
+MLAPI mla_result mla_cache_init(mla_cache *cache, mla_dtype type, int n_layers,
+                                int kv_lora_rank, int qk_rope_head_dim,
+                                int capacity, void *mem);
+MLAPI void mla_cache_free(mla_cache *cache);
+
+/* Storage conversions (round to nearest even). */
+MLAPI uint16_t mla_f32_to_f16(float f);
+MLAPI float mla_f16_to_f32(uint16_t h);
+MLAPI uint16_t mla_f32_to_bf16(float f);
+MLAPI float mla_bf16_to_f32(uint16_t h);
+
+/* ====================================================================== */
+/* 4. attention                                                             */
+/* ====================================================================== */
+typedef enum {
+    MLA_NAIVE = 0,   /* decompress K and V from the latent, ordinary attention */
+    MLA_ABSORBED = 1 /* W_uk into the query, W_uv after attention: reads only the latent */
+} mla_mode;
+
+/* Scratch bytes for up to max_tokens tokens per call (T of mla_forward, B of
+   mla_decode) over contexts of up to max_ctx tokens. */
+MLAPI size_t mla_workspace_bytes(const mla_config *cfg, int max_tokens, int max_ctx,
+                                 mla_mode mode);
+
+/* The attention block of one layer for T new tokens of one sequence, at
+   positions seq->len .. seq->len+T-1 (causal, attends to the cache):
+   x [T][D] -> out [T][D], projections and W_o included. Writes the tokens'
+   latent rows for `layer`; call mla_seq_advance(seq, T) after the last layer. */
+MLAPI mla_result mla_forward(const mla_config *cfg, const mla_layer_weights *w,
+                             mla_pool *pool, mla_seq *seq, int layer,
+                             const float *x, int T, float *out, mla_mode mode,
+                             void *ws, size_t ws_bytes);
+
+/* One decode step for B sequences (one new token each, absorbed):
+   x [B][D] -> out [B][D]; seqs[b] gets its row at position seqs[b].len.
+   Call mla_seq_advance(&seqs[b], 1) after the last layer. */
+MLAPI mla_result mla_decode(const mla_config *cfg, const mla_layer_weights *w,
+                            mla_pool *pool, mla_seq *seqs, int B, int layer,
+                            const float *x, float *out, void *ws, size_t ws_bytes);
+
+/* Core latent attention (absorbed form), for callers with their own
+   projections: over the first n_ctx rows of (seq, layer),
+     s[j][t] = scale * (q_lat[j].c[t] + q_pe[j].k_pe[t]),  o_lat[j] = sum_t softmax(s[j])[t] c[t]
+   q_lat [h][r], q_pe [h][m] (RoPE already applied), o_lat [h][r],
+   scratch: [h*n_ctx + r + m] floats. */
+MLAPI mla_result mla_attend_latent(const mla_pool *pool, const mla_seq *seq, int layer,
+                                   int n_heads, int n_ctx, const float *q_lat,
+                                   const float *q_pe, float scale, float *o_lat,
+                                   float *scratch);
+
+/* ---- plain GQA / MHA attention, the reference beside MLA ---- */
+typedef struct {
+    int dim, n_heads, n_kv_heads, head_dim; /* g = n_kv_heads divides h       */
+    float rope_theta;                       /* 0 -> 10000                     */
+    mla_rope_layout rope_layout;
+    const float *rope_freqs;                /* optional [head_dim/2]          */
+    float softmax_scale;                    /* 0 -> 1/sqrt(head_dim)          */
+    int attn_bias;                          /* 1: b_q, b_k, b_v used          */
+    int max_seq_len;                        /* 0 -> 1<<30                     */
+} mla_gqa_config;
+
+typedef struct {
+    const float *w_q, *w_k, *w_v, *w_o; /* [h*d][D], [g*d][D], [g*d][D], [D][h*d] */
+    const float *b_q, *b_k, *b_v, *b_o; /* b_o optional                         */
+} mla_gqa_weights;
+
+/* f32 cache: k and v [n_layers][capacity][g*d] (k after RoPE). */
+typedef struct {
+    int n_layers, capacity, kv_dim, len;
+    float *k, *v;
+} mla_gqa_cache;
+
+MLAPI mla_result mla_gqa_config_validate(const mla_gqa_config *cfg, const char **bad_field);
+MLAPI mla_result mla_gqa_cache_init(mla_gqa_cache *c, int n_layers, int capacity, int kv_dim);
+MLAPI void mla_gqa_cache_free(mla_gqa_cache *c);
+MLAPI size_t mla_gqa_workspace_bytes(const mla_gqa_config *cfg, int max_tokens, int max_ctx);
+/* x [T][D] -> out [T][D] at positions c->len..; c->len += T after the last layer. */
+MLAPI mla_result mla_gqa_forward(const mla_gqa_config *cfg, const mla_gqa_weights *w,
+                                 mla_gqa_cache *c, int layer, const float *x, int T,
+                                 float *out, void *ws, size_t ws_bytes);
+
+/* small shared helpers (also used by the examples' model runner) */
+/* y[T][n] = x[T][k] W[n][k]^T (+ b[n]) */
+MLAPI void mla_matmul(float *y, const float *x, const float *W, const float *b,
+                      int T, int n, int k);
+/* y[n] = x[n] / sqrt(mean(x^2) + eps) * w[n] (w NULL = 1); y may equal x */
+MLAPI void mla_rmsnorm(float *y, const float *x, const float *w, int n, float eps);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* MLA_H */
+
+/* ====================================================================== */
+/*                             IMPLEMENTATION                               */
+/* ====================================================================== */
+#ifdef MLA_IMPLEMENTATION
+#ifndef MLA_IMPLEMENTATION_DONE
+#define MLA_IMPLEMENTATION_DONE
+
+#include <math.h>
+#include <string.h>
+
+#if !defined(MLA_MALLOC) || !defined(MLA_FREE)
+#include <stdlib.h>
+#endif
+#ifndef MLA_MALLOC
+#define MLA_MALLOC(sz) malloc(sz)
+#endif
+#ifndef MLA_FREE
+#define MLA_FREE(p) free(p)
+#endif
+#ifndef MLA_ASSERT
+#include <assert.h>
+#define MLA_ASSERT(x) assert(x)
+#endif
+#ifdef MLA_USE_CBLAS
+#include <cblas.h>
+#endif
+
+#if defined(MLA_STATIC) && defined(__GNUC__)
+#define MLADEF static __attribute__((unused))
+#elif defined(MLA_STATIC)
+#define MLADEF static
+#else
+#define MLADEF
+#endif
+
+#define MLA__MAX_POS (1 << 30)
+
+MLADEF const char *mla_result_string(mla_result r) {
+    switch (r) {
+    case MLA_OK: return "ok";
+    case MLA_ERR_INVALID_ARG: return "invalid argument (NULL pointer or negative count)";
+    case MLA_ERR_BAD_CONFIG: return "invalid config field";
+    case MLA_ERR_NULL_WEIGHT: return "a weight required by the config is NULL";
+    case MLA_ERR_NONFINITE: return "NaN or Inf in input or weights";
+    case MLA_ERR_SHAPE: return "buffer shapes do not match the config";
+    case MLA_ERR_CACHE_FULL: return "KV cache full (no free block or block table full)";
+    case MLA_ERR_POSITION: return "position beyond max_seq_len";
+    case MLA_ERR_WORKSPACE: return "workspace too small (see mla_workspace_bytes)";
+    case MLA_ERR_OUT_OF_MEMORY: return "out of memory";
+    case MLA_ERR_NO_CONVERGENCE: return "eigensolver did not converge";
+    default: return "unknown mla_result";
+    }
+}
+
+/* ---------------------------------------------------------------------- */
+/* small numeric helpers                                                   */
+/* ---------------------------------------------------------------------- */
+static float mla__dot(const float *a, const float *b, int n) {
+    float s[16] = {0};
+    float t = 0.0f;
+    int i = 0, u;
+    for (; i + 16 <= n; i += 16)
+        for (u = 0; u < 16; u++) s[u] += a[i + u] * b[i + u];
+    for (; i < n; i++) t += a[i] * b[i];
+    for (u = 0; u < 8; u++) s[u] += s[u + 8];
+    for (u = 0; u < 4; u++) s[u] += s[u + 4];
+    return t + ((s[0] + s[1]) + (s[2] + s[3]));
+}
+
+static void mla__axpy(float *y, float a, const float *x, int n) {
+    int i;
+    for (i = 0; i < n; i++) y[i] += a * x[i];
+}
+
+static int mla__all_finite(const float *x, size_t n) {
+    size_t i;
+    for (i = 0; i < n; i++)
+        if (!(x[i] - x[i] == 0.0f)) return 0; /* NaN or Inf */
+    return 1;
+}
+
+MLADEF void mla_matmul(float *y, const float *x, const float *W, const float *b,
+                       int T, int n, int k) {
+#ifdef MLA_USE_CBLAS
+    int t, i;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, n, k, 1.0f, x, k, W, k,
+                0.0f, y, n);
+    if (b)
+        for (t = 0; t < T; t++)
+            for (i = 0; i < n; i++) y[(size_t)t * n + i] += b[i];
+#else
+    int i;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) if ((long)n * k * T > 65536)
+#endif
+    for (i = 0; i < n; i++) { /* each weight row is read once for all T tokens */
+        int t;
+        const float *wi = W + (size_t)i * k;
+        for (t = 0; t < T; t++)
+            y[(size_t)t * n + i] = mla__dot(x + (size_t)t * k, wi, k) + (b ? b[i] : 0.0f);
+    }
+#endif
+}
+
+MLADEF void mla_rmsnorm(float *y, const float *x, const float *w, int n, float eps) {
+    double ss = 0.0;
+    float inv;
+    int i;
+    for (i = 0; i < n; i++) ss += (double)x[i] * x[i];
+    inv = (float)(1.0 / sqrt(ss / n + eps));
+    for (i = 0; i < n; i++) y[i] = x[i] * inv * (w ? w[i] : 1.0f);
+}
+
+/* p[n]: scores in, probabilities out (max-subtracted, sum in double) */
+static void mla__softmax(float *p, int n) {
+    float mx = p[0];
+    double sum = 0.0;
+    int i;
+    for (i = 1; i < n; i++) mx = p[i] > mx ? p[i] : mx;
+    for (i = 0; i < n; i++) {
+        p[i] = expf(p[i] - mx);
+        sum += p[i];
+    }
+    for (i = 0; i < n; i++) p[i] = (float)(p[i] / sum);
+}
+
+/* One query against n keys: out[dv] = sum_t softmax(scale*q.k_t)[t] v_t,
+   k_t = k + t*ks (dk values), v_t = v + t*vs. p: scratch [n]. */
+static void mla__attend_one(const float *q, const float *k, size_t ks, int dk,
+                            const float *v, size_t vs, int dv, int n, float scale,
+                            float *p, float *out) {
+    int t;
+    for (t = 0; t < n; t++) p[t] = scale * mla__dot(q, k + (size_t)t * ks, dk);
+    mla__softmax(p, n);
+    memset(out, 0, sizeof(float) * (size_t)dv);
+    for (t = 0; t < n; t++) mla__axpy(out, p[t], v + (size_t)t * vs, dv);
+}
+
+/* ====================================================================== */
+/* 1. config                                                                */
+/* ====================================================================== */
+static float mla__eps(const mla_config *c) { return c->rms_eps > 0 ? c->rms_eps : 1e-6f; }
+static int mla__max_pos(int v) { return v > 0 ? v : MLA__MAX_POS; }
+static int mla__qk_dim(const mla_config *c) { return c->qk_nope_head_dim + c->qk_rope_head_dim; }
+
+#define MLA__BAD(name)                          \
+    do {                                        \
+        if (bad_field) *bad_field = name;       \
+        return MLA_ERR_BAD_CONFIG;              \
+    } while (0)
+
+MLADEF mla_result mla_config_validate(const mla_config *c, const char **bad_field) {
+    if (bad_field) *bad_field = NULL;
+    if (!c) return MLA_ERR_INVALID_ARG;
+    if (c->dim <= 0) MLA__BAD("dim");
+    if (c->n_heads <= 0) MLA__BAD("n_heads");
+    if (c->q_lora_rank < 0) MLA__BAD("q_lora_rank");
+    if (c->kv_lora_rank <= 0) MLA__BAD("kv_lora_rank");
+    if (c->qk_nope_head_dim < 0) MLA__BAD("qk_nope_head_dim");
+    if (c->qk_rope_head_dim < 0 || c->qk_rope_head_dim % 2) MLA__BAD("qk_rope_head_dim");
+    if (mla__qk_dim(c) <= 0) MLA__BAD("qk_nope_head_dim");
+    if (c->v_head_dim <= 0) MLA__BAD("v_head_dim");
+    if (c->rms_eps < 0 || c->rms_eps != c->rms_eps) MLA__BAD("rms_eps");
+    if (c->kv_norm != 0 && c->kv_norm != 1) MLA__BAD("kv_norm");
+    if (c->q_norm != 0 && c->q_norm != 1) MLA__BAD("q_norm");
+    if (c->q_norm && c->q_lora_rank == 0) MLA__BAD("q_norm");
+    if (c->attn_bias != 0 && c->attn_bias != 1) MLA__BAD("attn_bias");
+    if (c->max_seq_len < 0) MLA__BAD("max_seq_len");
+    if (c->rope_theta < 0 || c->rope_theta == 1.0f || c->rope_theta != c->rope_theta) MLA__BAD("rope_theta");
+    if (c->rope_layout != MLA_ROPE_INTERLEAVED && c->rope_layout != MLA_ROPE_HALF_SPLIT) MLA__BAD("rope_layout");
+    if (c->yarn_factor != c->yarn_factor || c->yarn_factor < 0) MLA__BAD("yarn_factor");
+    if (c->yarn_factor > 1.0f && !c->rope_freqs) {
+        if (c->yarn_original_max_pos <= 0) MLA__BAD("yarn_original_max_pos");
+        if (c->yarn_beta_fast < 0 || c->yarn_beta_slow < 0) MLA__BAD("yarn_beta_fast");
+    }
+    if (c->softmax_scale < 0 || c->softmax_scale != c->softmax_scale) MLA__BAD("softmax_scale");
+    return MLA_OK;
+}
+
+static double mla__yarn_mscale(double factor, double mscale) {
+    return factor <= 1.0 ? 1.0 : 0.1 * mscale * log(factor) + 1.0;
+}
+
+MLADEF float mla_softmax_scale(const mla_config *c) {
+    double s;
+    if (c->softmax_scale > 0) return c->softmax_scale;
+    s = 1.0 / sqrt((double)mla__qk_dim(c));
+    if (c->yarn_factor > 1.0f && c->yarn_mscale_all_dim != 0.0f) {
+        double ms = mla__yarn_mscale(c->yarn_factor, c->yarn_mscale_all_dim);
+        s *= ms * ms;
+    }
+    return (float)s;
+}
+
+/* dimension index at which a wavelength makes num_rot rotations over max_pos */
+static double mla__yarn_dim(double num_rot, int dim, double base, int max_pos) {
+    return (dim * log(max_pos / (num_rot * 2.0 * 3.14159265358979323846))) / (2.0 * log(base));
+}
+
+MLADEF void mla_rope_freqs(const mla_config *c, float *inv_freq, float *cos_scale) {
+    int m = c->qk_rope_head_dim, i;
+    double base = c->rope_theta > 0 ? c->rope_theta : 10000.0;
+    *cos_scale = 1.0f;
+    if (c->rope_freqs) {
+        memcpy(inv_freq, c->rope_freqs, sizeof(float) * (size_t)(m / 2));
+        return;
+    }
+    if (!(c->yarn_factor > 1.0f)) {
+        for (i = 0; i < m / 2; i++) inv_freq[i] = (float)pow(base, -2.0 * i / m);
+        return;
+    }
+    { /* YaRN: interpolate low frequencies by 1/factor, keep high ones */
+        double f = c->yarn_factor;
+        double bf = c->yarn_beta_fast > 0 ? c->yarn_beta_fast : 32.0;
+        double bs = c->yarn_beta_slow > 0 ? c->yarn_beta_slow : 1.0;
+        double ms = c->yarn_mscale > 0 ? c->yarn_mscale : 1.0;
+        double lo = floor(mla__yarn_dim(bf, m, base, c->yarn_original_max_pos));
+        double hi = ceil(mla__yarn_dim(bs, m, base, c->yarn_original_max_pos));
+        if (lo < 0) lo = 0;
+        if (hi > m - 1) hi = m - 1;
+        if (lo == hi) hi += 0.001;
+        for (i = 0; i < m / 2; i++) {
+            double extra = pow(base, -2.0 * i / m), inter = extra / f;
+            double ramp = (i - lo) / (hi - lo);
+            double keep = 1.0 - (ramp < 0 ? 0 : ramp > 1 ? 1 : ramp);
+            inv_freq[i] = (float)(inter * (1.0 - keep) + extra * keep);
+        }
+        *cos_scale = (float)(mla__yarn_mscale(f, ms) / mla__yarn_mscale(f, c->yarn_mscale_all_dim));
+    }
+}
+
+MLADEF void mla_rope_apply(float *x, int m, int pos, const float *inv_freq,
+                           float cos_scale, mla_rope_layout layout) {
+    int i, half = m / 2;
+    for (i = 0; i < half; i++) {
+        double a = (double)pos * inv_freq[i];
+        float cs = (float)cos(a) * cos_scale, sn = (float)sin(a) * cos_scale;
+        int i0 = layout == MLA_ROPE_INTERLEAVED ? 2 * i : i;
+        int i1 = layout == MLA_ROPE_INTERLEAVED ? 2 * i + 1 : i + half;
+        float x0 = x[i0], x1 = x[i1];
+        x[i0] = x0 * cs - x1 * sn;
+        x[i1] = x0 * sn + x1 * cs;
+    }
+}
+
+/* ====================================================================== */
+/* 2. weights                                                               */
+/* ====================================================================== */
+#define MLA__NEED(ptr, name)                    \
+    do {                                        \
+        if (!(ptr)) {                           \
+            if (bad_field) *bad_field = name;   \
+            return MLA_ERR_NULL_WEIGHT;         \
+        }                                       \
+    } while (0)
+#define MLA__FINITE(ptr, n, name)                                     \
+    do {                                                              \
+        if (check_finite && (ptr) && !mla__all_finite(ptr, n)) {      \
+            if (bad_field) *bad_field = name;                         \
+            return MLA_ERR_NONFINITE;                                 \
+        }                                                             \
+    } while (0)
+
+MLADEF mla_result mla_weights_validate(const mla_config *c, const mla_layer_weights *w,
+                                       int check_finite, const char **bad_field) {
+    mla_result rc = mla_config_validate(c, bad_field);
+    size_t D, H, qd, r, m, rq, kvb;
+    if (rc != MLA_OK) return rc;
+    if (!w) return MLA_ERR_INVALID_ARG;
+    D = (size_t)c->dim; H = (size_t)c->n_heads; qd = (size_t)mla__qk_dim(c);
+    r = (size_t)c->kv_lora_rank; m = (size_t)c->qk_rope_head_dim; rq = (size_t)c->q_lora_rank;
+    kvb = H * (size_t)(c->qk_nope_head_dim + c->v_head_dim) * r;
+    if (rq == 0) {
+        MLA__NEED(w->w_q, "w_q");
+        if (c->attn_bias) MLA__NEED(w->b_q, "b_q");
+    } else {
+        MLA__NEED(w->w_qa, "w_qa");
+        MLA__NEED(w->w_qb, "w_qb");
+        if (c->attn_bias) MLA__NEED(w->b_qa, "b_qa");
+        if (c->q_norm) MLA__NEED(w->q_norm, "q_norm");
+    }
+    MLA__NEED(w->w_kva, "w_kva");
+    if (c->attn_bias) MLA__NEED(w->b_kva, "b_kva");
+    if (c->kv_norm) MLA__NEED(w->kv_norm, "kv_norm");
+    MLA__NEED(w->w_kvb, "w_kvb");
+    MLA__NEED(w->w_o, "w_o");
+    if (rq == 0) {
+        MLA__FINITE(w->w_q, H * qd * D, "w_q");
+        if (c->attn_bias) MLA__FINITE(w->b_q, H * qd, "b_q");
+    } else {
+        MLA__FINITE(w->w_qa, rq * D, "w_qa");
+        MLA__FINITE(w->w_qb, H * qd * rq, "w_qb");
+        if (c->attn_bias) MLA__FINITE(w->b_qa, rq, "b_qa");
+        if (c->q_norm) MLA__FINITE(w->q_norm, rq, "q_norm");
+    }
+    MLA__FINITE(w->w_kva, (r + m) * D, "w_kva");
+    if (c->attn_bias) MLA__FINITE(w->b_kva, r + m, "b_kva");
+    if (c->kv_norm) MLA__FINITE(w->kv_norm, r, "kv_norm");
+    MLA__FINITE(w->w_kvb, kvb, "w_kvb");
+    MLA__FINITE(w->w_o, D * H * (size_t)c->v_head_dim, "w_o");
+    MLA__FINITE(w->b_o, D, "b_o");
+    return MLA_OK;
+}
+
+/* ====================================================================== */
+/* 3. latent KV cache                                                       */
+/* ====================================================================== */
+MLADEF uint16_t mla_f32_to_f16(float f) {
+    uint32_t x, sign, ax;
+    memcpy(&x, &f, 4);
+    sign = (x >> 16) & 0x8000u;
+    ax = x & 0x7fffffffu;
+    if (ax >= 0x7f800000u) return (uint16_t)(sign | 0x7c00u | (ax > 0x7f800000u ? 0x200u : 0u));
+    if (ax >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u); /* rounds past 65504 */
+    if (ax < 0x38800000u) { /* half subnormal: let the FPU round (adds 0.5f) */
+        float af;
+        uint32_t u;
+        memcpy(&af, &ax, 4);
+        af += 0.5f;
+        memcpy(&u, &af, 4);
+        return (uint16_t)(sign | (u - 0x3f000000u));
+    }
+    ax += ((uint32_t)(15 - 127) << 23) + 0xfffu + ((ax >> 13) & 1u);
+    return (uint16_t)(sign | (ax >> 13));
+}
+
+MLADEF float mla_f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, mant = h & 0x3ffu, x;
+    float f;
+    if (e == 0) {
+        f = (float)mant * 5.9604644775390625e-8f; /* 2^-24 */
+        return sign ? -f : f;
+    }
+    x = e == 31 ? (sign | 0x7f800000u | (mant << 13)) : (sign | ((e + 112u) << 23) | (mant << 13));
+    memcpy(&f, &x, 4);
+    return f;
+}
+
+MLADEF uint16_t mla_f32_to_bf16(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    if ((x & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((x >> 16) | 0x40u);
+    x += 0x7fffu + ((x >> 16) & 1u);
+    return (uint16_t)(x >> 16);
+}
+
+MLADEF float mla_bf16_to_f32(uint16_t h) {
+    uint32_t x = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &x, 4);
+    return f;
+}
+
+static size_t mla__dtype_size(mla_dtype t) { return t == MLA_F32 ? 4 : 2; }
+
+static void mla__store_row(void *dst, mla_dtype t, const float *src, int n) {
+    int i;
+    if (t == MLA_F32) {
+        memcpy(dst, src, sizeof(float) * (size_t)n);
+    } else {
+        uint16_t *d = (uint16_t *)dst;
+        for (i = 0; i < n; i++) d[i] = t == MLA_F16 ? mla_f32_to_f16(src[i]) : mla_f32_to_bf16(src[i]);
+    }
+}
+
+/* f32 view of a row: the row itself for f32, else converted into buf */
+static const float *mla__load_row(const void *src, mla_dtype t, float *buf, int n) {
+    const uint16_t *s = (const uint16_t *)src;
+    int i;
+    if (t == MLA_F32) return (const float *)src;
+    if (t == MLA_F16)
+        for (i = 0; i < n; i++) buf[i] = mla_f16_to_f32(s[i]);
+    else
+        for (i = 0; i < n; i++) buf[i] = mla_bf16_to_f32(s[i]);
+    return buf;
+}
+
+static size_t mla__pool_data_bytes(mla_dtype type, int n_layers, int r, int m, int bs, int nb) {
+    return (size_t)nb * (size_t)n_layers * (size_t)bs * (size_t)(r + m) * mla__dtype_size(type);
+}
+
+MLADEF size_t mla_pool_bytes(mla_dtype type, int n_layers, int r, int m, int bs, int nb) {
+    size_t d;
+    if (bs == 0) bs = 64;
+    d = mla__pool_data_bytes(type, n_layers, r, m, bs, nb);
+    d = (d + 15) & ~(size_t)15;
+    return d + sizeof(int) * (size_t)nb;
+}
+
+MLADEF mla_result mla_pool_init(mla_pool *p, mla_dtype type, int n_layers, int r, int m,
+                                int bs, int nb, void *mem) {
+    size_t bytes, data;
+    int i;
+    if (!p) return MLA_ERR_INVALID_ARG;
+    memset(p, 0, sizeof *p);
+    if (bs == 0) bs = 64;
+    if (n_layers <= 0 || r <= 0 || m < 0 || bs < 0 || nb <= 0 ||
+        (type != MLA_F32 && type != MLA_F16 && type != MLA_BF16))
+        return MLA_ERR_INVALID_ARG;
+    bytes = mla_pool_bytes(type, n_layers, r, m, bs, nb);
+    data = bytes - sizeof(int) * (size_t)nb;
+    if (!mem) {
+        mem = MLA_MALLOC(bytes);
+        if (!mem) return MLA_ERR_OUT_OF_MEMORY;
+        p->owned = mem;
+    }
+    p->type = type; p->n_layers = n_layers; p->kv_lora_rank = r; p->qk_rope_head_dim = m;
+    p->block_size = bs; p->n_blocks = nb;
+    p->data = mem;
+    p->free_list = (int *)((char *)mem + data);
+    for (i = 0; i < nb; i++) p->free_list[i] = nb - 1 - i; /* pop gives block 0 first */
+    p->n_free = nb;
+    return MLA_OK;
+}
+
+MLADEF void mla_pool_free(mla_pool *p) {
+    if (!p) return;
+    if (p->owned) MLA_FREE(p->owned);
+    memset(p, 0, sizeof *p);
+}
+
+MLADEF size_t mla_pool_row_bytes(const mla_pool *p) {
+    return (size_t)(p->kv_lora_rank + p->qk_rope_head_dim) * mla__dtype_size(p->type);
+}
+
+MLADEF void mla_seq_init(mla_seq *s, int *table, int max_blocks) {
+    s->len = 0; s->n_blocks = 0; s->max_blocks = max_blocks; s->block_table = table;
+}
+
+static int mla__blocks_needed(const mla_pool *p, const mla_seq *s, int n_tokens) {
+    long want = ((long)s->len + n_tokens + p->block_size - 1) / p->block_size;
+    return want > s->n_blocks ? (int)(want - s->n_blocks) : 0;
+}
+
+MLADEF mla_result mla_seq_reserve(mla_pool *p, mla_seq *s, int n_tokens) {
+    int need, i;
+    if (!p || !s || n_tokens < 0) return MLA_ERR_INVALID_ARG;
+    need = mla__blocks_needed(p, s, n_tokens);
+    if (need > p->n_free || s->n_blocks + need > s->max_blocks) return MLA_ERR_CACHE_FULL;
+    for (i = 0; i < need; i++) s->block_table[s->n_blocks++] = p->free_list[--p->n_free];
+    return MLA_OK;
+}
+
+MLADEF mla_result mla_seq_advance(mla_seq *s, int n) {
+    if (!s || n < 0) return MLA_ERR_INVALID_ARG;
+    if ((long)s->len + n > (long)s->n_blocks * 0x7fffffffL) return MLA_ERR_INVALID_ARG;
+    s->len += n;
+    return MLA_OK;
+}
+
+MLADEF void mla_seq_release(mla_pool *p, mla_seq *s) {
+    while (s->n_blocks > 0) p->free_list[p->n_free++] = s->block_table[--s->n_blocks];
+    s->len = 0;
+}
+
+MLADEF void *mla_seq_row(const mla_pool *p, const mla_seq *s, int layer, int t) {
+    int b, i;
+    size_t row;
+    if (t < 0 || layer < 0 || layer >= p->n_layers) return NULL;
+    b = t / p->block_size; i = t % p->block_size;
+    if (b >= s->n_blocks) return NULL;
+    row = ((size_t)s->block_table[b] * p->n_layers + layer) * p->block_size + i;
+    return (char *)p->data + row * mla_pool_row_bytes(p);
+}
+
+MLADEF mla_result mla_cache_init(mla_cache *c, mla_dtype type, int n_layers, int r, int m,
+                                 int capacity, void *mem) {
+    mla_result rc;
+    if (!c) return MLA_ERR_INVALID_ARG;
+    if (capacity <= 0) return MLA_ERR_INVALID_ARG;
+    rc = mla_pool_init(&c->pool, type, n_layers, r, m, capacity, 1, mem);
+    if (rc != MLA_OK) return rc;
+    mla_seq_init(&c->seq, c->table, 1);
+    return MLA_OK;
+}
+
+MLADEF void mla_cache_free(mla_cache *c) {
+    if (c) mla_pool_free(&c->pool);
+}
+
+/* ====================================================================== */
+/* 4. attention                                                             */
+/* ====================================================================== */
+/* Scratch layout: one list of regions, used both to size and to carve. */
+typedef struct {
+    float *q;     /* [T][h*(d_nope+m)] queries (RoPE applied to the pe part)    */
+    float *qa;    /* [T][r_q]                                                   */
+    float *kv;    /* [T][r+m] new latent rows (c normalised, k_pe roped)        */
+    float *o;     /* [T][h*d_v] attention output before W_o                     */
+    float *freq;  /* [m/2]                                                      */
+    float *qlat;  /* [h][r]    absorbed: query in latent space                  */
+    float *qpe;   /* [h][m]    absorbed: rope part of the query                 */
+    float *olat;  /* [h][r]    absorbed: attention output in latent space       */
+    float *sc;    /* [h][ctx] + [r+m]  absorbed: scores, converted cache row    */
+    float *ckv;   /* [ctx][r]          naive: latent c of every cached token    */
+    float *kpe;   /* [ctx][m]          naive: k_pe of every cached token        */
+    float *kvd;   /* [ctx][h*(d_nope+d_v)] naive: decompressed k_nope, v        */
+    float *kf;    /* [ctx][h*(d_nope+m)]   naive: full keys                     */
+    float *vf;    /* [ctx][h*d_v]          naive: values                        */
+    float *p;     /* [ctx]                 naive: probabilities                 */
+    float *row;   /* [r+m]                 naive: converted cache row           */
+} mla__scratch;
+
+/* Regions are carved at 16-float (64-byte) steps. With base == NULL only the
+   size is computed. */
+static float *mla__carve(float *base, size_t *off, size_t n) {
+    float *p = base ? base + *off : NULL;
+    *off += (n + 15) & ~(size_t)15;
+    return p;
+}
+
+/* returns the number of floats; with base != NULL also sets the pointers */
+static size_t mla__scratch_layout(const mla_config *c, int T, int ctx, mla_mode mode,
+                                  float *base, mla__scratch *s) {
+    size_t H = (size_t)c->n_heads, r = (size_t)c->kv_lora_rank, m = (size_t)c->qk_rope_head_dim;
+    size_t qd = (size_t)mla__qk_dim(c), dv = (size_t)c->v_head_dim, off = 0;
+    mla__scratch tmp;
+    if (!s) s = &tmp;
+    memset(s, 0, sizeof *s);
+    s->q = mla__carve(base, &off, (size_t)T * H * qd);
+    s->qa = mla__carve(base, &off, (size_t)T * (size_t)c->q_lora_rank);
+    s->kv = mla__carve(base, &off, (size_t)T * (r + m));
+    s->o = mla__carve(base, &off, (size_t)T * H * dv);
+    s->freq = mla__carve(base, &off, m / 2 + 1);
+    if (mode == MLA_ABSORBED) {
+        s->qlat = mla__carve(base, &off, H * r);
+        s->qpe = mla__carve(base, &off, H * m + 1);
+        s->olat = mla__carve(base, &off, H * r);
+        s->sc = mla__carve(base, &off, H * (size_t)ctx + r + m);
+    } else {
+        s->ckv = mla__carve(base, &off, (size_t)ctx * r);
+        s->kpe = mla__carve(base, &off, (size_t)ctx * m + 1);
+        s->kvd = mla__carve(base, &off, (size_t)ctx * H * ((size_t)c->qk_nope_head_dim + dv));
+        s->kf = mla__carve(base, &off, (size_t)ctx * H * qd);
+        s->vf = mla__carve(base, &off, (size_t)ctx * H * dv);
+        s->p = mla__carve(base, &off, (size_t)ctx);
+        s->row = mla__carve(base, &off, r + m);
+    }
+    return off;
+}
+
+MLADEF size_t mla_workspace_bytes(const mla_config *c, int max_tokens, int max_ctx, mla_mode mode) {
+    if (!c || mla_config_validate(c, NULL) != MLA_OK || max_tokens <= 0 || max_ctx <= 0) return 0;
+    return sizeof(float) * mla__scratch_layout(c, max_tokens, max_ctx, mode, NULL, NULL);
+}
+
+MLADEF mla_result mla_attend_latent(const mla_pool *pool, const mla_seq *seq, int layer,
+                                    int H, int n_ctx, const float *q_lat, const float *q_pe,
+                                    float scale, float *o_lat, float *scratch) {
+    int r, m, t, j;
+    float *sc = scratch, *buf;
+    if (!pool || !seq || !q_lat || !o_lat || !scratch || H <= 0 || n_ctx <= 0) return MLA_ERR_INVALID_ARG;
+    r = pool->kv_lora_rank; m = pool->qk_rope_head_dim;
+    if (m > 0 && !q_pe) return MLA_ERR_INVALID_ARG;
+    if (layer < 0 || layer >= pool->n_layers) return MLA_ERR_INVALID_ARG;
+    if (n_ctx > seq->n_blocks * pool->block_size) return MLA_ERR_INVALID_ARG;
+    buf = scratch + (size_t)H * n_ctx;
+    /* pass 1: scores; every cached row is read once for all heads */
+    for (t = 0; t < n_ctx; t++) {
+        const float *row = mla__load_row(mla_seq_row(pool, seq, layer, t), pool->type, buf, r + m);
+        for (j = 0; j < H; j++)
+            sc[(size_t)j * n_ctx + t] = scale * (mla__dot(q_lat + (size_t)j * r, row, r) +
+                                                 (m ? mla__dot(q_pe + (size_t)j * m, row + r, m) : 0.0f));
+    }
+    for (j = 0; j < H; j++) mla__softmax(sc + (size_t)j * n_ctx, n_ctx);
+    /* pass 2: o_lat[j] = sum_t p[j][t] c[t], again one read per row */
+    memset(o_lat, 0, sizeof(float) * (size_t)H * (size_t)r);
+    for (t = 0; t < n_ctx; t++) {
+        const float *row = mla__load_row(mla_seq_row(pool, seq, layer, t), pool->type, buf, r);
+        for (j = 0; j < H; j++) mla__axpy(o_lat + (size_t)j * r, sc[(size_t)j * n_ctx + t], row, r);
+    }
+    return MLA_OK;
+}
+
+/* Checks shared by mla_forward and mla_decode; all before anything is written. */
+static mla_result mla__check_call(const mla_config *c, const mla_layer_weights *w,
+                                  const mla_pool *pool, const mla_seq *seqs, int n_seq,
+                                  int chunk, int layer, const float *x, const float *out,
+                                  mla_mode mode, size_t ws_bytes, int *max_ctx) {
+    mla_result rc = mla_weights_validate(c, w, 0, NULL);
+    int i, k, need = 0;
+    long ctx = 0;
+    if (rc != MLA_OK) return rc;
+    if (!pool || !seqs || !x || !out || n_seq <= 0 || chunk <= 0) return MLA_ERR_INVALID_ARG;
+    if (mode != MLA_NAIVE && mode != MLA_ABSORBED) return MLA_ERR_INVALID_ARG;
+    if (layer < 0 || layer >= pool->n_layers) return MLA_ERR_INVALID_ARG;
+    if (pool->kv_lora_rank != c->kv_lora_rank || pool->qk_rope_head_dim != c->qk_rope_head_dim)
+        return MLA_ERR_SHAPE;
+    for (i = 0; i < n_seq; i++) {
+        if (!seqs[i].block_table && seqs[i].max_blocks > 0) return MLA_ERR_INVALID_ARG;
+        if (seqs[i].len < 0) return MLA_ERR_INVALID_ARG;
+        for (k = 0; k < i; k++) /* one sequence twice in a batch would race on its rows */
+            if (seqs[k].block_table == seqs[i].block_table) return MLA_ERR_INVALID_ARG;
+        if ((long)seqs[i].len + chunk > mla__max_pos(c->max_seq_len)) return MLA_ERR_POSITION;
+        if ((long)seqs[i].len + chunk > ctx) ctx = (long)seqs[i].len + chunk;
+    }
+    *max_ctx = (int)ctx;
+    if (ws_bytes < mla_workspace_bytes(c, n_seq * chunk, (int)ctx, mode)) return MLA_ERR_WORKSPACE;
+    if (!mla__all_finite(x, (size_t)n_seq * chunk * (size_t)c->dim)) return MLA_ERR_NONFINITE;
+    for (i = 0; i < n_seq; i++) {
+        int nb = mla__blocks_needed(pool, &seqs[i], chunk);
+        if (seqs[i].n_blocks + nb > seqs[i].max_blocks) return MLA_ERR_CACHE_FULL;
+        need += nb;
+    }
+    if (need > pool->n_free) return MLA_ERR_CACHE_FULL;
+    return MLA_OK;
+}
+
+/* Projections of T tokens: s->q (queries, pe part roped) and s->kv (latent
+   rows: c normalised when kv_norm, k_pe roped). Token i is at position pos(i). */
+static void mla__project(const mla_config *c, const mla_layer_weights *w, const float *x,
+                         int T, const mla_seq *seqs, int chunk, mla__scratch *s) {
+    int H = c->n_heads, r = c->kv_lora_rank, m = c->qk_rope_head_dim;
+    int dn = c->qk_nope_head_dim, qd = mla__qk_dim(c), i, j;
+    const float *bias_q = c->attn_bias ? w->b_q : NULL;
+    float cos_scale;
+    if (c->q_lora_rank > 0) {
+        mla_matmul(s->qa, x, w->w_qa, c->attn_bias ? w->b_qa : NULL, T, c->q_lora_rank, c->dim);
+        if (c->q_norm)
+            for (i = 0; i < T; i++)
+                mla_rmsnorm(s->qa + (size_t)i * c->q_lora_rank, s->qa + (size_t)i * c->q_lora_rank,
+                            w->q_norm, c->q_lora_rank, mla__eps(c));
+        mla_matmul(s->q, s->qa, w->w_qb, NULL, T, H * qd, c->q_lora_rank);
+    } else {
+        mla_matmul(s->q, x, w->w_q, bias_q, T, H * qd, c->dim);
+    }
+    mla_matmul(s->kv, x, w->w_kva, c->attn_bias ? w->b_kva : NULL, T, r + m, c->dim);
+    mla_rope_freqs(c, s->freq, &cos_scale);
+    for (i = 0; i < T; i++) {
+        int pos = seqs[i / chunk].len + i % chunk;
+        float *kv = s->kv + (size_t)i * (r + m);
+        if (c->kv_norm) mla_rmsnorm(kv, kv, w->kv_norm, r, mla__eps(c));
+        mla_rope_apply(kv + r, m, pos, s->freq, cos_scale, c->rope_layout);
+        for (j = 0; j < H; j++)
+            mla_rope_apply(s->q + ((size_t)i * H + j) * qd + dn, m, pos, s->freq, cos_scale, c->rope_layout);
+    }
+}
+
+/* Absorbed attention of one token: q [h][qd] -> o [h][d_v] */
+static void mla__attend_absorbed(const mla_config *c, const mla_layer_weights *w,
+                                 const mla_pool *pool, const mla_seq *seq, int layer,
+                                 int n_ctx, const float *q, float *o, mla__scratch *s) {
+    int H = c->n_heads, r = c->kv_lora_rank, m = c->qk_rope_head_dim, dn = c->qk_nope_head_dim;
+    int dv = c->v_head_dim, qd = mla__qk_dim(c), j, i;
+    for (j = 0; j < H; j++) { /* q_lat[j] = W_uk[j]^T q_nope[j] */
+        const float *qn = q + (size_t)j * qd;
+        const float *wuk = w->w_kvb + (size_t)j * (dn + dv) * r;
+        float *ql = s->qlat + (size_t)j * r;
+        memset(ql, 0, sizeof(float) * (size_t)r);
+        for (i = 0; i < dn; i++) mla__axpy(ql, qn[i], wuk + (size_t)i * r, r);
+        memcpy(s->qpe + (size_t)j * m, qn + dn, sizeof(float) * (size_t)m);
+    }
+    mla_attend_latent(pool, seq, layer, H, n_ctx, s->qlat, s->qpe, mla_softmax_scale(c), s->olat, s->sc);
+    for (j = 0; j < H; j++) { /* o[j] = W_uv[j] o_lat[j] */
+        const float *wuv = w->w_kvb + ((size_t)j * (dn + dv) + dn) * r;
+        for (i = 0; i < dv; i++) o[(size_t)j * dv + i] = mla__dot(wuv + (size_t)i * r, s->olat + (size_t)j * r, r);
+    }
+}
+
+/* Naive attention of `chunk` tokens of one sequence: decompress keys and
+   values of the whole context once, then ordinary multi-head attention. */
+static void mla__attend_naive(const mla_config *c, const mla_layer_weights *w,
+                              const mla_pool *pool, const mla_seq *seq, int layer, int chunk,
+                              const float *q, float *o, mla__scratch *s) {
+    int H = c->n_heads, r = c->kv_lora_rank, m = c->qk_rope_head_dim, dn = c->qk_nope_head_dim;
+    int dv = c->v_head_dim, qd = mla__qk_dim(c), ctx = seq->len + chunk, t, j, i;
+    float scale = mla_softmax_scale(c);
+    for (t = 0; t < ctx; t++) {
+        const float *row = mla__load_row(mla_seq_row(pool, seq, layer, t), pool->type,
+                                         s->row, r + m);
+        memcpy(s->ckv + (size_t)t * r, row, sizeof(float) * (size_t)r);
+        memcpy(s->kpe + (size_t)t * m, row + r, sizeof(float) * (size_t)m);
+    }
+    mla_matmul(s->kvd, s->ckv, w->w_kvb, NULL, ctx, H * (dn + dv), r);
+    for (t = 0; t < ctx; t++)
+        for (j = 0; j < H; j++) {
+            const float *kv = s->kvd + ((size_t)t * H + j) * (dn + dv);
+            float *kf = s->kf + ((size_t)t * H + j) * qd;
+            memcpy(kf, kv, sizeof(float) * (size_t)dn);
+            memcpy(kf + dn, s->kpe + (size_t)t * m, sizeof(float) * (size_t)m);
+            memcpy(s->vf + ((size_t)t * H + j) * dv, kv + dn, sizeof(float) * (size_t)dv);
+        }
+    for (i = 0; i < chunk; i++)
+        for (j = 0; j < H; j++)
+            mla__attend_one(q + ((size_t)i * H + j) * qd, s->kf + (size_t)j * qd, (size_t)H * qd, qd,
+                            s->vf + (size_t)j * dv, (size_t)H * dv, dv, seq->len + i + 1, scale,
+                            s->p, o + ((size_t)i * H + j) * dv);
+}
+
+/* n_seq sequences, `chunk` new tokens each (token i belongs to seqs[i/chunk]) */
+static mla_result mla__run(const mla_config *c, const mla_layer_weights *w, mla_pool *pool,
+                           mla_seq *seqs, int n_seq, int chunk, int layer, const float *x,
+                           float *out, mla_mode mode, void *ws, size_t ws_bytes) {
+    mla__scratch s;
+    int T = n_seq * chunk, H, r, m, qd, dv, i, b, max_ctx = 0;
+    mla_result rc;
+    if (!ws) return MLA_ERR_INVALID_ARG;
+    rc = mla__check_call(c, w, pool, seqs, n_seq, chunk, layer, x, out, mode, ws_bytes, &max_ctx);
+    if (rc != MLA_OK) return rc;
+    for (b = 0; b < n_seq; b++) { /* cannot fail: checked above */
+        rc = mla_seq_reserve(pool, &seqs[b], chunk);
+        MLA_ASSERT(rc == MLA_OK);
+    }
+    H = c->n_heads; r = c->kv_lora_rank; m = c->qk_rope_head_dim; qd = mla__qk_dim(c); dv = c->v_head_dim;
+    mla__scratch_layout(c, T, max_ctx, mode, (float *)ws, &s);
+    mla__project(c, w, x, T, seqs, chunk, &s);
+    for (i = 0; i < T; i++) {
+        const mla_seq *sq = &seqs[i / chunk];
+        mla__store_row(mla_seq_row(pool, sq, layer, sq->len + i % chunk), pool->type,
+                       s.kv + (size_t)i * (r + m), r + m);
+    }
+    for (b = 0; b < n_seq; b++) {
+        const float *q = s.q + (size_t)b * chunk * H * qd;
+        float *o = s.o + (size_t)b * chunk * H * dv;
+        if (mode == MLA_NAIVE) {
+            mla__attend_naive(c, w, pool, &seqs[b], layer, chunk, q, o, &s);
+        } else {
+            for (i = 0; i < chunk; i++)
+                mla__attend_absorbed(c, w, pool, &seqs[b], layer, seqs[b].len + i + 1,
+                                     q + (size_t)i * H * qd, o + (size_t)i * H * dv, &s);
+        }
+    }
+    mla_matmul(out, s.o, w->w_o, w->b_o, T, c->dim, H * dv);
+    return MLA_OK;
+}
+
+MLADEF mla_result mla_forward(const mla_config *c, const mla_layer_weights *w, mla_pool *pool,
+                              mla_seq *seq, int layer, const float *x, int T, float *out,
+                              mla_mode mode, void *ws, size_t ws_bytes) {
+    if (!seq || T <= 0) return MLA_ERR_INVALID_ARG;
+    return mla__run(c, w, pool, seq, 1, T, layer, x, out, mode, ws, ws_bytes);
+}
+
+MLADEF mla_result mla_decode(const mla_config *c, const mla_layer_weights *w, mla_pool *pool,
+                             mla_seq *seqs, int B, int layer, const float *x, float *out,
+                             void *ws, size_t ws_bytes) {
+    if (!seqs || B <= 0) return MLA_ERR_INVALID_ARG;
+    return mla__run(c, w, pool, seqs, B, 1, layer, x, out, MLA_ABSORBED, ws, ws_bytes);
+}
+
+/* ---------------------------------------------------------------------- */
+/* plain GQA / MHA attention (the source of a conversion, and a reference) */
+/* ---------------------------------------------------------------------- */
+MLADEF mla_result mla_gqa_config_validate(const mla_gqa_config *c, const char **bad_field) {
+    if (bad_field) *bad_field = NULL;
+    if (!c) return MLA_ERR_INVALID_ARG;
+    if (c->dim <= 0) MLA__BAD("dim");
+    if (c->n_heads <= 0) MLA__BAD("n_heads");
+    if (c->n_kv_heads <= 0 || c->n_heads % c->n_kv_heads) MLA__BAD("n_kv_heads");
+    if (c->head_dim <= 0 || c->head_dim % 2) MLA__BAD("head_dim");
+    if (c->rope_theta < 0 || c->rope_theta == 1.0f || c->rope_theta != c->rope_theta) MLA__BAD("rope_theta");
+    if (c->rope_layout != MLA_ROPE_INTERLEAVED && c->rope_layout != MLA_ROPE_HALF_SPLIT) MLA__BAD("rope_layout");
+    if (c->softmax_scale < 0 || c->softmax_scale != c->softmax_scale) MLA__BAD("softmax_scale");
+    if (c->attn_bias != 0 && c->attn_bias != 1) MLA__BAD("attn_bias");
+    if (c->max_seq_len < 0) MLA__BAD("max_seq_len");
+    return MLA_OK;
+}
+
+MLADEF mla_result mla_gqa_cache_init(mla_gqa_cache *c, int n_layers, int capacity, int kv_dim) {
+    size_t n;
+    if (!c) return MLA_ERR_INVALID_ARG;
+    memset(c, 0, sizeof *c);
+    if (n_layers <= 0 || capacity <= 0 || kv_dim <= 0) return MLA_ERR_INVALID_ARG;
+    n = (size_t)n_layers * capacity * kv_dim;
+    c->k = (float *)MLA_MALLOC(sizeof(float) * n);
+    c->v = (float *)MLA_MALLOC(sizeof(float) * n);
+    if (!c->k || !c->v) {
+        mla_gqa_cache_free(c);
+        return MLA_ERR_OUT_OF_MEMORY;
+    }
+    c->n_layers = n_layers; c->capacity = capacity; c->kv_dim = kv_dim;
+    return MLA_OK;
+}
+
+MLADEF void mla_gqa_cache_free(mla_gqa_cache *c) {
+    if (!c) return;
+    if (c->k) MLA_FREE(c->k);
+    if (c->v) MLA_FREE(c->v);
+    memset(c, 0, sizeof *c);
+}
+
+/* q [T][h*d], k, v [T][g*d], o [T][h*d], freq [d/2], p [ctx] */
+static size_t mla__gqa_layout(const mla_gqa_config *c, int T, int ctx, float *base, float **q,
+                              float **k, float **v, float **o, float **freq, float **p) {
+    size_t hd = (size_t)c->n_heads * c->head_dim, L = (size_t)c->n_kv_heads * c->head_dim, off = 0;
+    *q = mla__carve(base, &off, (size_t)T * hd);
+    *k = mla__carve(base, &off, (size_t)T * L);
+    *v = mla__carve(base, &off, (size_t)T * L);
+    *o = mla__carve(base, &off, (size_t)T * hd);
+    *freq = mla__carve(base, &off, (size_t)c->head_dim / 2);
+    *p = mla__carve(base, &off, (size_t)ctx);
+    return off;
+}
+
+MLADEF size_t mla_gqa_workspace_bytes(const mla_gqa_config *c, int max_tokens, int max_ctx) {
+    float *q, *k, *v, *o, *f, *p;
+    if (!c || mla_gqa_config_validate(c, NULL) != MLA_OK || max_tokens <= 0 || max_ctx <= 0) return 0;
+    return sizeof(float) * mla__gqa_layout(c, max_tokens, max_ctx, NULL, &q, &k, &v, &o, &f, &p);
+}
+
+MLADEF mla_result mla_gqa_forward(const mla_gqa_config *c, const mla_gqa_weights *w,
+                                  mla_gqa_cache *kc, int layer, const float *x, int T,
+                                  float *out, void *ws, size_t ws_bytes) {
+    float *q, *k, *v, *o, *freq, *p;
+    int H, G, d, L, grp, i, j;
+    size_t base;
+    float scale;
+    mla_result rc = mla_gqa_config_validate(c, NULL);
+    if (rc != MLA_OK) return rc;
+    if (!w || !kc || !x || !out || !ws || T <= 0) return MLA_ERR_INVALID_ARG;
+    if (!w->w_q || !w->w_k || !w->w_v || !w->w_o) return MLA_ERR_NULL_WEIGHT;
+    if (c->attn_bias && (!w->b_q || !w->b_k || !w->b_v)) return MLA_ERR_NULL_WEIGHT;
+    H = c->n_heads; G = c->n_kv_heads; d = c->head_dim; L = G * d; grp = H / G;
+    if (layer < 0 || layer >= kc->n_layers) return MLA_ERR_INVALID_ARG;
+    if (kc->kv_dim != L) return MLA_ERR_SHAPE;
+    if ((long)kc->len + T > mla__max_pos(c->max_seq_len)) return MLA_ERR_POSITION;
+    if (kc->len + T > kc->capacity) return MLA_ERR_CACHE_FULL;
+    if (ws_bytes < mla_gqa_workspace_bytes(c, T, kc->len + T)) return MLA_ERR_WORKSPACE;
+    if (!mla__all_finite(x, (size_t)T * c->dim)) return MLA_ERR_NONFINITE;
+    mla__gqa_layout(c, T, kc->len + T, (float *)ws, &q, &k, &v, &o, &freq, &p);
+    mla_matmul(q, x, w->w_q, c->attn_bias ? w->b_q : NULL, T, H * d, c->dim);
+    mla_matmul(k, x, w->w_k, c->attn_bias ? w->b_k : NULL, T, L, c->dim);
+    mla_matmul(v, x, w->w_v, c->attn_bias ? w->b_v : NULL, T, L, c->dim);
+    if (c->rope_freqs) {
+        memcpy(freq, c->rope_freqs, sizeof(float) * (size_t)(d / 2));
+    } else {
+        double theta = c->rope_theta > 0 ? c->rope_theta : 10000.0;
+        for (i = 0; i < d / 2; i++) freq[i] = (float)pow(theta, -2.0 * i / d);
+    }
+    scale = c->softmax_scale > 0 ? c->softmax_scale : (float)(1.0 / sqrt((double)d));
+    base = (size_t)layer * kc->capacity * L;
+    for (i = 0; i < T; i++) {
+        int pos = kc->len + i;
+        for (j = 0; j < H; j++) mla_rope_apply(q + ((size_t)i * H + j) * d, d, pos, freq, 1.0f, c->rope_layout);
+        for (j = 0; j < G; j++) mla_rope_apply(k + ((size_t)i * G + j) * d, d, pos, freq, 1.0f, c->rope_layout);
+        memcpy(kc->k + base + (size_t)pos * L, k + (size_t)i * L, sizeof(float) * (size_t)L);
+        memcpy(kc->v + base + (size_t)pos * L, v + (size_t)i * L, sizeof(float) * (size_t)L);
+    }
+    for (i = 0; i < T; i++)
+        for (j = 0; j < H; j++)
+            mla__attend_one(q + ((size_t)i * H + j) * d, kc->k + base + (size_t)(j / grp) * d, (size_t)L, d,
+                            kc->v + base + (size_t)(j / grp) * d, (size_t)L, d, kc->len + i + 1, scale, p,
+                            o + ((size_t)i * H + j) * d);
+    mla_matmul(out, o, w->w_o, w->b_o, T, c->dim, H * d);
+    return MLA_OK;
+}
+
+/* ====================================================================== */
+/* 5. conversion                                                            */
+/* ====================================================================== */
+
+#endif /* MLA_IMPLEMENTATION_DONE */
+#endif /* MLA_IMPLEMENTATION */
