@@ -1,0 +1,302 @@
+#include "model.h"
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int get_i(gguf_file *f, const char *arch, const char *key, int64_t *v, int required, int64_t dflt) {
+    char k[128];
+    snprintf(k, sizeof k, "%s.%s", arch, key);
+    if (!gguf_find(f, k)) {
+        if (required) { snprintf(f->err, sizeof f->err, "missing metadata %s", k); return -1; }
+        *v = dflt;
+        return 0;
+    }
+    return gguf_get_int(f, k, v);
+}
+
+static int get_f(gguf_file *f, const char *arch, const char *key, double *v, double dflt) {
+    char k[128];
+    snprintf(k, sizeof k, "%s.%s", arch, key);
+    if (!gguf_find(f, k)) { *v = dflt; return 0; }
+    return gguf_get_float(f, k, v);
+}
+
+/* tensor "blk.<l>.<name>" as an f32 [rows][cols] matrix (rows 1 = vector) */
+static float *layer_tensor(gguf_file *f, int l, const char *name, int64_t rows, int64_t cols, int optional) {
+    char k[128];
+    snprintf(k, sizeof k, "blk.%d.%s", l, name);
+    if (optional && !gguf_tensor_find(f, k)) return NULL;
+    return gguf_tensor_f32(f, k, rows, cols);
+}
+
+static int all_finite(const float *p, size_t n) {
+    size_t i;
+    for (i = 0; i < n; i++)
+        if (!(p[i] - p[i] == 0.0f)) return 0;
+    return 1;
+}
+
+#define LOAD(dst, expr)                \
+    do {                               \
+        if (!((dst) = (expr))) goto bad; \
+    } while (0)
+
+int model_load(model *m, gguf_file *f) {
+    gguf_str arch;
+    int64_t v;
+    double d;
+    int l;
+    const char *a;
+    memset(m, 0, sizeof *m);
+    if (gguf_get_str(f, "general.architecture", &arch)) return -1;
+    if (arch.n >= sizeof m->arch) { snprintf(f->err, sizeof f->err, "architecture name too long"); return -1; }
+    memcpy(m->arch, arch.p, arch.n);
+    if (strcmp(m->arch, "llama") && strcmp(m->arch, "llama-mla")) {
+        snprintf(f->err, sizeof f->err, "architecture '%s' is not supported (llama or llama-mla)", m->arch);
+        return -1;
+    }
+    a = m->arch;
+    m->is_mla = !strcmp(a, "llama-mla");
+    if (get_i(f, a, "block_count", &v, 1, 0)) return -1;
+    m->n_layers = (int)v;
+    if (get_i(f, a, "embedding_length", &v, 1, 0)) return -1;
+    m->dim = (int)v;
+    if (get_i(f, a, "feed_forward_length", &v, 1, 0)) return -1;
+    m->ffn_dim = (int)v;
+    if (get_i(f, a, "attention.head_count", &v, 1, 0)) return -1;
+    m->n_heads = (int)v;
+    if (get_i(f, a, "attention.head_count_kv", &v, 0, m->n_heads)) return -1;
+    m->n_kv_heads = (int)v;
+    if (get_i(f, a, "context_length", &v, 0, 2048)) return -1;
+    m->ctx_len = (int)v;
+    if (get_f(f, a, "attention.layer_norm_rms_epsilon", &d, 1e-5)) return -1;
+    m->eps = (float)d;
+    if (get_f(f, a, "rope.freq_base", &d, 10000.0)) return -1;
+    m->rope_theta = (float)d;
+    if (m->n_layers <= 0 || m->n_layers > 1024 || m->dim <= 0 || m->dim > 65536 || m->ffn_dim <= 0 ||
+        m->ffn_dim > 262144 || m->n_heads <= 0 || m->n_kv_heads <= 0 || m->n_heads % m->n_kv_heads ||
+        m->dim % m->n_heads) {
+        snprintf(f->err, sizeof f->err, "inconsistent model shape (layers %d, dim %d, heads %d/%d, ffn %d)",
+                 m->n_layers, m->dim, m->n_heads, m->n_kv_heads, m->ffn_dim);
+        return -1;
+    }
+    m->head_dim = m->dim / m->n_heads;
+    if (get_i(f, a, "rope.dimension_count", &v, 0, m->head_dim)) return -1;
+    if (v != m->head_dim) {
+        snprintf(f->err, sizeof f->err, "partial RoPE (%d of %d dims) is not supported", (int)v, m->head_dim);
+        return -1;
+    }
+    if (gguf_find(f, "llama.rope.scaling.type") || gguf_tensor_find(f, "rope_freqs.weight")) {
+        snprintf(f->err, sizeof f->err, "RoPE scaling / rope_freqs are not supported by this runner");
+        return -1;
+    }
+    {
+        const gguf_tensor *te = gguf_tensor_find(f, "token_embd.weight");
+        if (!te || te->n_dims != 2 || te->ne[0] != (uint64_t)m->dim || te->ne[1] > (1u << 24)) {
+            snprintf(f->err, sizeof f->err, "token_embd.weight missing or not {%d, vocab}", m->dim);
+            return -1;
+        }
+        m->vocab = (int)te->ne[1];
+    }
+    m->gqa.dim = m->dim; m->gqa.n_heads = m->n_heads; m->gqa.n_kv_heads = m->n_kv_heads;
+    m->gqa.head_dim = m->head_dim; m->gqa.rope_theta = m->rope_theta;
+    m->gqa.rope_layout = MLA_ROPE_INTERLEAVED; /* GGUF llama: Q/K rows permuted for NORM rope */
+    if (m->is_mla) {
+        mla_config *c = &m->mla;
+        const char *bad = NULL;
+        if (get_i(f, a, "mla.kv_lora_rank", &v, 1, 0)) return -1;
+        c->kv_lora_rank = (int)v;
+        if (get_i(f, a, "mla.qk_nope_head_dim", &v, 1, 0)) return -1;
+        c->qk_nope_head_dim = (int)v;
+        if (get_i(f, a, "mla.qk_rope_head_dim", &v, 1, 0)) return -1;
+        c->qk_rope_head_dim = (int)v;
+        if (get_i(f, a, "mla.v_head_dim", &v, 1, 0)) return -1;
+        c->v_head_dim = (int)v;
+        if (get_i(f, a, "mla.q_lora_rank", &v, 0, 0)) return -1;
+        c->q_lora_rank = (int)v;
+        if (get_i(f, a, "mla.attn_bias", &v, 0, 0)) return -1;
+        c->attn_bias = (int)v;
+        if (get_f(f, a, "mla.softmax_scale", &d, 0)) return -1;
+        c->softmax_scale = (float)d;
+        c->dim = m->dim; c->n_heads = m->n_heads; c->rms_eps = m->eps; c->rope_theta = m->rope_theta;
+        c->rope_layout = MLA_ROPE_INTERLEAVED;
+        if (gguf_tensor_find(f, "mla_rope_freqs.weight")) {
+            LOAD(m->mla_rope_freqs, gguf_tensor_f32(f, "mla_rope_freqs.weight", 1, c->qk_rope_head_dim / 2));
+            c->rope_freqs = m->mla_rope_freqs;
+        }
+        if (mla_config_validate(c, &bad) != MLA_OK) {
+            snprintf(f->err, sizeof f->err, "bad MLA hyper-parameter %s", bad ? bad : "?");
+            return -1;
+        }
+    }
+    LOAD(m->tok_embd, gguf_tensor_f32(f, "token_embd.weight", m->vocab, m->dim));
+    LOAD(m->out_norm, gguf_tensor_f32(f, "output_norm.weight", 1, m->dim));
+    if (gguf_tensor_find(f, "output.weight")) LOAD(m->output, gguf_tensor_f32(f, "output.weight", m->vocab, m->dim));
+    else m->output = m->tok_embd;
+    m->layers = (model_layer *)calloc((size_t)m->n_layers, sizeof(model_layer));
+    if (!m->layers) goto bad;
+    for (l = 0; l < m->n_layers; l++) {
+        model_layer *L = &m->layers[l];
+        int D = m->dim, H = m->n_heads, hd = m->head_dim, kvd = m->n_kv_heads * m->head_dim;
+        LOAD(L->attn_norm, layer_tensor(f, l, "attn_norm.weight", 1, D, 0));
+        LOAD(L->ffn_norm, layer_tensor(f, l, "ffn_norm.weight", 1, D, 0));
+        LOAD(L->gate, layer_tensor(f, l, "ffn_gate.weight", m->ffn_dim, D, 0));
+        LOAD(L->up, layer_tensor(f, l, "ffn_up.weight", m->ffn_dim, D, 0));
+        LOAD(L->down, layer_tensor(f, l, "ffn_down.weight", D, m->ffn_dim, 0));
+        if (!m->is_mla) {
+            LOAD(L->gqa.w_q, layer_tensor(f, l, "attn_q.weight", H * hd, D, 0));
+            LOAD(L->gqa.w_k, layer_tensor(f, l, "attn_k.weight", kvd, D, 0));
+            LOAD(L->gqa.w_v, layer_tensor(f, l, "attn_v.weight", kvd, D, 0));
+            LOAD(L->gqa.w_o, layer_tensor(f, l, "attn_output.weight", D, H * hd, 0));
+            L->gqa.b_q = layer_tensor(f, l, "attn_q.bias", 1, H * hd, 1);
+            L->gqa.b_k = layer_tensor(f, l, "attn_k.bias", 1, kvd, 1);
+            L->gqa.b_v = layer_tensor(f, l, "attn_v.bias", 1, kvd, 1);
+            if (L->gqa.b_q || L->gqa.b_k || L->gqa.b_v) {
+                if (!L->gqa.b_q || !L->gqa.b_k || !L->gqa.b_v) { snprintf(f->err, sizeof f->err, "layer %d: partial q/k/v biases", l); goto bad; }
+                m->gqa.attn_bias = 1;
+            }
+        } else {
+            mla_config *c = &m->mla;
+            mla_layer_weights *w = &L->mla;
+            int qd = c->qk_nope_head_dim + c->qk_rope_head_dim, r = c->kv_lora_rank, rm = r + c->qk_rope_head_dim;
+            const char *bad = NULL;
+            if (c->q_lora_rank) {
+                LOAD(w->w_qa, layer_tensor(f, l, "attn_q_a.weight", c->q_lora_rank, D, 0));
+                LOAD(w->w_qb, layer_tensor(f, l, "attn_q_b.weight", H * qd, c->q_lora_rank, 0));
+                if (c->attn_bias) LOAD(w->b_qa, layer_tensor(f, l, "attn_q_a.bias", 1, c->q_lora_rank, 0));
+            } else {
+                LOAD(w->w_q, layer_tensor(f, l, "attn_q.weight", H * qd, D, 0));
+                if (c->attn_bias) LOAD(w->b_q, layer_tensor(f, l, "attn_q.bias", 1, H * qd, 0));
+            }
+            LOAD(w->w_kva, layer_tensor(f, l, "attn_kv_a_mqa.weight", rm, D, 0));
+            if (c->attn_bias) LOAD(w->b_kva, layer_tensor(f, l, "attn_kv_a_mqa.bias", 1, rm, 0));
+            LOAD(w->w_kvb, layer_tensor(f, l, "attn_kv_b.weight", H * (c->qk_nope_head_dim + c->v_head_dim), r, 0));
+            LOAD(w->w_o, layer_tensor(f, l, "attn_output.weight", D, H * c->v_head_dim, 0));
+            if (mla_weights_validate(c, w, 1, &bad) != MLA_OK) {
+                snprintf(f->err, sizeof f->err, "layer %d: bad MLA weight %s", l, bad ? bad : "?");
+                goto bad;
+            }
+        }
+        if (!all_finite(L->gate, (size_t)m->ffn_dim * D) || !all_finite(L->up, (size_t)m->ffn_dim * D) ||
+            !all_finite(L->down, (size_t)m->ffn_dim * D) ||
+            (!m->is_mla && (!all_finite(L->gqa.w_q, (size_t)H * hd * D) || !all_finite(L->gqa.w_k, (size_t)kvd * D) ||
+                            !all_finite(L->gqa.w_v, (size_t)kvd * D) || !all_finite(L->gqa.w_o, (size_t)D * H * hd)))) {
+            snprintf(f->err, sizeof f->err, "layer %d has NaN or Inf weights", l);
+            goto bad;
+        }
+    }
+    if (!all_finite(m->tok_embd, (size_t)m->vocab * m->dim)) {
+        snprintf(f->err, sizeof f->err, "token_embd has NaN or Inf values");
+        goto bad;
+    }
+    return 0;
+bad:
+    model_free(m);
+    return -1;
+}
+
+void model_free(model *m) {
+    int l;
+    if (m->layers)
+        for (l = 0; l < m->n_layers; l++) {
+            model_layer *L = &m->layers[l];
+            free(L->attn_norm); free(L->ffn_norm); free(L->gate); free(L->up); free(L->down);
+            free((void *)L->gqa.w_q); free((void *)L->gqa.w_k); free((void *)L->gqa.w_v); free((void *)L->gqa.w_o);
+            free((void *)L->gqa.b_q); free((void *)L->gqa.b_k); free((void *)L->gqa.b_v);
+            free((void *)L->mla.w_q); free((void *)L->mla.b_q); free((void *)L->mla.w_qa); free((void *)L->mla.b_qa);
+            free((void *)L->mla.w_qb); free((void *)L->mla.w_kva); free((void *)L->mla.b_kva);
+            free((void *)L->mla.w_kvb); free((void *)L->mla.w_o);
+        }
+    free(m->layers);
+    if (m->output != m->tok_embd) free(m->output);
+    free(m->tok_embd); free(m->out_norm); free(m->mla_rope_freqs);
+    memset(m, 0, sizeof *m);
+}
+
+long model_kv_values_per_token(const model *m) {
+    if (m->is_mla) return (long)(m->mla.kv_lora_rank + m->mla.qk_rope_head_dim) * m->n_layers;
+    return 2L * m->n_kv_heads * m->head_dim * m->n_layers;
+}
+
+int model_state_init(model_state *s, const model *m, int max_ctx, int max_tokens, mla_dtype cache_type) {
+    size_t D = (size_t)m->dim, F = (size_t)m->ffn_dim, T = (size_t)max_tokens;
+    int rc;
+    memset(s, 0, sizeof *s);
+    s->max_ctx = max_ctx; s->max_tokens = max_tokens;
+    s->mode = MLA_ABSORBED;
+    if (m->is_mla) {
+        rc = mla_cache_init(&s->mla, cache_type, m->n_layers, m->mla.kv_lora_rank, m->mla.qk_rope_head_dim, max_ctx, NULL);
+        if (rc) return rc;
+        s->ws_bytes = mla_workspace_bytes(&m->mla, max_tokens, max_ctx, MLA_NAIVE);
+        if (mla_workspace_bytes(&m->mla, max_tokens, max_ctx, MLA_ABSORBED) > s->ws_bytes)
+            s->ws_bytes = mla_workspace_bytes(&m->mla, max_tokens, max_ctx, MLA_ABSORBED);
+    } else {
+        rc = mla_gqa_cache_init(&s->gqa, m->n_layers, max_ctx, m->n_kv_heads * m->head_dim);
+        if (rc) return rc;
+        s->ws_bytes = mla_gqa_workspace_bytes(&m->gqa, max_tokens, max_ctx);
+    }
+    s->ws = malloc(s->ws_bytes);
+    s->x = (float *)malloc(sizeof(float) * T * D);
+    s->xb = (float *)malloc(sizeof(float) * T * D);
+    s->xc = (float *)malloc(sizeof(float) * T * D);
+    s->hb = (float *)malloc(sizeof(float) * T * F);
+    s->hb2 = (float *)malloc(sizeof(float) * T * F);
+    if (!s->ws || !s->x || !s->xb || !s->xc || !s->hb || !s->hb2) return MLA_ERR_OUT_OF_MEMORY;
+    return 0;
+}
+
+void model_state_free(model_state *s) {
+    mla_cache_free(&s->mla);
+    mla_gqa_cache_free(&s->gqa);
+    free(s->ws); free(s->x); free(s->xb); free(s->xc); free(s->hb); free(s->hb2);
+    memset(s, 0, sizeof *s);
+}
+
+void model_state_reset(model_state *s) {
+    s->gqa.len = 0;
+    s->mla.seq.len = 0;
+}
+
+int model_pos(const model *m, const model_state *s) { return m->is_mla ? s->mla.seq.len : s->gqa.len; }
+
+int model_forward(const model *m, model_state *s, const int *tokens, int T, float *hidden) {
+    size_t D = (size_t)m->dim, F = (size_t)m->ffn_dim;
+    int l, t, i, rc;
+    if (T <= 0 || T > s->max_tokens) return MLA_ERR_INVALID_ARG;
+    if (model_pos(m, s) + T > s->max_ctx) return MLA_ERR_CACHE_FULL;
+    for (t = 0; t < T; t++) {
+        if (tokens[t] < 0 || tokens[t] >= m->vocab) return MLA_ERR_INVALID_ARG;
+        memcpy(s->x + t * D, m->tok_embd + (size_t)tokens[t] * D, sizeof(float) * D);
+    }
+    for (l = 0; l < m->n_layers; l++) {
+        const model_layer *L = &m->layers[l];
+        for (t = 0; t < T; t++) mla_rmsnorm(s->xb + t * D, s->x + t * D, L->attn_norm, m->dim, m->eps);
+        if (m->is_mla)
+            rc = T == 1 && s->mode == MLA_ABSORBED
+                     ? mla_decode(&m->mla, &L->mla, &s->mla.pool, &s->mla.seq, 1, l, s->xb, s->xc, s->ws, s->ws_bytes)
+                     : mla_forward(&m->mla, &L->mla, &s->mla.pool, &s->mla.seq, l, s->xb, T, s->xc, s->mode, s->ws, s->ws_bytes);
+        else
+            rc = mla_gqa_forward(&m->gqa, &L->gqa, &s->gqa, l, s->xb, T, s->xc, s->ws, s->ws_bytes);
+        if (rc) return rc;
+        for (i = 0; i < T * m->dim; i++) s->x[i] += s->xc[i];
+        for (t = 0; t < T; t++) mla_rmsnorm(s->xb + t * D, s->x + t * D, L->ffn_norm, m->dim, m->eps);
+        mla_matmul(s->hb, s->xb, L->gate, NULL, T, m->ffn_dim, m->dim);
+        mla_matmul(s->hb2, s->xb, L->up, NULL, T, m->ffn_dim, m->dim);
+        for (i = 0; i < T * m->ffn_dim; i++) { /* SwiGLU */
+            float g = s->hb[i];
+            s->hb[i] = g / (1.0f + expf(-g)) * s->hb2[i];
+        }
+        mla_matmul(s->xc, s->hb, L->down, NULL, T, m->dim, m->ffn_dim);
+        for (i = 0; i < T * m->dim; i++) s->x[i] += s->xc[i];
+        (void)F;
+    }
+    if (m->is_mla) mla_seq_advance(&s->mla.seq, T);
+    else s->gqa.len += T;
+    for (t = 0; t < T; t++) mla_rmsnorm(hidden + t * D, s->x + t * D, m->out_norm, m->dim, m->eps);
+    return 0;
+}
+
+void model_logits(const model *m, const float *hidden, int T, float *logits) {
+    mla_matmul(logits, hidden, m->output, NULL, T, m->vocab, m->dim);
+}

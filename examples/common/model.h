@@ -1,0 +1,54 @@
+/* A LLaMA-architecture transformer for the examples, with its attention in
+   mla.h: the original GQA (mla_gqa_forward) or a converted MLA
+   (mla_forward / mla_decode over a latent cache). Weights are dequantized to
+   f32 at load. */
+#ifndef MODEL_H
+#define MODEL_H
+#include "gguf.h"
+#include "../../mla.h"
+
+typedef struct {
+    float *attn_norm, *ffn_norm, *gate, *up, *down; /* ffn: [F][D], [F][D], [D][F] */
+    mla_gqa_weights gqa;                            /* when !is_mla               */
+    mla_layer_weights mla;                          /* when is_mla                */
+} model_layer;
+
+typedef struct {
+    int n_layers, dim, n_heads, n_kv_heads, head_dim, ffn_dim, vocab, ctx_len;
+    float eps, rope_theta;
+    int is_mla;
+    mla_gqa_config gqa;
+    mla_config mla;
+    float *mla_rope_freqs;  /* [m/2] when the converted model carries its own table */
+    float *tok_embd;        /* [vocab][D]                                         */
+    float *out_norm;        /* [D]                                                */
+    float *output;          /* [vocab][D], == tok_embd when tied                  */
+    model_layer *layers;
+    char arch[32];
+} model;
+
+typedef struct {
+    int max_ctx, max_tokens;
+    mla_gqa_cache gqa;
+    mla_cache mla;
+    mla_mode mode;
+    void *ws;
+    size_t ws_bytes;
+    float *x, *xb, *xc, *hb, *hb2; /* [max_tokens][D or F]                        */
+} model_state;
+
+/* 0 on success; -1 with the reason in f->err */
+int model_load(model *m, gguf_file *f);
+void model_free(model *m);
+/* KV cache values per token (all layers): 2*g*d*L for GQA, (r+m)*L for MLA */
+long model_kv_values_per_token(const model *m);
+int model_state_init(model_state *s, const model *m, int max_ctx, int max_tokens, mla_dtype cache_type);
+void model_state_free(model_state *s);
+void model_state_reset(model_state *s);
+int model_pos(const model *m, const model_state *s);
+/* Runs T tokens (T <= max_tokens) at the next positions; hidden [T][D] after
+   the final norm. Returns an mla_result. */
+int model_forward(const model *m, model_state *s, const int *tokens, int T, float *hidden);
+/* logits [T][vocab] from final hidden states */
+void model_logits(const model *m, const float *hidden, int T, float *logits);
+#endif

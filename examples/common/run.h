@@ -1,0 +1,34 @@
+/* What the example programs share: timing, files, perplexity, sampling,
+   generation and the chat prompt. */
+#ifndef RUN_H
+#define RUN_H
+#include "model.h"
+#include "tokenizer.h"
+#include <stdio.h>
+
+double now_s(void);
+/* whole file, NUL-terminated; NULL on error */
+char *read_text(const char *path, size_t *n);
+/* tokens of a text file (no BOS); caller frees; NULL on error */
+int *tokenize_file(const tokenizer *tk, const char *path, int *n);
+void set_threads(int n);
+
+/* Perplexity over non-overlapping windows of ctx tokens: each window starts
+   from an empty cache; every token after the first of a window is scored.
+   Returns exp(mean NLL); *scored gets the number of scored tokens. */
+double perplexity(const model *m, const int *toks, int n, int ctx, int progress, long *scored);
+
+typedef struct {
+    float temp;   /* 0 = greedy */
+    float top_p;  /* 1 = off    */
+    unsigned long long rng;
+} sampler;
+int sample(sampler *s, float *logits, int n);
+
+/* SmolLM2 / ChatML prompt with the default system message */
+int chat_tokens(const tokenizer *tk, const char *user, int *out, int max_out);
+/* Prefill prompt, then sample up to n_new tokens (stops at eos or
+   <|im_end|>), writing text to out (NULL = silent) and into text (if non-NULL). */
+int generate(const model *m, model_state *st, const tokenizer *tk, const int *prompt, int n_prompt, int n_new,
+             sampler *sp, FILE *out, char *text, size_t text_cap, double *prefill_tps, double *decode_tps);
+#endif

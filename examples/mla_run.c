@@ -1,0 +1,93 @@
+/* mla-run: run a LLaMA GGUF (GQA) or a converted llama-mla GGUF (MLA):
+   generate text, chat, or measure perplexity. */
+#include "common/run.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void usage(void) {
+    fprintf(stderr,
+            "usage: mla-run --model F [--prompt TEXT | --chat TEXT] [-n N] [--ppl FILE --ctx N]\n"
+            "               [--threads N] [--temp T] [--top-p P] [--seed S] [--cache f32|f16|bf16] [--naive]\n"
+            "  --prompt  raw text continuation      --chat  one user turn in the model's chat template\n"
+            "  --ppl     perplexity of a text file in non-overlapping windows of --ctx tokens (default 512)\n"
+            "  --naive   MLA models: decompress K/V (reference path) instead of the absorbed path\n");
+}
+
+int main(int argc, char **argv) {
+    const char *path = NULL, *prompt = NULL, *chat = NULL, *ppl_file = NULL, *cache = "f32";
+    int n_new = 128, ctx = 512, threads = 0, i, naive = 0;
+    sampler sp = {0.0f, 0.95f, 42};
+    gguf_file f;
+    model m;
+    tokenizer *tk;
+    double t0;
+    for (i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--naive")) { naive = 1; continue; }
+        if (!v) { usage(); return 2; }
+        if (!strcmp(a, "--model")) path = v;
+        else if (!strcmp(a, "--prompt")) prompt = v;
+        else if (!strcmp(a, "--chat")) chat = v;
+        else if (!strcmp(a, "-n")) n_new = atoi(v);
+        else if (!strcmp(a, "--ppl")) ppl_file = v;
+        else if (!strcmp(a, "--ctx")) ctx = atoi(v);
+        else if (!strcmp(a, "--threads")) threads = atoi(v);
+        else if (!strcmp(a, "--temp")) sp.temp = (float)atof(v);
+        else if (!strcmp(a, "--top-p")) sp.top_p = (float)atof(v);
+        else if (!strcmp(a, "--seed")) sp.rng = strtoull(v, NULL, 10) * 2654435761ULL + 1;
+        else if (!strcmp(a, "--cache")) cache = v;
+        else { usage(); return 2; }
+        i++;
+    }
+    if (!path || (!prompt && !chat && !ppl_file) || ctx < 2 || n_new < 0) { usage(); return 2; }
+    set_threads(threads);
+    t0 = now_s();
+    if (gguf_read(&f, path) || model_load(&m, &f)) {
+        fprintf(stderr, "mla-run: %s: %s\n", path, f.err);
+        gguf_close(&f);
+        return 1;
+    }
+    if (!(tk = tok_load(&f))) {
+        fprintf(stderr, "mla-run: %s: %s\n", path, f.err);
+        return 1;
+    }
+    fprintf(stderr, "loaded %s (%s, %d layers, D=%d, %d heads, %d kv heads) in %.1f s; KV cache %ld values/token\n", path,
+            m.arch, m.n_layers, m.dim, m.n_heads, m.n_kv_heads, now_s() - t0, model_kv_values_per_token(&m));
+    if (prompt || chat) {
+        int *toks = (int *)malloc(sizeof(int) * 8192), n;
+        model_state st;
+        double pf = 0, dc = 0;
+        mla_dtype ct = !strcmp(cache, "bf16") ? MLA_BF16 : !strcmp(cache, "f16") ? MLA_F16 : MLA_F32;
+        n = chat ? chat_tokens(tk, chat, toks, 8192) : tok_encode(tk, prompt, strlen(prompt), 1, toks, 8192);
+        if (n <= 0) { fprintf(stderr, "mla-run: empty or too long prompt\n"); return 1; }
+        if (model_state_init(&st, &m, n + n_new + 1, 64, ct)) { fprintf(stderr, "mla-run: out of memory\n"); return 1; }
+        if (naive) st.mode = MLA_NAIVE;
+        if (prompt) fputs(prompt, stdout);
+        if (generate(&m, &st, tk, toks, n, n_new, &sp, stdout, NULL, 0, &pf, &dc) < 0) {
+            fprintf(stderr, "\nmla-run: generation failed\n");
+            return 1;
+        }
+        printf("\n");
+        fprintf(stderr, "prompt %d tokens: prefill %.1f tok/s, decode %.1f tok/s\n", n, pf, dc);
+        model_state_free(&st);
+        free(toks);
+    }
+    if (ppl_file) {
+        int n;
+        long scored = 0;
+        int *toks = tokenize_file(tk, ppl_file, &n);
+        double ppl, t1;
+        if (!toks) { fprintf(stderr, "mla-run: cannot read %s\n", ppl_file); return 1; }
+        if (n < ctx) { fprintf(stderr, "mla-run: %s has %d tokens, fewer than --ctx %d\n", ppl_file, n, ctx); return 1; }
+        t1 = now_s();
+        ppl = perplexity(&m, toks, n, ctx, 1, &scored);
+        printf("perplexity %.4f over %ld tokens (%d windows of %d) of %s; %.1f tok/s\n", ppl, scored, n / ctx, ctx,
+               ppl_file, (n / ctx) * ctx / (now_s() - t1));
+        free(toks);
+    }
+    tok_free(tk);
+    model_free(&m);
+    gguf_close(&f);
+    return 0;
+}
