@@ -19,18 +19,32 @@ ifneq ($(CBLAS_LIB),)
 CBLAS_FLAGS = -DHAVE_CBLAS
 endif
 
-TEST_SRC = tests/run_tests.c tests/test_core.c tests/mlav.c tests/impl.c tests/stubs.c
-TEST_HDR = mla.h tests/harness.h tests/mlav.h
+COMMON_SRC = examples/common/gguf.c examples/common/tokenizer.c examples/common/model.c examples/common/run.c
+COMMON_HDR = mla.h examples/common/gguf.h examples/common/tokenizer.h examples/common/model.h \
+             examples/common/run.h examples/common/unicode_tab.h
+TEST_SRC = tests/run_tests.c tests/test_core.c tests/test_gguf.c tests/test_model.c tests/mlav.c \
+           tests/impl.c tests/stubs.c $(COMMON_SRC)
+TEST_HDR = $(COMMON_HDR) tests/harness.h tests/mlav.h
+MODEL    = models/SmolLM2-135M-Instruct.Q4_1.gguf
 
 .PHONY: all demo test sanitize bench cuda headercheck clean
 
-all: $(BIN)/hello_mla $(BIN)/run_tests
+all: $(BIN)/hello_mla $(BIN)/mla-run $(BIN)/run_tests
 
 $(BIN):
 	mkdir -p $(BIN)
 
 $(BIN)/hello_mla: examples/hello_mla.c mla.h | $(BIN)
 	$(CC) $(CFLAGS) -I. -o $@ $< $(LDLIBS)
+
+$(BIN)/mla_impl.o: examples/common/mla_impl.c mla.h | $(BIN)
+	$(CC) $(CFLAGS) $(OMP) -c -o $@ $<
+
+$(BIN)/mla-run: examples/mla_run.c $(COMMON_SRC) $(COMMON_HDR) $(BIN)/mla_impl.o
+	$(CC) $(CFLAGS) $(OMP) -o $@ examples/mla_run.c $(COMMON_SRC) $(BIN)/mla_impl.o $(LDLIBS)
+
+$(MODEL):
+	tools/fetch_model.sh
 
 $(BIN)/cblas_impl.o: tests/cblas_impl.c mla.h | $(BIN)
 	$(CC) $(CFLAGS) $(CBLAS_FLAGS) -c -o $@ $<
@@ -53,11 +67,11 @@ headercheck: | $(BIN)
 	$(CC) -std=c99 -Wall -Wextra -pedantic -Werror -O2 -fopenmp -I. -c -o $(BIN)/hc_omp.o $(BIN)/hc.c
 	$(CC) -std=c99 -Wall -Wextra -pedantic -Werror -O2 -DMLA_STATIC -I. -c -o $(BIN)/hc_static.o $(BIN)/hc.c
 
-test: headercheck $(BIN)/run_tests
+test: headercheck $(BIN)/run_tests $(MODEL)
 	./$(BIN)/run_tests
 
 SAN = -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
-sanitize: | $(BIN)
+sanitize: $(MODEL) | $(BIN)
 	$(CC) $(WARN) -O1 -g $(SAN) $(CBLAS_FLAGS) -c -o $(BIN)/cblas_impl_san.o tests/cblas_impl.c
 	$(CC) $(WARN) -O1 -g $(SAN) -I. -o $(BIN)/run_tests_san $(TEST_SRC) $(BIN)/cblas_impl_san.o $(CBLAS_LIB) $(LDLIBS)
 	ASAN_OPTIONS=detect_leaks=1 ./$(BIN)/run_tests_san

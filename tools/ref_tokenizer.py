@@ -9,48 +9,55 @@ import os, sys
 import gguf
 from tokenizers import Tokenizer, AddedToken, models, pre_tokenizers
 
-path = sys.argv[1]
-r = gguf.GGUFReader(path)
+def build(path):
+    """HF tokenizers BPE from the GGUF's vocab and merges, SmolLM2 pre-tokenizer."""
+    r = gguf.GGUFReader(path)
+
+    def field_strs(name):
+        f = r.fields[name]
+        return [bytes(f.parts[i]).decode('utf-8') for i in f.data]
+
+    toks = field_strs('tokenizer.ggml.tokens')
+    merges = field_strs('tokenizer.ggml.merges')
+    tt = r.fields['tokenizer.ggml.token_type']
+    types = [int(tt.parts[i][0]) for i in tt.data]
+    tk = Tokenizer(models.BPE({t: i for i, t in enumerate(toks)}, [tuple(m.split(' ', 1)) for m in merges]))
+    tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
+    tk.add_special_tokens([AddedToken(toks[i], special=True, normalized=False)
+                           for i in range(len(toks)) if types[i] == 3])
+    return tk
 
 
-def field_strs(name):
-    f = r.fields[name]
-    return [bytes(f.parts[i]).decode('utf-8') for i in f.data]
+def main():
+    tk = build(sys.argv[1])
+    cases = []
+    for lic in ('GFDL-1.3', 'MPL-1.1'):
+        with open('/usr/share/common-licenses/' + lic, encoding='utf-8') as f:
+            cases += [l.rstrip('\n') for l in f if l.strip()][:150]
+    cases += [
+        "Hello, world! It's 2026; we'll see what you've done.",
+        "Numbers: 3.14159, 1,000,000 and 007 -- also ½ and ² and ٣٤٥.",
+        "Unicode: café naïve Zürich Ελληνικά русский 日本語 한국어 emoji 😀👍🏽 done",
+        "   leading spaces\tand\ttabs   and trailing   ",
+        "line one\nline two\n\n\nafter blank lines\r\nwindows",
+        "<|im_start|>user\nWhat is MLA?<|im_end|>\n<|im_start|>assistant\n",
+        "special <|endoftext|>inside text<|im_end|>x",
+        "CamelCaseWords and snake_case_words and kebab-case-words",
+        "I'M SHOUTING, DON'T YOU SEE? 'quoted' \"double\" `back`",
+        "x=1+2*3/4-5%6; if (a<b && c>=d) { return; }",
+        "",
+        " ",
+        "\n",
+        "a\u00a0b\u2003c\u3000d",
+    ]
+    out = os.path.join(os.path.dirname(__file__), '..', 'tests', 'data', 'tok_cases.txt')
+    with open(out, 'w') as f:
+        for c in cases:
+            ids = tk.encode(c).ids
+            f.write(c.encode('utf-8').hex() + '\n' + ' '.join(map(str, ids)) + '\n')
+    print('wrote', len(cases), 'cases to', out)
 
 
-toks = field_strs('tokenizer.ggml.tokens')
-merges = field_strs('tokenizer.ggml.merges')
-types = [int(r.fields['tokenizer.ggml.token_type'].parts[i][0]) for i in r.fields['tokenizer.ggml.token_type'].data]
-vocab = {t: i for i, t in enumerate(toks)}
-tk = Tokenizer(models.BPE(vocab, [tuple(m.split(' ', 1)) for m in merges]))
-tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
-                                            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
-tk.add_special_tokens([AddedToken(toks[i], special=True, normalized=False)
-                       for i in range(len(toks)) if types[i] == 3])
-
-cases = []
-for lic in ('GFDL-1.3', 'MPL-1.1'):
-    with open('/usr/share/common-licenses/' + lic, encoding='utf-8') as f:
-        cases += [l.rstrip('\n') for l in f if l.strip()][:150]
-cases += [
-    "Hello, world! It's 2026; we'll see what you've done.",
-    "Numbers: 3.14159, 1,000,000 and 007 -- also ½ and ² and ٣٤٥.",
-    "Unicode: café naïve Zürich Ελληνικά русский 日本語 한국어 emoji 😀👍🏽 done",
-    "   leading spaces\tand\ttabs   and trailing   ",
-    "line one\nline two\n\n\nafter blank lines\r\nwindows",
-    "<|im_start|>user\nWhat is MLA?<|im_end|>\n<|im_start|>assistant\n",
-    "special <|endoftext|>inside text<|im_end|>x",
-    "CamelCaseWords and snake_case_words and kebab-case-words",
-    "I'M SHOUTING, DON'T YOU SEE? 'quoted' \"double\" `back`",
-    "x=1+2*3/4-5%6; if (a<b && c>=d) { return; }",
-    "",
-    " ",
-    "\n",
-    "a\u00a0b\u2003c\u3000d",
-]
-out = os.path.join(os.path.dirname(__file__), '..', 'tests', 'data', 'tok_cases.txt')
-with open(out, 'w') as f:
-    for c in cases:
-        ids = tk.encode(c).ids
-        f.write(c.encode('utf-8').hex() + '\n' + ' '.join(map(str, ids)) + '\n')
-print('wrote', len(cases), 'cases to', out)
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,3 @@
+/* The one translation unit of the examples that holds the implementation. */
+#define MLA_IMPLEMENTATION
+#include "../../mla.h"

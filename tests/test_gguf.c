@@ -1,0 +1,230 @@
+/* GGUF container and dequantization: hand-built blocks, a written-and-read
+   round trip, and malformed files (every truncation, bit flips, bad fields). */
+#include "harness.h"
+#include "../examples/common/gguf.h"
+#include "../mla.h"
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void put_f16(unsigned char *p, float v) {
+    uint16_t h = mla_f32_to_f16(v);
+    memcpy(p, &h, 2);
+}
+
+static void test_dequant_blocks(void) {
+    unsigned char q40[18], q41[20], q80[34], f16[4], bf[4];
+    float out[32], x;
+    int j, ok = 1;
+    /* Q4_0: d = 0.5; byte j = (low = j%16, high = 15 - j%16) */
+    put_f16(q40, 0.5f);
+    for (j = 0; j < 16; j++) q40[2 + j] = (unsigned char)((j & 15) | ((15 - j) << 4));
+    CHECK(gguf_dequant(GGML_Q4_0, q40, out, 32) == 0);
+    for (j = 0; j < 16; j++) {
+        ok &= out[j] == ((j & 15) - 8) * 0.5f;          /* low nibble -> element j      */
+        ok &= out[j + 16] == ((15 - j) - 8) * 0.5f;     /* high nibble -> element j + 16 */
+    }
+    CHECK(ok);
+    /* Q4_1: d = 0.25, m = -1 */
+    put_f16(q41, 0.25f);
+    put_f16(q41 + 2, -1.0f);
+    for (j = 0; j < 16; j++) q41[4 + j] = (unsigned char)(j | ((j ^ 5) << 4));
+    CHECK(gguf_dequant(GGML_Q4_1, q41, out, 32) == 0);
+    for (ok = 1, j = 0; j < 16; j++) {
+        ok &= out[j] == j * 0.25f - 1.0f;
+        ok &= out[j + 16] == (j ^ 5) * 0.25f - 1.0f;
+    }
+    CHECK(ok);
+    /* Q8_0: d = 2, signed bytes */
+    put_f16(q80, 2.0f);
+    for (j = 0; j < 32; j++) q80[2 + j] = (unsigned char)(signed char)(j - 16);
+    CHECK(gguf_dequant(GGML_Q8_0, q80, out, 32) == 0);
+    for (ok = 1, j = 0; j < 32; j++) ok &= out[j] == (j - 16) * 2.0f;
+    CHECK(ok);
+    put_f16(f16, 1.5f);
+    put_f16(f16 + 2, -0.125f);
+    CHECK(gguf_dequant(GGML_F16, f16, out, 2) == 0 && out[0] == 1.5f && out[1] == -0.125f);
+    x = 3.0f;
+    {
+        uint16_t b = mla_f32_to_bf16(x);
+        memcpy(bf, &b, 2);
+        b = mla_f32_to_bf16(-0.5f);
+        memcpy(bf + 2, &b, 2);
+    }
+    CHECK(gguf_dequant(GGML_BF16, bf, out, 2) == 0 && out[0] == 3.0f && out[1] == -0.5f);
+    CHECK(gguf_dequant(GGML_Q4_0, q40, out, 31) != 0); /* not a whole block */
+    CHECK(gguf_dequant(12, q40, out, 32) != 0);         /* Q4_K: unsupported */
+}
+
+/* a small valid file written by the project's writer */
+static unsigned char *small_file(size_t *n) {
+    gguf_writer *w = gguf_writer_new();
+    float a[64], b[3] = {1, 2, 3};
+    uint64_t ne_a[2] = {32, 2}, ne_b[1] = {3};
+    char err[128];
+    unsigned char *buf;
+    FILE *fp;
+    long len;
+    int i;
+    for (i = 0; i < 64; i++) a[i] = (float)i * 0.5f;
+    gguf_w_str(w, "general.architecture", "llama");
+    gguf_w_u32(w, "llama.block_count", 7);
+    gguf_w_f32(w, "llama.rope.freq_base", 10000.0f);
+    gguf_w_bool(w, "flag", 1);
+    gguf_w_tensor_f32(w, "a", a, 2, ne_a);
+    gguf_w_tensor_f32(w, "b", b, 1, ne_b);
+    if (gguf_writer_save(w, "build/test_small.gguf", err, sizeof err)) { gguf_writer_free(w); return NULL; }
+    gguf_writer_free(w);
+    fp = fopen("build/test_small.gguf", "rb");
+    if (!fp) return NULL;
+    fseek(fp, 0, SEEK_END);
+    len = ftell(fp);
+    fseek(fp, 0, SEEK_SET);
+    buf = (unsigned char *)malloc((size_t)len);
+    if (fread(buf, 1, (size_t)len, fp) != (size_t)len) len = 0;
+    fclose(fp);
+    *n = (size_t)len;
+    return buf;
+}
+
+static void test_roundtrip(void) {
+    size_t n = 0;
+    unsigned char *buf = small_file(&n);
+    gguf_file f;
+    int64_t v;
+    double d;
+    gguf_str s;
+    float *a;
+    CHECK(buf != NULL);
+    if (!buf) return;
+    CHECK(gguf_parse(&f, buf, n) == 0);
+    CHECK(f.version == 3 && f.n_kv == 4 && f.n_tensors == 2);
+    CHECK(gguf_get_int(&f, "llama.block_count", &v) == 0 && v == 7);
+    CHECK(gguf_get_float(&f, "llama.rope.freq_base", &d) == 0 && d == 10000.0);
+    CHECK(gguf_get_str(&f, "general.architecture", &s) == 0 && s.n == 5 && !memcmp(s.p, "llama", 5));
+    CHECK(gguf_get_int(&f, "flag", &v) == 0 && v == 1);
+    CHECK(gguf_get_int(&f, "general.architecture", &v) != 0 && strstr(f.err, "not an integer"));
+    CHECK(gguf_get_int(&f, "nope", &v) != 0 && strstr(f.err, "missing"));
+    a = gguf_tensor_f32(&f, "a", 2, 32);
+    CHECK(a && a[0] == 0.0f && a[63] == 31.5f);
+    free(a);
+    CHECK(gguf_tensor_f32(&f, "a", 32, 2) == NULL && strstr(f.err, "shape"));
+    CHECK(gguf_tensor_f32(&f, "zz", 0, 0) == NULL && strstr(f.err, "missing tensor"));
+    gguf_close(&f);
+    free(buf);
+}
+
+/* every prefix of a valid file that cuts into tensor data or headers must
+   fail cleanly (never crash or read past); only the trailing padding may go */
+static void test_truncations(void) {
+    size_t n = 0, k, data_end;
+    unsigned char *buf = small_file(&n);
+    gguf_file whole;
+    int all_fail = 1;
+    if (!buf) { CHECK(0); return; }
+    CHECK(gguf_parse(&whole, buf, n) == 0);
+    data_end = (size_t)(whole.tensors[1].data + whole.tensors[1].n_bytes - buf);
+    gguf_close(&whole);
+    CHECK(data_end <= n);
+    for (k = 0; k < data_end; k++) {
+        gguf_file f;
+        unsigned char *cut = (unsigned char *)malloc(k ? k : 1); /* exact size: ASan sees overreads */
+        memcpy(cut, buf, k);
+        if (gguf_parse(&f, cut, k) == 0) all_fail = 0;
+        else if (!f.err[0]) all_fail = 0;
+        gguf_close(&f);
+        free(cut);
+    }
+    CHECK(all_fail);
+    free(buf);
+}
+
+/* random bit flips: must parse or fail with a message, never crash */
+static void test_bitflips(void) {
+    size_t n = 0;
+    unsigned char *buf = small_file(&n);
+    unsigned long long s = 12345;
+    int i, parsed = 0, failed = 0;
+    if (!buf) { CHECK(0); return; }
+    for (i = 0; i < 4000; i++) {
+        unsigned char *cp = (unsigned char *)malloc(n);
+        gguf_file f;
+        int j;
+        memcpy(cp, buf, n);
+        for (j = 0; j < 1 + i % 4; j++) {
+            s ^= s << 13; s ^= s >> 7; s ^= s << 17;
+            cp[s % n] ^= (unsigned char)(1u << (s >> 32) % 8);
+        }
+        if (gguf_parse(&f, cp, n) == 0) {
+            uint64_t t;
+            parsed++;
+            for (t = 0; t < f.n_tensors; t++) { /* tensors must lie inside the buffer */
+                float *x = gguf_tensor_f32(&f, f.tensors[t].name, 0, 0);
+                free(x);
+            }
+        } else {
+            failed += f.err[0] != 0;
+        }
+        gguf_close(&f);
+        free(cp);
+    }
+    th_note("4000 mutated files: %d parsed, %d rejected with a message", parsed, failed);
+    CHECK(parsed + failed == 4000);
+    free(buf);
+}
+
+static void patch_u64(unsigned char *b, size_t off, uint64_t v) { memcpy(b + off, &v, 8); }
+
+static void test_malformed(void) {
+    size_t n = 0;
+    unsigned char *buf = small_file(&n), *cp;
+    gguf_file f;
+    size_t ti;
+    if (!buf) { CHECK(0); return; }
+    cp = (unsigned char *)malloc(n);
+#define RESET() memcpy(cp, buf, n)
+    RESET(); cp[0] = 'X';
+    CHECK(gguf_parse(&f, cp, n) != 0 && strstr(f.err, "magic")); gguf_close(&f);
+    RESET(); cp[4] = 9;
+    CHECK(gguf_parse(&f, cp, n) != 0 && strstr(f.err, "version")); gguf_close(&f);
+    RESET(); patch_u64(cp, 8, (uint64_t)1 << 40);
+    CHECK(gguf_parse(&f, cp, n) != 0 && strstr(f.err, "absurd counts")); gguf_close(&f);
+    RESET(); patch_u64(cp, 16, 0xFFFFFFFFFFFFull);
+    CHECK(gguf_parse(&f, cp, n) != 0 && strstr(f.err, "absurd counts")); gguf_close(&f);
+    RESET(); patch_u64(cp, 24, (uint64_t)1 << 35); /* first key length */
+    CHECK(gguf_parse(&f, cp, n) != 0 && strstr(f.err, "absurd string length")); gguf_close(&f);
+    /* locate tensor "a": name length 1, 'a', n_dims 2 */
+    for (ti = 24; ti + 9 < n; ti++)
+        if (cp[ti] == 1 && !memcmp(cp + ti + 1, "\0\0\0\0\0\0\0a\2\0\0\0", 12)) break;
+    CHECK(ti + 9 < n);
+    if (ti + 9 < n) {
+        size_t dims = ti + 13, type = dims + 16, off = type + 4;
+        RESET(); memcpy(cp + ti + 9, "\7\0\0\0", 4);
+        CHECK(gguf_parse(&f, cp, n) != 0 && strstr(f.err, "dims")); gguf_close(&f);
+        RESET(); { uint32_t t = 77; memcpy(cp + type, &t, 4); }
+        CHECK(gguf_parse(&f, cp, n) != 0 && strstr(f.err, "unsupported type")); gguf_close(&f);
+        RESET(); { uint32_t t = GGML_Q4_0; uint64_t ne0 = 33; memcpy(cp + type, &t, 4); memcpy(cp + dims, &ne0, 8); }
+        CHECK(gguf_parse(&f, cp, n) != 0 && strstr(f.err, "not a multiple")); gguf_close(&f);
+        RESET(); patch_u64(cp, off, (uint64_t)1 << 20);
+        CHECK(gguf_parse(&f, cp, n) != 0 && strstr(f.err, "past the end")); gguf_close(&f);
+        RESET(); patch_u64(cp, off, 3);
+        CHECK(gguf_parse(&f, cp, n) != 0 && strstr(f.err, "aligned")); gguf_close(&f);
+        RESET(); patch_u64(cp, dims, (uint64_t)1 << 45);
+        CHECK(gguf_parse(&f, cp, n) != 0 && strstr(f.err, "absurd dimension")); gguf_close(&f);
+        RESET(); cp[ti + 8] = 'b'; /* duplicate tensor name */
+        CHECK(gguf_parse(&f, cp, n) != 0 && strstr(f.err, "duplicate tensor")); gguf_close(&f);
+    }
+    CHECK(gguf_read(&f, "build/does-not-exist.gguf") != 0 && strstr(f.err, "cannot open"));
+    gguf_close(&f);
+#undef RESET
+    free(cp);
+    free(buf);
+}
+
+void suite_gguf(void) {
+    RUN(test_dequant_blocks);
+    RUN(test_roundtrip);
+    RUN(test_truncations);
+    RUN(test_bitflips);
+    RUN(test_malformed);
+}
