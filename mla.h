@@ -40,6 +40,7 @@
      MLA_STATIC        make every function static (private vendoring)
      MLA_MALLOC/MLA_FREE/MLA_ASSERT   override before the implementation
      MLA_USE_CBLAS     matrix products through cblas_sgemm (link a BLAS)
+     MLA_NO_SIMD       no GCC/Clang vector extensions (plain C loops only)
      Compile with -fopenmp to run the matrix products on several threads.
 
    ------------------------------------------------------ memory and errors --
@@ -383,6 +384,49 @@ static int mla__all_finite(const float *x, size_t n) {
     return 1;
 }
 
+/* out[t][i] = x_t . w_i for 4 tokens x 4 weight rows: every load of x and w
+   feeds 4 products. With GCC/Clang vector extensions (16 floats, one AVX-512
+   register or two AVX ones) unless MLA_NO_SIMD; else plain dot products. */
+#if defined(__GNUC__) && !defined(MLA_NO_SIMD)
+typedef float mla__v16 __attribute__((vector_size(64)));
+/* vectors never cross a function boundary by value (that would tie the ABI to -mavx512f) */
+#define MLA__LD16(v, p) memcpy(&(v), (p), sizeof(v))
+static float mla__hsum16(const mla__v16 *v) {
+    float a[16], s = 0;
+    int u;
+    memcpy(a, v, sizeof a);
+    for (u = 0; u < 16; u++) s += a[u];
+    return s;
+}
+static void mla__dot4x4(const float *x, size_t ldx, const float *w, size_t ldw, int k, float out[4][4]) {
+    mla__v16 a00 = {0}, a01 = {0}, a02 = {0}, a03 = {0}, a10 = {0}, a11 = {0}, a12 = {0}, a13 = {0};
+    mla__v16 a20 = {0}, a21 = {0}, a22 = {0}, a23 = {0}, a30 = {0}, a31 = {0}, a32 = {0}, a33 = {0};
+    int kk, t, i, u;
+    for (kk = 0; kk + 16 <= k; kk += 16) {
+        mla__v16 w0, w1, w2, w3, x0, x1, x2, x3;
+        MLA__LD16(w0, w + kk); MLA__LD16(w1, w + ldw + kk); MLA__LD16(w2, w + 2 * ldw + kk); MLA__LD16(w3, w + 3 * ldw + kk);
+        MLA__LD16(x0, x + kk); MLA__LD16(x1, x + ldx + kk); MLA__LD16(x2, x + 2 * ldx + kk); MLA__LD16(x3, x + 3 * ldx + kk);
+        a00 += x0 * w0; a01 += x0 * w1; a02 += x0 * w2; a03 += x0 * w3;
+        a10 += x1 * w0; a11 += x1 * w1; a12 += x1 * w2; a13 += x1 * w3;
+        a20 += x2 * w0; a21 += x2 * w1; a22 += x2 * w2; a23 += x2 * w3;
+        a30 += x3 * w0; a31 += x3 * w1; a32 += x3 * w2; a33 += x3 * w3;
+    }
+    out[0][0] = mla__hsum16(&a00); out[0][1] = mla__hsum16(&a01); out[0][2] = mla__hsum16(&a02); out[0][3] = mla__hsum16(&a03);
+    out[1][0] = mla__hsum16(&a10); out[1][1] = mla__hsum16(&a11); out[1][2] = mla__hsum16(&a12); out[1][3] = mla__hsum16(&a13);
+    out[2][0] = mla__hsum16(&a20); out[2][1] = mla__hsum16(&a21); out[2][2] = mla__hsum16(&a22); out[2][3] = mla__hsum16(&a23);
+    out[3][0] = mla__hsum16(&a30); out[3][1] = mla__hsum16(&a31); out[3][2] = mla__hsum16(&a32); out[3][3] = mla__hsum16(&a33);
+    for (t = 0; t < 4; t++)
+        for (i = 0; i < 4; i++)
+            for (u = kk; u < k; u++) out[t][i] += x[t * ldx + u] * w[i * ldw + u];
+}
+#else
+static void mla__dot4x4(const float *x, size_t ldx, const float *w, size_t ldw, int k, float out[4][4]) {
+    int t, i;
+    for (t = 0; t < 4; t++)
+        for (i = 0; i < 4; i++) out[t][i] = mla__dot(x + t * ldx, w + i * ldw, k);
+}
+#endif
+
 MLADEF void mla_matmul(float *y, const float *x, const float *W, const float *b,
                        int T, int n, int k) {
 #ifdef MLA_USE_CBLAS
@@ -393,15 +437,24 @@ MLADEF void mla_matmul(float *y, const float *x, const float *W, const float *b,
         for (t = 0; t < T; t++)
             for (i = 0; i < n; i++) y[(size_t)t * n + i] += b[i];
 #else
-    int i;
+    int ib;
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) if ((long)n * k * T > 65536)
 #endif
-    for (i = 0; i < n; i++) { /* each weight row is read once for all T tokens */
-        int t;
-        const float *wi = W + (size_t)i * k;
-        for (t = 0; t < T; t++)
-            y[(size_t)t * n + i] = mla__dot(x + (size_t)t * k, wi, k) + (b ? b[i] : 0.0f);
+    for (ib = 0; ib < (n + 3) / 4; ib++) { /* 4 weight rows, read once for all T tokens */
+        int i0 = ib * 4, t0, t, i;
+        for (t0 = 0; t0 < T; t0 += 4) {
+            if (t0 + 4 <= T && i0 + 4 <= n) {
+                float o[4][4];
+                mla__dot4x4(x + (size_t)t0 * k, (size_t)k, W + (size_t)i0 * k, (size_t)k, k, o);
+                for (t = 0; t < 4; t++)
+                    for (i = 0; i < 4; i++) y[(size_t)(t0 + t) * n + i0 + i] = o[t][i] + (b ? b[i0 + i] : 0.0f);
+            } else {
+                for (t = t0; t < T && t < t0 + 4; t++)
+                    for (i = i0; i < n && i < i0 + 4; i++)
+                        y[(size_t)t * n + i] = mla__dot(x + (size_t)t * k, W + (size_t)i * k, k) + (b ? b[i] : 0.0f);
+            }
+        }
     }
 #endif
 }
@@ -801,7 +854,7 @@ typedef struct {
     float *kvd;   /* [ctx][h*(d_nope+d_v)] naive: decompressed k_nope, v        */
     float *kf;    /* [ctx][h*(d_nope+m)]   naive: full keys                     */
     float *vf;    /* [ctx][h*d_v]          naive: values                        */
-    float *p;     /* [ctx]                 naive: probabilities                 */
+    float *p;     /* [h][ctx]              naive: probabilities                 */
     float *row;   /* [r+m]                 naive: converted cache row           */
 } mla__scratch;
 
@@ -837,7 +890,7 @@ static size_t mla__scratch_layout(const mla_config *c, int T, int ctx, mla_mode 
         s->kvd = mla__carve(base, &off, (size_t)ctx * H * ((size_t)c->qk_nope_head_dim + dv));
         s->kf = mla__carve(base, &off, (size_t)ctx * H * qd);
         s->vf = mla__carve(base, &off, (size_t)ctx * H * dv);
-        s->p = mla__carve(base, &off, (size_t)ctx);
+        s->p = mla__carve(base, &off, H * (size_t)ctx);
         s->row = mla__carve(base, &off, r + m);
     }
     return off;
@@ -984,11 +1037,14 @@ static void mla__attend_naive(const mla_config *c, const mla_layer_weights *w,
             memcpy(kf + dn, s->kpe + (size_t)t * m, sizeof(float) * (size_t)m);
             memcpy(s->vf + ((size_t)t * H + j) * dv, kv + dn, sizeof(float) * (size_t)dv);
         }
-    for (i = 0; i < chunk; i++)
-        for (j = 0; j < H; j++)
+#ifdef _OPENMP
+#pragma omp parallel for private(i) schedule(static) if ((long)chunk * ctx * H > 16384)
+#endif
+    for (j = 0; j < H; j++) /* heads are independent: each has its own row of p */
+        for (i = 0; i < chunk; i++)
             mla__attend_one(q + ((size_t)i * H + j) * qd, s->kf + (size_t)j * qd, (size_t)H * qd, qd,
                             s->vf + (size_t)j * dv, (size_t)H * dv, dv, seq->len + i + 1, scale,
-                            s->p, o + ((size_t)i * H + j) * dv);
+                            s->p + (size_t)j * ctx, o + ((size_t)i * H + j) * dv);
 }
 
 /* n_seq sequences, `chunk` new tokens each (token i belongs to seqs[i/chunk]) */
@@ -1083,7 +1139,7 @@ MLADEF void mla_gqa_cache_free(mla_gqa_cache *c) {
     memset(c, 0, sizeof *c);
 }
 
-/* q [T][h*d], k, v [T][g*d], o [T][h*d], freq [d/2], p [ctx] */
+/* q [T][h*d], k, v [T][g*d], o [T][h*d], freq [d/2], p [h][ctx] */
 static size_t mla__gqa_layout(const mla_gqa_config *c, int T, int ctx, float *base, float **q,
                               float **k, float **v, float **o, float **freq, float **p) {
     size_t hd = (size_t)c->n_heads * c->head_dim, L = (size_t)c->n_kv_heads * c->head_dim, off = 0;
@@ -1092,7 +1148,7 @@ static size_t mla__gqa_layout(const mla_gqa_config *c, int T, int ctx, float *ba
     *v = mla__carve(base, &off, (size_t)T * L);
     *o = mla__carve(base, &off, (size_t)T * hd);
     *freq = mla__carve(base, &off, (size_t)c->head_dim / 2);
-    *p = mla__carve(base, &off, (size_t)ctx);
+    *p = mla__carve(base, &off, (size_t)c->n_heads * ctx);
     return off;
 }
 
@@ -1140,11 +1196,14 @@ MLADEF mla_result mla_gqa_forward(const mla_gqa_config *c, const mla_gqa_weights
         memcpy(kc->k + base + (size_t)pos * L, k + (size_t)i * L, sizeof(float) * (size_t)L);
         memcpy(kc->v + base + (size_t)pos * L, v + (size_t)i * L, sizeof(float) * (size_t)L);
     }
-    for (i = 0; i < T; i++)
-        for (j = 0; j < H; j++)
+#ifdef _OPENMP
+#pragma omp parallel for private(i) schedule(static) if ((long)T * (kc->len + T) * H > 16384)
+#endif
+    for (j = 0; j < H; j++) /* head j reads the k/v of its group j / (h/g) */
+        for (i = 0; i < T; i++)
             mla__attend_one(q + ((size_t)i * H + j) * d, kc->k + base + (size_t)(j / grp) * d, (size_t)L, d,
-                            kc->v + base + (size_t)(j / grp) * d, (size_t)L, d, kc->len + i + 1, scale, p,
-                            o + ((size_t)i * H + j) * d);
+                            kc->v + base + (size_t)(j / grp) * d, (size_t)L, d, kc->len + i + 1, scale,
+                            p + (size_t)j * (kc->len + T), o + ((size_t)i * H + j) * d);
     mla_matmul(out, o, w->w_o, w->b_o, T, c->dim, H * d);
     return MLA_OK;
 }

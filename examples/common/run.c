@@ -51,7 +51,7 @@ int *tokenize_file(const tokenizer *tk, const char *path, int *n) {
 
 double perplexity(const model *m, const int *toks, int n, int ctx, int progress, long *scored) {
     model_state st;
-    int chunk = ctx < 128 ? ctx : 128, w, n_win = n / ctx;
+    int chunk = ctx < 512 ? ctx : 512, w, n_win = n / ctx;
     float *hidden = (float *)malloc(sizeof(float) * (size_t)chunk * m->dim);
     float *logits = (float *)malloc(sizeof(float) * (size_t)chunk * m->vocab);
     double nll = 0;
@@ -66,15 +66,22 @@ double perplexity(const model *m, const int *toks, int n, int ctx, int progress,
             int T = ctx - off < chunk ? ctx - off : chunk, t;
             if (model_forward(m, &st, wt + off, T, hidden)) { nll = NAN; goto done; }
             model_logits(m, hidden, T, logits);
-            for (t = 0; t < T; t++) {
-                int next = off + t + 1, v;
-                const float *lg = logits + (size_t)t * m->vocab;
-                double mx = lg[0], se = 0;
-                if (next >= ctx) break;
-                for (v = 1; v < m->vocab; v++) if (lg[v] > mx) mx = lg[v];
-                for (v = 0; v < m->vocab; v++) se += exp(lg[v] - mx);
-                nll += mx + log(se) - lg[wt[next]];
-                cnt++;
+            {
+                int last = off + T < ctx ? T : T - 1; /* the window's last token predicts nothing */
+                double part = 0;
+#ifdef _OPENMP
+#pragma omp parallel for reduction(+ : part) schedule(static)
+#endif
+                for (t = 0; t < last; t++) {
+                    const float *lg = logits + (size_t)t * m->vocab;
+                    double mx = lg[0], se = 0;
+                    int v;
+                    for (v = 1; v < m->vocab; v++) if (lg[v] > mx) mx = lg[v];
+                    for (v = 0; v < m->vocab; v++) se += exp(lg[v] - mx);
+                    part += mx + log(se) - lg[wt[off + t + 1]];
+                }
+                nll += part;
+                cnt += last;
             }
         }
         if (progress) {
