@@ -313,10 +313,18 @@ static void test_chunks_and_paging(void) {
         }
         CHECK(off == N);
         CHECK(seq.n_blocks == 10 && pool.n_free == 0);
-        /* identical arithmetic per token: chunking and paging change nothing */
+        /* chunking changes only the summation order inside the projections
+           (4-token kernel vs single dots), paging nothing: fp32 rounding */
         CHECK_LE(th_relerr(o2, o1, (size_t)N * D), 1e-6);
-        for (i = 0; i < N; i++)
-            CHECK(!memcmp(mla_seq_row(&pool, &seq, 0, i), mla_seq_row(&cc.pool, &cc.seq, 0, i), mla_pool_row_bytes(&pool)));
+        {
+            double worst = 0;
+            for (i = 0; i < N; i++) {
+                double e = th_relerr((const float *)mla_seq_row(&pool, &seq, 0, i),
+                                     (const float *)mla_seq_row(&cc.pool, &cc.seq, 0, i), 48);
+                if (e > worst) worst = e;
+            }
+            CHECK_LE(worst, 1e-6);
+        }
         mla_pool_free(&pool);
         mla_cache_free(&cc);
     }
