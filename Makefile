@@ -27,9 +27,9 @@ TEST_SRC = tests/run_tests.c tests/test_core.c tests/test_gguf.c tests/test_mode
 TEST_HDR = $(COMMON_HDR) tests/harness.h tests/mlav.h
 MODEL    = models/SmolLM2-135M-Instruct.Q4_1.gguf
 
-.PHONY: all demo test sanitize bench cuda headercheck clean
+.PHONY: all demo hello test sanitize bench cuda headercheck clean
 
-all: $(BIN)/hello_mla $(BIN)/mla-run $(BIN)/run_tests
+all: $(BIN)/hello_mla $(BIN)/mla-run $(BIN)/demo $(BIN)/run_tests
 
 $(BIN):
 	mkdir -p $(BIN)
@@ -43,6 +43,9 @@ $(BIN)/mla_impl.o: examples/common/mla_impl.c mla.h | $(BIN)
 $(BIN)/mla-run: examples/mla_run.c $(COMMON_SRC) $(COMMON_HDR) $(BIN)/mla_impl.o
 	$(CC) $(CFLAGS) $(OMP) -o $@ examples/mla_run.c $(COMMON_SRC) $(BIN)/mla_impl.o $(LDLIBS)
 
+$(BIN)/demo: examples/demo.c $(COMMON_SRC) $(COMMON_HDR) $(BIN)/mla_impl.o
+	$(CC) $(CFLAGS) $(OMP) -o $@ examples/demo.c $(COMMON_SRC) $(BIN)/mla_impl.o $(LDLIBS)
+
 $(MODEL):
 	tools/fetch_model.sh
 
@@ -52,7 +55,10 @@ $(BIN)/cblas_impl.o: tests/cblas_impl.c mla.h | $(BIN)
 $(BIN)/run_tests: $(TEST_SRC) $(TEST_HDR) $(BIN)/cblas_impl.o
 	$(CC) $(CFLAGS) -g -I. -o $@ $(TEST_SRC) $(BIN)/cblas_impl.o $(CBLAS_LIB) $(LDLIBS)
 
-demo: $(BIN)/hello_mla
+demo: $(BIN)/demo $(MODEL)
+	./$(BIN)/demo $(MODEL)
+
+hello: $(BIN)/hello_mla
 	./$(BIN)/hello_mla
 
 # the header must compile warning-free as C99 (gcc, clang if present) and as C++
