@@ -22,8 +22,8 @@ endif
 COMMON_SRC = examples/common/gguf.c examples/common/tokenizer.c examples/common/model.c examples/common/run.c
 COMMON_HDR = mla.h examples/common/gguf.h examples/common/tokenizer.h examples/common/model.h \
              examples/common/run.h examples/common/unicode_tab.h
-TEST_SRC = tests/run_tests.c tests/test_core.c tests/test_gguf.c tests/test_model.c tests/mlav.c \
-           tests/impl.c tests/stubs.c $(COMMON_SRC)
+TEST_SRC = tests/run_tests.c tests/test_core.c tests/test_gguf.c tests/test_model.c tests/test_convert.c tests/mlav.c \
+           tests/impl.c $(COMMON_SRC)
 TEST_HDR = $(COMMON_HDR) tests/harness.h tests/mlav.h
 MODEL    = models/SmolLM2-135M-Instruct.Q4_1.gguf
 

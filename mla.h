@@ -291,6 +291,87 @@ MLAPI mla_result mla_gqa_forward(const mla_gqa_config *cfg, const mla_gqa_weight
                                  mla_gqa_cache *c, int layer, const float *x, int T,
                                  float *out, void *ws, size_t ws_bytes);
 
+/* ====================================================================== */
+/* 5. conversion: GQA -> MLA (TransMLA, arXiv 2502.07864, and a query-aware  */
+/*    variant). Not a hot path: it allocates with MLA_MALLOC.               */
+/* ====================================================================== */
+/* Symmetric eigendecomposition in double (Householder tridiagonalisation +
+   implicit QL). a [n][n] in: symmetric matrix; out: eigenvectors as columns
+   (a[i*n+k] = component i of vector k), sorted by eigenvalue descending
+   into w [n]. */
+MLAPI mla_result mla_eigh(int n, double *a, double *w);
+
+/* Calibration: uncentered second moment of a layer's attention input x (the
+   normalised hidden state). Every projection's statistics follow exactly:
+   E[y y^T] for y = W x + b is W XX W^T + W sx b^T + b sx^T W^T + n b b^T.
+   Memory: D*D doubles per layer being converted. */
+typedef struct {
+    int dim;
+    double n;    /* tokens seen              */
+    double *xx;  /* [D][D] sum of x x^T      */
+    double *sx;  /* [D]    sum of x          */
+} mla_calib;
+MLAPI mla_result mla_calib_init(mla_calib *c, int dim);
+MLAPI void mla_calib_add(mla_calib *c, const float *x, int T); /* x [T][D] */
+MLAPI void mla_calib_free(mla_calib *c);
+
+typedef enum {
+    MLA_CONVERT_TRANSMLA = 0, /* RoRoPE + balanced joint K/V PCA (the paper's code)      */
+    MLA_CONVERT_QAWARE = 1    /* RoRoPE + PCA whitened by the query (keys) and W_o
+                                 (values): minimises score / output error instead of K/V */
+} mla_convert_method;
+
+typedef struct {
+    int kv_lora_rank;     /* r; 0 = no compression (r = 2L - m)                          */
+    int qk_rope_head_dim; /* m; 0 = L (lossless stage 1: every key dim keeps RoPE)        */
+    int freqfold;         /* f, neighbouring frequencies rotated together; 0 -> 1         */
+    mla_convert_method method;
+    double damp;          /* covariance damping, fraction of the mean diagonal; 0 -> 0.01 */
+} mla_convert_options;
+
+/* A converted layer: config and weights it owns (free with mla_converted_free). */
+typedef struct {
+    mla_config cfg;
+    mla_layer_weights w;
+    float *rope_freqs; /* [m/2], cfg.rope_freqs points here                  */
+    float *mem;        /* one block for all weights                          */
+} mla_converted;
+MLAPI void mla_converted_free(mla_converted *c);
+
+/* Stage 1, exact: GQA written as MLA with the same cache (2L values/token):
+   k_pe = RoPE(W_k x) (m = L, caller-style frequency table repeating the head's
+   d/2 frequencies g times), c = W_v x (r = L), d_nope = 0. Biases carried. */
+MLAPI mla_result mla_convert_lossless(const mla_gqa_config *g, const mla_gqa_weights *w,
+                                      mla_converted *out);
+
+/* Stage 2, RoRoPE: an orthogonal basis U [L][L] of the key space (columns)
+   that commutes with RoPE inside each group of f neighbouring frequencies;
+   columns 0..m-1 are the rope dims (interleaved pairs, pair p of group
+   q = p / (m f / d) gets frequency index q*f + (p % (m f/d)) * d/m... see
+   mla_rorope_freqs), columns m..L-1 the dims that lose RoPE. ck: [L][L]
+   uncentered covariance of the pre-RoPE keys (GGUF/interleaved layout). */
+MLAPI mla_result mla_rorope_basis(const mla_gqa_config *g, const double *ck, int m, int f,
+                                  double damp, double *U);
+/* the inverse frequencies [m/2] of the rope dims chosen by mla_rorope_basis */
+MLAPI void mla_rorope_freqs(const mla_gqa_config *g, int m, int f, float *inv_freq);
+
+/* Stages 3-4 assembled: given the basis U (stage 2) and the latent maps
+   down [r][2L-m] (c = down z) and up [2L-m][r] (z ~ up c) of
+   z = [U_nope^T k ; v], write the MLA layer: query rope part k_up_rope^T W_q
+   and the scale fix sqrt((d_nope+m)/d) folded into W_q (so the default scale
+   is right), W_kva = [down [U_nope^T W_k ; W_v] ; U_rope^T W_k], W_kvb per head
+   [k_up_nope up_k ; v_up up_v], biases carried. down/up NULL = identity. */
+MLAPI mla_result mla_convert_assemble(const mla_gqa_config *g, const mla_gqa_weights *w,
+                                      const double *U, int m, int f, int r,
+                                      const double *down, const double *up,
+                                      mla_converted *out);
+
+/* The whole conversion of one layer. calib NULL = weight-only statistics
+   (x assumed white: E[x x^T] = I), a fallback when no text is at hand. */
+MLAPI mla_result mla_convert_layer(const mla_gqa_config *g, const mla_gqa_weights *w,
+                                   const mla_calib *calib, const mla_convert_options *opt,
+                                   mla_converted *out);
+
 /* small shared helpers (also used by the examples' model runner) */
 /* y[T][n] = x[T][k] W[n][k]^T (+ b[n]) */
 MLAPI void mla_matmul(float *y, const float *x, const float *W, const float *b,
@@ -384,6 +465,7 @@ static int mla__all_finite(const float *x, size_t n) {
     return 1;
 }
 
+#ifndef MLA_USE_CBLAS
 /* out[t][i] = x_t . w_i for 4 tokens x 4 weight rows: every load of x and w
    feeds 4 products. With GCC/Clang vector extensions (16 floats, one AVX-512
    register or two AVX ones) unless MLA_NO_SIMD; else plain dot products. */
@@ -426,6 +508,7 @@ static void mla__dot4x4(const float *x, size_t ldx, const float *w, size_t ldw, 
         for (i = 0; i < 4; i++) out[t][i] = mla__dot(x + t * ldx, w + i * ldw, k);
 }
 #endif
+#endif /* !MLA_USE_CBLAS */
 
 MLADEF void mla_matmul(float *y, const float *x, const float *W, const float *b,
                        int T, int n, int k) {
@@ -1211,6 +1294,733 @@ MLADEF mla_result mla_gqa_forward(const mla_gqa_config *c, const mla_gqa_weights
 /* ====================================================================== */
 /* 5. conversion                                                            */
 /* ====================================================================== */
+/* ---- symmetric eigendecomposition: Householder to tridiagonal, then
+   implicit QL with Wilkinson-style shifts (the EISPACK tred2/tql2 scheme) ---- */
+static void mla__tridiag(int n, double *V, double *d, double *e) {
+    int i, j, k;
+    for (j = 0; j < n; j++) d[j] = V[(size_t)(n - 1) * n + j];
+    for (i = n - 1; i > 0; i--) { /* reduce row i */
+        double scale = 0.0, h = 0.0;
+        for (k = 0; k < i; k++) scale += fabs(d[k]);
+        if (scale == 0.0) {
+            e[i] = d[i - 1];
+            for (j = 0; j < i; j++) {
+                d[j] = V[(size_t)(i - 1) * n + j];
+                V[(size_t)i * n + j] = 0.0;
+                V[(size_t)j * n + i] = 0.0;
+            }
+        } else {
+            double f, g, hh;
+            for (k = 0; k < i; k++) { d[k] /= scale; h += d[k] * d[k]; }
+            f = d[i - 1];
+            g = f > 0 ? -sqrt(h) : sqrt(h);
+            e[i] = scale * g;
+            h -= f * g;
+            d[i - 1] = f - g;
+            for (j = 0; j < i; j++) e[j] = 0.0;
+            for (j = 0; j < i; j++) {
+                f = d[j];
+                V[(size_t)j * n + i] = f;
+                g = e[j] + V[(size_t)j * n + j] * f;
+                for (k = j + 1; k <= i - 1; k++) {
+                    g += V[(size_t)k * n + j] * d[k];
+                    e[k] += V[(size_t)k * n + j] * f;
+                }
+                e[j] = g;
+            }
+            f = 0.0;
+            for (j = 0; j < i; j++) { e[j] /= h; f += e[j] * d[j]; }
+            hh = f / (h + h);
+            for (j = 0; j < i; j++) e[j] -= hh * d[j];
+            for (j = 0; j < i; j++) {
+                f = d[j]; g = e[j];
+                for (k = j; k <= i - 1; k++) V[(size_t)k * n + j] -= f * e[k] + g * d[k];
+                d[j] = V[(size_t)(i - 1) * n + j];
+                V[(size_t)i * n + j] = 0.0;
+            }
+        }
+        d[i] = h;
+    }
+    for (i = 0; i < n - 1; i++) { /* accumulate the transformations */
+        double h = d[i + 1];
+        V[(size_t)(n - 1) * n + i] = V[(size_t)i * n + i];
+        V[(size_t)i * n + i] = 1.0;
+        if (h != 0.0) {
+            for (k = 0; k <= i; k++) d[k] = V[(size_t)k * n + i + 1] / h;
+            for (j = 0; j <= i; j++) {
+                double g = 0.0;
+                for (k = 0; k <= i; k++) g += V[(size_t)k * n + i + 1] * V[(size_t)k * n + j];
+                for (k = 0; k <= i; k++) V[(size_t)k * n + j] -= g * d[k];
+            }
+        }
+        for (k = 0; k <= i; k++) V[(size_t)k * n + i + 1] = 0.0;
+    }
+    for (j = 0; j < n; j++) {
+        d[j] = V[(size_t)(n - 1) * n + j];
+        V[(size_t)(n - 1) * n + j] = 0.0;
+    }
+    V[(size_t)(n - 1) * n + n - 1] = 1.0;
+    e[0] = 0.0;
+}
+
+static int mla__tridiag_ql(int n, double *V, double *d, double *e) {
+    int i, k, l, m, iter;
+    double f = 0.0, tst1 = 0.0, eps = 2.220446049250313e-16;
+    for (i = 1; i < n; i++) e[i - 1] = e[i];
+    e[n - 1] = 0.0;
+    for (l = 0; l < n; l++) {
+        tst1 = fmax(tst1, fabs(d[l]) + fabs(e[l]));
+        m = l;
+        while (m < n - 1 && fabs(e[m]) > eps * tst1) m++;
+        if (m > l) {
+            iter = 0;
+            do {
+                double g = d[l], p = (d[l + 1] - g) / (2.0 * e[l]), r = hypot(p, 1.0), dl1, h;
+                double c = 1.0, c2 = 1.0, c3 = 1.0, el1 = e[l + 1], s = 0.0, s2 = 0.0;
+                if (++iter > 60) return -1;
+                if (p < 0) r = -r;
+                d[l] = e[l] / (p + r);
+                d[l + 1] = e[l] * (p + r);
+                dl1 = d[l + 1];
+                h = g - d[l];
+                for (i = l + 2; i < n; i++) d[i] -= h;
+                f += h;
+                p = d[m];
+                for (i = m - 1; i >= l; i--) {
+                    c3 = c2; c2 = c; s2 = s;
+                    g = c * e[i];
+                    h = c * p;
+                    r = hypot(p, e[i]);
+                    e[i + 1] = s * r;
+                    s = e[i] / r;
+                    c = p / r;
+                    p = c * d[i] - s * g;
+                    d[i + 1] = h + s * (c * g + s * d[i]);
+                    for (k = 0; k < n; k++) {
+                        double vk = V[(size_t)k * n + i + 1];
+                        V[(size_t)k * n + i + 1] = s * V[(size_t)k * n + i] + c * vk;
+                        V[(size_t)k * n + i] = c * V[(size_t)k * n + i] - s * vk;
+                    }
+                }
+                p = -s * s2 * c3 * el1 * e[l] / dl1;
+                e[l] = s * p;
+                d[l] = c * p;
+            } while (fabs(e[l]) > eps * tst1);
+        }
+        d[l] += f;
+        e[l] = 0.0;
+    }
+    return 0;
+}
+
+MLADEF mla_result mla_eigh(int n, double *a, double *w) {
+    double *e;
+    int i, j, k;
+    if (!a || !w || n <= 0) return MLA_ERR_INVALID_ARG;
+    for (i = 0; i < n * n; i++)
+        if (!(a[i] - a[i] == 0.0)) return MLA_ERR_NONFINITE;
+    if (n == 1) { w[0] = a[0]; a[0] = 1.0; return MLA_OK; }
+    e = (double *)MLA_MALLOC(sizeof(double) * (size_t)n);
+    if (!e) return MLA_ERR_OUT_OF_MEMORY;
+    for (i = 0; i < n; i++) /* use the lower triangle, symmetrised */
+        for (j = 0; j < i; j++) a[(size_t)j * n + i] = a[(size_t)i * n + j];
+    mla__tridiag(n, a, w, e);
+    k = mla__tridiag_ql(n, a, w, e);
+    MLA_FREE(e);
+    if (k) return MLA_ERR_NO_CONVERGENCE;
+    for (i = 0; i < n - 1; i++) { /* selection sort, descending, columns follow */
+        int best = i;
+        for (j = i + 1; j < n; j++) if (w[j] > w[best]) best = j;
+        if (best != i) {
+            double t = w[i];
+            w[i] = w[best]; w[best] = t;
+            for (k = 0; k < n; k++) {
+                t = a[(size_t)k * n + i];
+                a[(size_t)k * n + i] = a[(size_t)k * n + best];
+                a[(size_t)k * n + best] = t;
+            }
+        }
+    }
+    return MLA_OK;
+}
+
+/* ---- calibration ---- */
+MLADEF mla_result mla_calib_init(mla_calib *c, int dim) {
+    if (!c || dim <= 0) return MLA_ERR_INVALID_ARG;
+    c->dim = dim; c->n = 0;
+    c->xx = (double *)MLA_MALLOC(sizeof(double) * (size_t)dim * dim);
+    c->sx = (double *)MLA_MALLOC(sizeof(double) * (size_t)dim);
+    if (!c->xx || !c->sx) { mla_calib_free(c); return MLA_ERR_OUT_OF_MEMORY; }
+    memset(c->xx, 0, sizeof(double) * (size_t)dim * dim);
+    memset(c->sx, 0, sizeof(double) * (size_t)dim);
+    return MLA_OK;
+}
+
+MLADEF void mla_calib_free(mla_calib *c) {
+    if (!c) return;
+    if (c->xx) MLA_FREE(c->xx);
+    if (c->sx) MLA_FREE(c->sx);
+    c->xx = c->sx = NULL;
+}
+
+MLADEF void mla_calib_add(mla_calib *c, const float *x, int T) {
+    enum { BLK = 64 }; /* x^T x of 64 tokens in f32 with the fast kernel, summed in double */
+    int D = c->dim, t0, t, i;
+    float *xt = (float *)MLA_MALLOC(sizeof(float) * (size_t)D * BLK);
+    float *g = (float *)MLA_MALLOC(sizeof(float) * (size_t)D * D);
+    if (!xt || !g) { /* fall back to the plain double loop */
+        for (t = 0; t < T; t++)
+            for (i = 0; i < D; i++) {
+                int j;
+                for (j = 0; j < D; j++) c->xx[(size_t)i * D + j] += (double)x[(size_t)t * D + i] * x[(size_t)t * D + j];
+            }
+    } else {
+        for (t0 = 0; t0 < T; t0 += BLK) {
+            int nb = T - t0 < BLK ? T - t0 : BLK;
+            for (i = 0; i < D; i++)
+                for (t = 0; t < BLK; t++) xt[(size_t)i * BLK + t] = t < nb ? x[(size_t)(t0 + t) * D + i] : 0.0f;
+            mla_matmul(g, xt, xt, NULL, D, D, BLK);
+            for (i = 0; i < D * D; i++) c->xx[i] += g[i];
+        }
+    }
+    for (t = 0; t < T; t++)
+        for (i = 0; i < D; i++) c->sx[i] += x[(size_t)t * D + i];
+    c->n += T;
+    if (xt) MLA_FREE(xt);
+    if (g) MLA_FREE(g);
+}
+
+/* C [n][n] = second moment of y = W x + b (W [n][D] f32, rows given by a list
+   of row blocks). calib NULL: x white (E[xx^T] = I, mean 0, one token). */
+static mla_result mla__proj_cov(const mla_calib *cal, int D, int n, const float *const *rows,
+                                const float *const *bias, double *C) {
+    double *M = (double *)MLA_MALLOC(sizeof(double) * (size_t)n * D), *ws = NULL;
+    int i, j, k;
+    if (!M) return MLA_ERR_OUT_OF_MEMORY;
+    for (i = 0; i < n; i++) /* M = W XX */
+        for (j = 0; j < D; j++) {
+            double acc = 0.0;
+            if (cal) for (k = 0; k < D; k++) acc += (double)rows[i][k] * cal->xx[(size_t)k * D + j];
+            else acc = rows[i][j];
+            M[(size_t)i * D + j] = acc;
+        }
+    for (i = 0; i < n; i++)
+        for (j = 0; j <= i; j++) {
+            double acc = 0.0;
+            for (k = 0; k < D; k++) acc += M[(size_t)i * D + k] * rows[j][k];
+            C[(size_t)i * n + j] = C[(size_t)j * n + i] = acc;
+        }
+    if (bias) {
+        ws = (double *)MLA_MALLOC(sizeof(double) * (size_t)n);
+        if (!ws) { MLA_FREE(M); return MLA_ERR_OUT_OF_MEMORY; }
+        for (i = 0; i < n; i++) { /* ws = W sx */
+            double acc = 0.0;
+            if (cal) for (k = 0; k < D; k++) acc += (double)rows[i][k] * cal->sx[k];
+            ws[i] = acc;
+        }
+        for (i = 0; i < n; i++)
+            for (j = 0; j < n; j++) {
+                double bi = bias[i] ? *bias[i] : 0.0, bj = bias[j] ? *bias[j] : 0.0;
+                C[(size_t)i * n + j] += ws[i] * bj + bi * ws[j] + (cal ? cal->n : 1.0) * bi * bj;
+            }
+        MLA_FREE(ws);
+    }
+    MLA_FREE(M);
+    return MLA_OK;
+}
+
+MLADEF void mla_converted_free(mla_converted *c) {
+    if (!c) return;
+    if (c->mem) MLA_FREE(c->mem);
+    if (c->rope_freqs) MLA_FREE(c->rope_freqs);
+    memset(c, 0, sizeof *c);
+}
+
+/* parameters of the conversion that every stage checks the same way */
+static mla_result mla__check_rorope(const mla_gqa_config *g, int m, int f) {
+    int d = g->head_dim, L = g->n_kv_heads * d, keep;
+    if (f <= 0 || (d / 2) % f) return MLA_ERR_BAD_CONFIG;          /* f must divide d/2            */
+    if (m <= 0 || m % 2 || m > L) return MLA_ERR_BAD_CONFIG;       /* 0 < m <= L, even            */
+    if (m <= d && (d % m || f % (d / m))) return MLA_ERR_BAD_CONFIG; /* m | d, f a multiple of c = d/m */
+    if (((long)m * f) % d) return MLA_ERR_BAD_CONFIG;              /* whole components per group   */
+    keep = m * f / d;
+    if (keep > g->n_kv_heads * f) return MLA_ERR_BAD_CONFIG;
+    return MLA_OK;
+}
+
+MLADEF void mla_rorope_freqs(const mla_gqa_config *g, int m, int f, float *inv_freq) {
+    int d = g->head_dim, keep = m * f / d, p;
+    double theta = g->rope_theta > 0 ? g->rope_theta : 10000.0;
+    for (p = 0; p < m / 2; p++) {
+        int q = p / keep, k = p % keep, idx = q * f + (int)((long)k * f / keep);
+        inv_freq[p] = g->rope_freqs ? g->rope_freqs[idx] : (float)pow(theta, -2.0 * idx / d);
+    }
+}
+
+MLADEF mla_result mla_rorope_basis(const mla_gqa_config *g, const double *ck, int m, int f,
+                                   double damp, double *U) {
+    int G = g->n_kv_heads, d = g->head_dim, L = G * d, keep, nq, q, a, b, k, n_nope = m;
+    int comps = G * f;
+    double *C, *w;
+    mla_result rc = mla_gqa_config_validate(g, NULL);
+    if (rc != MLA_OK) return rc;
+    if (!ck || !U) return MLA_ERR_INVALID_ARG;
+    if ((rc = mla__check_rorope(g, m, f)) != MLA_OK) return rc;
+    keep = m * f / d;
+    nq = d / 2 / f;
+    C = (double *)MLA_MALLOC(sizeof(double) * (size_t)comps * comps);
+    w = (double *)MLA_MALLOC(sizeof(double) * (size_t)comps);
+    if (!C || !w) {
+        if (C) MLA_FREE(C);
+        if (w) MLA_FREE(w);
+        return MLA_ERR_OUT_OF_MEMORY;
+    }
+    memset(U, 0, sizeof(double) * (size_t)L * L);
+    for (q = 0; q < nq; q++) {
+        double mean = 0.0;
+        /* component a = (head h, frequency q*f + i): real part at key dim h*d + 2(q f + i), imag at +1 */
+#define MLA__RE(a) (((a) / f) * d + 2 * (q * f + (a) % f))
+        for (a = 0; a < comps; a++)
+            for (b = 0; b < comps; b++)
+                C[(size_t)a * comps + b] = ck[(size_t)MLA__RE(a) * L + MLA__RE(b)] +
+                                           ck[(size_t)(MLA__RE(a) + 1) * L + MLA__RE(b) + 1];
+        for (a = 0; a < comps; a++) mean += C[(size_t)a * comps + a] / comps;
+        for (a = 0; a < comps; a++) C[(size_t)a * comps + a] += damp * mean;
+        if ((rc = mla_eigh(comps, C, w)) != MLA_OK) break;
+        for (k = 0; k < comps; k++) { /* kept components become rope pairs, the rest nope dims */
+            int col = k < keep ? 2 * (q * keep + k) : n_nope;
+            if (k >= keep) n_nope += 2;
+            for (a = 0; a < comps; a++) {
+                U[(size_t)MLA__RE(a) * L + col] = C[(size_t)a * comps + k];
+                U[(size_t)(MLA__RE(a) + 1) * L + col + 1] = C[(size_t)a * comps + k];
+            }
+        }
+#undef MLA__RE
+    }
+    MLA_FREE(C);
+    MLA_FREE(w);
+    return rc;
+}
+
+MLADEF mla_result mla_convert_assemble(const mla_gqa_config *g, const mla_gqa_weights *w,
+                                       const double *U, int m, int f, int r,
+                                       const double *down, const double *up, mla_converted *out) {
+    int H = g->n_heads, G = g->n_kv_heads, d = g->head_dim, L = G * d, D = g->dim, grp;
+    int dn, zd, qd, i, j, k, p, e, bias;
+    size_t nq, nkva, nkvb, no, total;
+    double sq, *Z = NULL, *zb = NULL;
+    float *mem;
+    mla_config *c;
+    mla_result rc = mla_gqa_config_validate(g, NULL);
+    if (rc != MLA_OK) return rc;
+    if (!w || !U || !out) return MLA_ERR_INVALID_ARG;
+    if (!w->w_q || !w->w_k || !w->w_v || !w->w_o) return MLA_ERR_NULL_WEIGHT;
+    bias = g->attn_bias;
+    if (bias && (!w->b_q || !w->b_k || !w->b_v)) return MLA_ERR_NULL_WEIGHT;
+    if ((rc = mla__check_rorope(g, m, f)) != MLA_OK) return rc;
+    zd = 2 * L - m;
+    if (r <= 0 || r > zd || ((!down || !up) && r != zd)) return MLA_ERR_BAD_CONFIG;
+    memset(out, 0, sizeof *out);
+    grp = H / G;
+    dn = m < L ? d : 0; /* every key dim kept RoPE: no nope part */
+    qd = dn + m;
+    sq = sqrt((double)qd / d); /* default scale 1/sqrt(qd) then equals the original 1/sqrt(d) */
+    nq = (size_t)H * qd * D;
+    nkva = (size_t)(r + m) * D;
+    nkvb = (size_t)H * (dn + d) * r;
+    no = (size_t)D * H * d;
+    total = nq + (bias ? (size_t)H * qd + (size_t)(r + m) : 0) + nkva + nkvb + no + (w->b_o ? (size_t)D : 0);
+    mem = (float *)MLA_MALLOC(sizeof(float) * total);
+    out->rope_freqs = (float *)MLA_MALLOC(sizeof(float) * (size_t)(m / 2));
+    Z = (double *)MLA_MALLOC(sizeof(double) * (size_t)zd * (D + 1));
+    if (!mem || !out->rope_freqs || !Z) {
+        if (mem) MLA_FREE(mem);
+        if (Z) MLA_FREE(Z);
+        mla_converted_free(out);
+        return MLA_ERR_OUT_OF_MEMORY;
+    }
+    out->mem = mem;
+    zb = Z + (size_t)zd * D; /* bias column of z */
+    /* ---- config ---- */
+    c = &out->cfg;
+    c->dim = D; c->n_heads = H; c->q_lora_rank = 0; c->kv_lora_rank = r;
+    c->qk_nope_head_dim = dn; c->qk_rope_head_dim = m; c->v_head_dim = d;
+    c->kv_norm = 0; c->attn_bias = bias; c->max_seq_len = g->max_seq_len;
+    c->rope_theta = g->rope_theta; c->rope_layout = MLA_ROPE_INTERLEAVED;
+    mla_rorope_freqs(g, m, f, out->rope_freqs);
+    c->rope_freqs = out->rope_freqs;
+    /* ---- query: nope rows = W_q[j], rope rows = U_rope(g)^T W_q[j]; times sq ---- */
+    out->w.w_q = mem;
+    if (bias) out->w.b_q = mem + nq;
+    for (j = 0; j < H; j++) {
+        int gj = j / grp;
+        const float *wq = w->w_q + (size_t)j * d * D;
+        float *dst = mem + (size_t)j * qd * D;
+        for (i = 0; i < dn; i++) {
+            for (k = 0; k < D; k++) dst[(size_t)i * D + k] = (float)(sq * wq[(size_t)i * D + k]);
+            if (bias) mem[nq + (size_t)j * qd + i] = (float)(sq * w->b_q[(size_t)j * d + i]);
+        }
+        for (p = 0; p < m; p++) {
+            double bacc = 0.0;
+            for (k = 0; k < D; k++) {
+                double acc = 0.0;
+                for (i = 0; i < d; i++) acc += U[(size_t)(gj * d + i) * L + p] * wq[(size_t)i * D + k];
+                dst[(size_t)(dn + p) * D + k] = (float)(sq * acc);
+            }
+            if (bias) {
+                for (i = 0; i < d; i++) bacc += U[(size_t)(gj * d + i) * L + p] * w->b_q[(size_t)j * d + i];
+                mem[nq + (size_t)j * qd + dn + p] = (float)(sq * bacc);
+            }
+        }
+    }
+    mem += nq + (bias ? (size_t)H * qd : 0);
+    /* ---- z = [U_nope^T W_k ; W_v] (and its bias), then W_kva = [down z ; U_rope^T W_k] ---- */
+    for (i = 0; i < zd; i++) {
+        for (k = 0; k <= D; k++) {
+            double acc = 0.0;
+            if (i < L - m) {
+                for (e = 0; e < L; e++)
+                    acc += U[(size_t)e * L + m + i] * (k < D ? w->w_k[(size_t)e * D + k] : (bias ? w->b_k[e] : 0.0f));
+            } else {
+                acc = k < D ? w->w_v[(size_t)(i - (L - m)) * D + k] : (bias ? w->b_v[i - (L - m)] : 0.0f);
+            }
+            if (k < D) Z[(size_t)i * D + k] = acc;
+            else zb[i] = acc;
+        }
+    }
+    out->w.w_kva = mem;
+    if (bias) out->w.b_kva = mem + nkva;
+    for (i = 0; i < r; i++)
+        for (k = 0; k <= D; k++) {
+            double acc = 0.0;
+            if (down) for (e = 0; e < zd; e++) acc += down[(size_t)i * zd + e] * (k < D ? Z[(size_t)e * D + k] : zb[e]);
+            else acc = k < D ? Z[(size_t)i * D + k] : zb[i];
+            if (k < D) mem[(size_t)i * D + k] = (float)acc;
+            else if (bias) mem[nkva + i] = (float)acc;
+        }
+    for (p = 0; p < m; p++)
+        for (k = 0; k <= D; k++) {
+            double acc = 0.0;
+            for (e = 0; e < L; e++)
+                acc += U[(size_t)e * L + p] * (k < D ? w->w_k[(size_t)e * D + k] : (bias ? w->b_k[e] : 0.0f));
+            if (k < D) mem[(size_t)(r + p) * D + k] = (float)acc;
+            else if (bias) mem[nkva + r + p] = (float)acc;
+        }
+    mem += nkva + (bias ? (size_t)(r + m) : 0);
+    /* ---- W_kvb: head j = [U_nope(g) up_k ; select_g up_v] ---- */
+    out->w.w_kvb = mem;
+    for (j = 0; j < H; j++) {
+        int gj = j / grp;
+        float *dst = mem + (size_t)j * (dn + d) * r;
+        for (i = 0; i < dn; i++)
+            for (k = 0; k < r; k++) {
+                double acc = 0.0;
+                for (e = 0; e < L - m; e++)
+                    acc += U[(size_t)(gj * d + i) * L + m + e] * (up ? up[(size_t)e * r + k] : (e == k ? 1.0 : 0.0));
+                dst[(size_t)i * r + k] = (float)acc;
+            }
+        for (i = 0; i < d; i++) {
+            int zi = L - m + gj * d + i;
+            for (k = 0; k < r; k++)
+                dst[(size_t)(dn + i) * r + k] = (float)(up ? up[(size_t)zi * r + k] : (zi == k ? 1.0 : 0.0));
+        }
+    }
+    mem += nkvb;
+    out->w.w_o = mem;
+    memcpy(mem, w->w_o, sizeof(float) * no);
+    mem += no;
+    if (w->b_o) {
+        out->w.b_o = mem;
+        memcpy(mem, w->b_o, sizeof(float) * (size_t)D);
+    }
+    MLA_FREE(Z);
+    return MLA_OK;
+}
+
+MLADEF mla_result mla_convert_lossless(const mla_gqa_config *g, const mla_gqa_weights *w,
+                                       mla_converted *out) {
+    int G, d, L, q, h;
+    double *U;
+    mla_result rc = mla_gqa_config_validate(g, NULL);
+    if (rc != MLA_OK) return rc;
+    G = g->n_kv_heads; d = g->head_dim; L = G * d;
+    U = (double *)MLA_MALLOC(sizeof(double) * (size_t)L * L);
+    if (!U) return MLA_ERR_OUT_OF_MEMORY;
+    memset(U, 0, sizeof(double) * (size_t)L * L);
+    for (q = 0; q < d / 2; q++) /* rope pair q*G + h = head h's pair q: a permutation */
+        for (h = 0; h < G; h++) {
+            U[(size_t)(h * d + 2 * q) * L + 2 * (q * G + h)] = 1.0;
+            U[(size_t)(h * d + 2 * q + 1) * L + 2 * (q * G + h) + 1] = 1.0;
+        }
+    rc = mla_convert_assemble(g, w, U, L, 1, L, NULL, NULL, out);
+    MLA_FREE(U);
+    return rc;
+}
+
+/* S = M^(1/2) (sq != NULL) and M^(-1/2) (isq) of a symmetric PSD block, damped */
+static mla_result mla__sqrtm(int n, const double *M, double damp, double *sq, double *isq) {
+    double *V = (double *)MLA_MALLOC(sizeof(double) * (size_t)n * n), *w = (double *)MLA_MALLOC(sizeof(double) * (size_t)n);
+    double mean = 0.0;
+    int i, j, k;
+    mla_result rc;
+    if (!V || !w) {
+        if (V) MLA_FREE(V);
+        if (w) MLA_FREE(w);
+        return MLA_ERR_OUT_OF_MEMORY;
+    }
+    memcpy(V, M, sizeof(double) * (size_t)n * n);
+    for (i = 0; i < n; i++) mean += M[(size_t)i * n + i] / n;
+    for (i = 0; i < n; i++) V[(size_t)i * n + i] += damp * mean + 1e-300;
+    rc = mla_eigh(n, V, w);
+    if (rc == MLA_OK)
+        for (i = 0; i < n; i++)
+            for (j = 0; j < n; j++) {
+                double a = 0.0, b = 0.0;
+                for (k = 0; k < n; k++) {
+                    double ev = w[k] > 0 ? w[k] : 1e-300, vv = V[(size_t)i * n + k] * V[(size_t)j * n + k];
+                    a += vv * sqrt(ev);
+                    b += vv / sqrt(ev);
+                }
+                sq[(size_t)i * n + j] = a;
+                isq[(size_t)i * n + j] = b;
+            }
+    MLA_FREE(V);
+    MLA_FREE(w);
+    return rc;
+}
+
+/* QAWARE metric on z = [k_nope (L-m) ; v (L)]: a key error dk costs, for every
+   head j reading it, E[(q_j . K_j dk)^2] = dk^T K_j^T E[q_j q_j^T] K_j dk
+   (K_j: head j's rows of U_nope); a value error dv costs |W_o[:, j] dv_g|^2.
+   Each block is normalised to unit weighted energy tr(M C) (the analogue of
+   TransMLA's norm balancing), then S = M^(1/2), Si = M^(-1/2). */
+static mla_result mla__qaware_metric(const mla_gqa_config *g, const mla_gqa_weights *w, const mla_calib *cal,
+                                     const double *U, int m, const double *Cz, double damp, double *S, double *Si) {
+    int H = g->n_heads, G = g->n_kv_heads, d = g->head_dim, L = G * d, D = g->dim, grp = H / G;
+    int nk = L - m, zd = 2 * L - m, j, a, b, k, i;
+    double *MK = (double *)MLA_MALLOC(sizeof(double) * ((size_t)nk * nk + 1));
+    double *MV = (double *)MLA_MALLOC(sizeof(double) * (size_t)d * d);
+    double *Cq = (double *)MLA_MALLOC(sizeof(double) * (size_t)d * d);
+    double *T1 = (double *)MLA_MALLOC(sizeof(double) * ((size_t)d * nk + 1));
+    double *bs_ = (double *)MLA_MALLOC(sizeof(double) * (size_t)L * L * 2);
+    const float **rows = (const float **)MLA_MALLOC(sizeof(float *) * (size_t)d);
+    const float **bias = (const float **)MLA_MALLOC(sizeof(float *) * (size_t)d);
+    double eK = 0.0, eV = 0.0;
+    mla_result rc = MLA_OK;
+    if (!MK || !MV || !Cq || !T1 || !bs_ || !rows || !bias) { rc = MLA_ERR_OUT_OF_MEMORY; goto out; }
+    memset(MK, 0, sizeof(double) * (size_t)nk * nk);
+    for (j = 0; j < H && nk > 0; j++) {
+        int gj = j / grp;
+        for (i = 0; i < d; i++) {
+            rows[i] = w->w_q + ((size_t)j * d + i) * D;
+            bias[i] = g->attn_bias ? w->b_q + (size_t)j * d + i : NULL;
+        }
+        if ((rc = mla__proj_cov(cal, D, d, rows, g->attn_bias ? bias : NULL, Cq)) != MLA_OK) goto out;
+        for (i = 0; i < d; i++) /* T1 = Cq K_j  (d x nk) */
+            for (b = 0; b < nk; b++) {
+                double acc = 0.0;
+                for (k = 0; k < d; k++) acc += Cq[(size_t)i * d + k] * U[(size_t)(gj * d + k) * L + m + b];
+                T1[(size_t)i * nk + b] = acc;
+            }
+        for (a = 0; a < nk; a++) /* MK += K_j^T T1 */
+            for (b = 0; b < nk; b++) {
+                double acc = 0.0;
+                for (k = 0; k < d; k++) acc += U[(size_t)(gj * d + k) * L + m + a] * T1[(size_t)k * nk + b];
+                MK[(size_t)a * nk + b] += acc;
+            }
+    }
+    for (a = 0; a < nk; a++)
+        for (b = 0; b < nk; b++) eK += MK[(size_t)a * nk + b] * Cz[(size_t)b * zd + a];
+    /* V blocks: one d x d block per group, sum over its heads of W_oj^T W_oj */
+    memset(bs_, 0, sizeof(double) * (size_t)L * L * 2);
+    for (j = 0; j < G; j++) {
+        int h;
+        memset(MV, 0, sizeof(double) * (size_t)d * d);
+        for (h = j * grp; h < (j + 1) * grp; h++)
+            for (a = 0; a < d; a++)
+                for (b = 0; b <= a; b++) {
+                    double acc = 0.0;
+                    for (k = 0; k < D; k++)
+                        acc += (double)w->w_o[(size_t)k * H * d + h * d + a] * w->w_o[(size_t)k * H * d + h * d + b];
+                    MV[(size_t)a * d + b] += acc;
+                    if (b != a) MV[(size_t)b * d + a] += acc;
+                }
+        for (a = 0; a < d; a++)
+            for (b = 0; b < d; b++) {
+                bs_[(size_t)(j * d + a) * L + j * d + b] = MV[(size_t)a * d + b];
+                eV += MV[(size_t)a * d + b] * Cz[(size_t)(nk + j * d + b) * zd + nk + j * d + a];
+            }
+    }
+    if (!(eK > 0)) eK = 1.0;
+    if (!(eV > 0)) eV = 1.0;
+    for (i = 0; i < nk * nk; i++) MK[i] /= eK;
+    for (i = 0; i < L * L; i++) bs_[i] /= eV;
+    { /* square roots per block, placed into S and Si (zd x zd, zeroed by the caller) */
+        double *sq = bs_ + (size_t)L * L, *isq;
+        isq = (double *)MLA_MALLOC(sizeof(double) * (size_t)L * L);
+        if (!isq) { rc = MLA_ERR_OUT_OF_MEMORY; goto out; }
+        if (nk > 0) {
+            if ((rc = mla__sqrtm(nk, MK, damp, sq, isq)) != MLA_OK) { MLA_FREE(isq); goto out; }
+            for (a = 0; a < nk; a++)
+                for (b = 0; b < nk; b++) {
+                    S[(size_t)a * zd + b] = sq[(size_t)a * nk + b];
+                    Si[(size_t)a * zd + b] = isq[(size_t)a * nk + b];
+                }
+        }
+        for (j = 0; j < G; j++) { /* V: block-diagonal by group */
+            for (a = 0; a < d; a++)
+                for (b = 0; b < d; b++) MV[(size_t)a * d + b] = bs_[(size_t)(j * d + a) * L + j * d + b];
+            if ((rc = mla__sqrtm(d, MV, damp, sq, isq)) != MLA_OK) { MLA_FREE(isq); goto out; }
+            for (a = 0; a < d; a++)
+                for (b = 0; b < d; b++) {
+                    S[(size_t)(nk + j * d + a) * zd + nk + j * d + b] = sq[(size_t)a * d + b];
+                    Si[(size_t)(nk + j * d + a) * zd + nk + j * d + b] = isq[(size_t)a * d + b];
+                }
+        }
+        MLA_FREE(isq);
+    }
+out:
+    if (MK) MLA_FREE(MK);
+    if (MV) MLA_FREE(MV);
+    if (Cq) MLA_FREE(Cq);
+    if (T1) MLA_FREE(T1);
+    if (bs_) MLA_FREE(bs_);
+    if (rows) MLA_FREE((void *)rows);
+    if (bias) MLA_FREE((void *)bias);
+    return rc;
+}
+
+MLADEF mla_result mla_convert_layer(const mla_gqa_config *g, const mla_gqa_weights *w,
+                                    const mla_calib *cal, const mla_convert_options *opt,
+                                    mla_converted *out) {
+    int G, d, L, D, m, f, r, zd, nk, i, j, k, e, bias;
+    double damp, *ckv = NULL, *U = NULL, *Cz = NULL, *S = NULL, *Si = NULL, *down = NULL, *up = NULL, *wv = NULL;
+    double *tk = NULL;
+    const float **rows = NULL, **bs = NULL;
+    mla_result rc = mla_gqa_config_validate(g, NULL);
+    if (rc != MLA_OK) return rc;
+    if (!w || !opt || !out) return MLA_ERR_INVALID_ARG;
+    if (!w->w_q || !w->w_k || !w->w_v || !w->w_o) return MLA_ERR_NULL_WEIGHT;
+    G = g->n_kv_heads; d = g->head_dim; L = G * d; D = g->dim;
+    bias = g->attn_bias;
+    if (bias && (!w->b_q || !w->b_k || !w->b_v)) return MLA_ERR_NULL_WEIGHT;
+    if (cal && cal->dim != D) return MLA_ERR_SHAPE;
+    m = opt->qk_rope_head_dim ? opt->qk_rope_head_dim : L;
+    f = opt->freqfold ? opt->freqfold : 1;
+    damp = opt->damp > 0 ? opt->damp : 0.01;
+    if ((rc = mla__check_rorope(g, m, f)) != MLA_OK) return rc;
+    zd = 2 * L - m;
+    r = opt->kv_lora_rank ? opt->kv_lora_rank : zd;
+    if (r < 0 || r > zd) return MLA_ERR_BAD_CONFIG;
+    if (opt->method != MLA_CONVERT_TRANSMLA && opt->method != MLA_CONVERT_QAWARE) return MLA_ERR_BAD_CONFIG;
+    /* second moments of [k ; v] (pre-RoPE, bias included) */
+    ckv = (double *)MLA_MALLOC(sizeof(double) * (size_t)4 * L * L);
+    U = (double *)MLA_MALLOC(sizeof(double) * (size_t)L * L);
+    rows = (const float **)MLA_MALLOC(sizeof(float *) * (size_t)(2 * L));
+    bs = (const float **)MLA_MALLOC(sizeof(float *) * (size_t)(2 * L));
+    if (!ckv || !U || !rows || !bs) { rc = MLA_ERR_OUT_OF_MEMORY; goto done; }
+    for (i = 0; i < L; i++) {
+        rows[i] = w->w_k + (size_t)i * D; bs[i] = bias ? w->b_k + i : NULL;
+        rows[L + i] = w->w_v + (size_t)i * D; bs[L + i] = bias ? w->b_v + i : NULL;
+    }
+    if ((rc = mla__proj_cov(cal, D, 2 * L, rows, bias ? bs : NULL, ckv)) != MLA_OK) goto done;
+    { /* stage 2: RoRoPE on the key block */
+        double *ck = (double *)MLA_MALLOC(sizeof(double) * (size_t)L * L);
+        if (!ck) { rc = MLA_ERR_OUT_OF_MEMORY; goto done; }
+        for (i = 0; i < L; i++)
+            for (j = 0; j < L; j++) ck[(size_t)i * L + j] = ckv[(size_t)i * 2 * L + j];
+        rc = mla_rorope_basis(g, ck, m, f, damp, U);
+        MLA_FREE(ck);
+        if (rc != MLA_OK) goto done;
+    }
+    /* Cz = T ckv T^T with T = blockdiag(U_nope^T, I): second moment of z = [k_nope ; v] */
+    nk = L - m;
+    Cz = (double *)MLA_MALLOC(sizeof(double) * (size_t)zd * zd);
+    tk = (double *)MLA_MALLOC(sizeof(double) * (size_t)zd * 2 * L);
+    S = (double *)MLA_MALLOC(sizeof(double) * (size_t)zd * zd);
+    Si = (double *)MLA_MALLOC(sizeof(double) * (size_t)zd * zd);
+    down = (double *)MLA_MALLOC(sizeof(double) * (size_t)r * zd);
+    up = (double *)MLA_MALLOC(sizeof(double) * (size_t)zd * r);
+    wv = (double *)MLA_MALLOC(sizeof(double) * (size_t)zd);
+    if (!Cz || !tk || !S || !Si || !down || !up || !wv) { rc = MLA_ERR_OUT_OF_MEMORY; goto done; }
+    for (i = 0; i < zd; i++)
+        for (j = 0; j < 2 * L; j++) {
+            double acc = 0.0;
+            if (i < nk) for (e = 0; e < L; e++) acc += U[(size_t)e * L + m + i] * ckv[(size_t)e * 2 * L + j];
+            else acc = ckv[(size_t)(L + i - nk) * 2 * L + j];
+            tk[(size_t)i * 2 * L + j] = acc;
+        }
+    for (i = 0; i < zd; i++)
+        for (j = 0; j <= i; j++) {
+            double acc = 0.0;
+            if (j < nk) for (e = 0; e < L; e++) acc += tk[(size_t)i * 2 * L + e] * U[(size_t)e * L + m + j];
+            else acc = tk[(size_t)i * 2 * L + L + j - nk];
+            Cz[(size_t)i * zd + j] = Cz[(size_t)j * zd + i] = acc;
+        }
+    /* the metric S (z is compared as |S z|): TransMLA balances the K and V
+       norms with one scalar; QAWARE whitens K by the queries that read it and
+       V by the output projection that reads it */
+    memset(S, 0, sizeof(double) * (size_t)zd * zd);
+    memset(Si, 0, sizeof(double) * (size_t)zd * zd);
+    if (opt->method == MLA_CONVERT_TRANSMLA) {
+        double nK = 0.0, nV = 0.0, ratio;
+        for (i = 0; i < nk; i++) nK += sqrt(fmax(Cz[(size_t)i * zd + i], 0.0)) / nk;
+        for (i = nk; i < zd; i++) nV += sqrt(fmax(Cz[(size_t)i * zd + i], 0.0)) / L;
+        ratio = nk > 0 && nK > 0 && nV > 0 ? nK / nV : 1.0;
+        for (i = 0; i < zd; i++) {
+            S[(size_t)i * zd + i] = i < nk ? 1.0 / ratio : 1.0;
+            Si[(size_t)i * zd + i] = i < nk ? ratio : 1.0;
+        }
+    } else {
+        rc = mla__qaware_metric(g, w, cal, U, m, Cz, damp, S, Si);
+        if (rc != MLA_OK) goto done;
+    }
+    { /* A = S Cz S (+ damping) -> top r eigenvectors R; down = R^T S, up = S^-1 R */
+        double *A = tk, mean = 0.0; /* tk is free now and large enough (zd*2L >= zd*zd) */
+        for (i = 0; i < zd; i++) /* tmp = S Cz into Si's transpose-free use: do it in two passes */
+            for (j = 0; j < zd; j++) {
+                double acc = 0.0;
+                for (e = 0; e < zd; e++) acc += S[(size_t)i * zd + e] * Cz[(size_t)e * zd + j];
+                A[(size_t)i * zd + j] = acc;
+            }
+        for (i = 0; i < zd; i++)
+            for (j = 0; j < zd; j++) {
+                double acc = 0.0;
+                for (e = 0; e < zd; e++) acc += A[(size_t)i * zd + e] * S[(size_t)e * zd + j];
+                Cz[(size_t)i * zd + j] = acc; /* Cz now holds S Cz S */
+            }
+        for (i = 0; i < zd; i++) mean += Cz[(size_t)i * zd + i] / zd;
+        for (i = 0; i < zd; i++) Cz[(size_t)i * zd + i] += damp * mean;
+        if ((rc = mla_eigh(zd, Cz, wv)) != MLA_OK) goto done;
+        for (i = 0; i < r; i++)
+            for (e = 0; e < zd; e++) {
+                double acc = 0.0;
+                for (k = 0; k < zd; k++) acc += Cz[(size_t)k * zd + i] * S[(size_t)k * zd + e];
+                down[(size_t)i * zd + e] = acc;
+            }
+        for (e = 0; e < zd; e++)
+            for (i = 0; i < r; i++) {
+                double acc = 0.0;
+                for (k = 0; k < zd; k++) acc += Si[(size_t)e * zd + k] * Cz[(size_t)k * zd + i];
+                up[(size_t)e * r + i] = acc;
+            }
+    }
+    rc = mla_convert_assemble(g, w, U, m, f, r, down, up, out);
+done:
+    if (ckv) MLA_FREE(ckv);
+    if (U) MLA_FREE(U);
+    if (rows) MLA_FREE((void *)rows);
+    if (bs) MLA_FREE((void *)bs);
+    if (Cz) MLA_FREE(Cz);
+    if (S) MLA_FREE(S);
+    if (Si) MLA_FREE(Si);
+    if (down) MLA_FREE(down);
+    if (up) MLA_FREE(up);
+    if (wv) MLA_FREE(wv);
+    if (tk) MLA_FREE(tk);
+    return rc;
+}
+
 
 #endif /* MLA_IMPLEMENTATION_DONE */
 #endif /* MLA_IMPLEMENTATION */

@@ -1,2 +1,0 @@
-#include "harness.h"
-void suite_convert(void) {}

@@ -1,0 +1,335 @@
+/* Conversion: eigensolver, lossless GQA -> MLA, RoRoPE/PCA exactness at
+   full rank, parameter errors. Random small GQA layers (MHA, g = 1, biases). */
+#include "harness.h"
+#include "../mla.h"
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static unsigned long long g_s = 0x9E3779B97F4A7C15ULL;
+static double urand(void) {
+    g_s ^= g_s << 13; g_s ^= g_s >> 7; g_s ^= g_s << 17;
+    return (double)(g_s >> 11) * (1.0 / 9007199254740992.0) * 2.0 - 1.0;
+}
+
+/* ||A - V diag(w) V^T|| / ||A|| and ||V^T V - I|| (max norms) */
+static void eig_errors(int n, const double *A, const double *V, const double *w, double *rec, double *orth) {
+    double amax = 0, emax = 0, omax = 0;
+    int i, j, k;
+    for (i = 0; i < n; i++)
+        for (j = 0; j < n; j++) {
+            double r = 0, o = 0;
+            for (k = 0; k < n; k++) {
+                r += V[(size_t)i * n + k] * w[k] * V[(size_t)j * n + k];
+                o += V[(size_t)k * n + i] * V[(size_t)k * n + j];
+            }
+            if (fabs(A[(size_t)i * n + j]) > amax) amax = fabs(A[(size_t)i * n + j]);
+            if (fabs(r - A[(size_t)i * n + j]) > emax) emax = fabs(r - A[(size_t)i * n + j]);
+            if (fabs(o - (i == j)) > omax) omax = fabs(o - (i == j));
+        }
+    *rec = emax / amax;
+    *orth = omax;
+}
+
+static void test_eigh(void) {
+    int sizes[] = {1, 2, 3, 7, 16, 64, 200}, si, kind;
+    double worst_rec = 0, worst_orth = 0;
+    for (si = 0; si < 7; si++)
+        for (kind = 0; kind < 4; kind++) {
+            int n = sizes[si], i, j, k, sorted = 1;
+            double *A = (double *)malloc(sizeof(double) * n * n), *V = (double *)malloc(sizeof(double) * n * n);
+            double *w = (double *)malloc(sizeof(double) * n), *Q = (double *)malloc(sizeof(double) * n * n);
+            double rec, orth;
+            if (kind == 0) { /* random symmetric */
+                for (i = 0; i < n; i++)
+                    for (j = 0; j <= i; j++) A[i * n + j] = A[j * n + i] = urand();
+            } else { /* Q diag(lambda) Q^T with chosen spectra: degenerate, rank-deficient, ill-conditioned */
+                for (i = 0; i < n * n; i++) Q[i] = urand();
+                for (i = 0; i < n; i++) { /* Gram-Schmidt on columns */
+                    for (j = 0; j < i; j++) {
+                        double dp = 0;
+                        for (k = 0; k < n; k++) dp += Q[k * n + i] * Q[k * n + j];
+                        for (k = 0; k < n; k++) Q[k * n + i] -= dp * Q[k * n + j];
+                    }
+                    {
+                        double nr = 0;
+                        for (k = 0; k < n; k++) nr += Q[k * n + i] * Q[k * n + i];
+                        for (k = 0; k < n; k++) Q[k * n + i] /= sqrt(nr);
+                    }
+                }
+                for (i = 0; i < n; i++) {
+                    double lam = kind == 1 ? (i < n / 2 ? 2.0 : 2.0) + (i % 3 == 0) /* repeated */
+                               : kind == 2 ? (i < n / 3 ? 1.0 + i : 0.0)             /* rank deficient */
+                                           : pow(10.0, -12.0 * i / (n > 1 ? n - 1 : 1)); /* cond 1e12 */
+                    w[i] = lam;
+                }
+                for (i = 0; i < n; i++)
+                    for (j = 0; j < n; j++) {
+                        double acc = 0;
+                        for (k = 0; k < n; k++) acc += Q[i * n + k] * w[k] * Q[j * n + k];
+                        A[i * n + j] = acc;
+                    }
+                for (i = 0; i < n; i++) /* exact symmetry */
+                    for (j = 0; j < i; j++) A[j * n + i] = A[i * n + j];
+            }
+            memcpy(V, A, sizeof(double) * n * n);
+            CHECK(mla_eigh(n, V, w) == MLA_OK);
+            for (i = 0; i + 1 < n; i++) sorted &= w[i] >= w[i + 1];
+            CHECK(sorted);
+            eig_errors(n, A, V, w, &rec, &orth);
+            if (rec > worst_rec) worst_rec = rec;
+            if (orth > worst_orth) worst_orth = orth;
+            free(A); free(V); free(w); free(Q);
+        }
+    th_note("eigh n<=200, random/degenerate/rank-deficient/cond 1e12: reconstruction %.1e, orthogonality %.1e",
+            worst_rec, worst_orth);
+    CHECK_LE(worst_rec, 1e-10);
+    CHECK_LE(worst_orth, 1e-10);
+    {
+        double bad[4] = {1, NAN, NAN, 1}, w2[2];
+        CHECK(mla_eigh(2, bad, w2) == MLA_ERR_NONFINITE);
+        CHECK(mla_eigh(0, bad, w2) == MLA_ERR_INVALID_ARG);
+    }
+}
+
+/* ---- a random GQA layer and inputs ---- */
+typedef struct {
+    mla_gqa_config c;
+    mla_gqa_weights w;
+    float *mem;
+} gqa_layer;
+
+static void gqa_init(gqa_layer *L, int D, int H, int G, int d, int bias, float theta) {
+    size_t n = (size_t)H * d * D + 2 * (size_t)G * d * D + (size_t)D * H * d + (size_t)H * d + 2 * (size_t)G * d + D, i;
+    float *p;
+    memset(L, 0, sizeof *L);
+    L->c.dim = D; L->c.n_heads = H; L->c.n_kv_heads = G; L->c.head_dim = d; L->c.attn_bias = bias;
+    L->c.rope_theta = theta; L->c.rope_layout = MLA_ROPE_INTERLEAVED;
+    L->mem = p = (float *)malloc(sizeof(float) * n);
+    for (i = 0; i < n; i++) p[i] = (float)(urand() * 1.7 / sqrt((double)D));
+    L->w.w_q = p; p += (size_t)H * d * D;
+    L->w.w_k = p; p += (size_t)G * d * D;
+    L->w.w_v = p; p += (size_t)G * d * D;
+    L->w.w_o = p; p += (size_t)D * H * d;
+    L->w.b_q = bias ? p : NULL; p += (size_t)H * d;
+    L->w.b_k = bias ? p : NULL; p += (size_t)G * d;
+    L->w.b_v = bias ? p : NULL; p += (size_t)G * d;
+    L->w.b_o = bias ? p : NULL;
+}
+
+/* correlated inputs: x = A z with a fixed random A, so covariances are not white */
+static float *make_inputs(int N, int D) {
+    float *A = (float *)malloc(sizeof(float) * D * D), *x = (float *)malloc(sizeof(float) * N * D);
+    int t, i, j;
+    for (i = 0; i < D * D; i++) A[i] = (float)urand() * (i % (D + 1) == 0 ? 2.0f : 0.3f);
+    for (t = 0; t < N; t++) {
+        float z[256];
+        for (j = 0; j < D; j++) z[j] = (float)urand();
+        for (i = 0; i < D; i++) {
+            double acc = 0;
+            for (j = 0; j < D; j++) acc += A[i * D + j] * z[j];
+            x[t * D + i] = (float)acc;
+        }
+    }
+    free(A);
+    return x;
+}
+
+/* GQA output vs converted MLA output (prefill + decode, both modes) */
+static double compare(const gqa_layer *L, const mla_converted *cv, const float *x, int N, int P) {
+    mla_gqa_cache gc;
+    mla_cache mc, mn;
+    size_t gb = mla_gqa_workspace_bytes(&L->c, N, N), mb = mla_workspace_bytes(&cv->cfg, N, N, MLA_NAIVE);
+    void *gw = malloc(gb), *mw = malloc(mb);
+    int D = L->c.dim, t;
+    float *og = (float *)malloc(sizeof(float) * N * D), *om = (float *)malloc(sizeof(float) * N * D);
+    float *on = (float *)malloc(sizeof(float) * N * D);
+    double e1, e2;
+    mla_gqa_cache_init(&gc, 1, N, L->c.n_kv_heads * L->c.head_dim);
+    mla_cache_init(&mc, MLA_F32, 1, cv->cfg.kv_lora_rank, cv->cfg.qk_rope_head_dim, N, NULL);
+    mla_cache_init(&mn, MLA_F32, 1, cv->cfg.kv_lora_rank, cv->cfg.qk_rope_head_dim, N, NULL);
+    CHECK(mla_gqa_forward(&L->c, &L->w, &gc, 0, x, N, og, gw, gb) == MLA_OK);
+    CHECK(mla_forward(&cv->cfg, &cv->w, &mc.pool, &mc.seq, 0, x, P, om, MLA_ABSORBED, mw, mb) == MLA_OK);
+    mla_seq_advance(&mc.seq, P);
+    for (t = P; t < N; t++) {
+        CHECK(mla_decode(&cv->cfg, &cv->w, &mc.pool, &mc.seq, 1, 0, x + t * D, om + t * D, mw, mb) == MLA_OK);
+        mla_seq_advance(&mc.seq, 1);
+    }
+    CHECK(mla_forward(&cv->cfg, &cv->w, &mn.pool, &mn.seq, 0, x, N, on, MLA_NAIVE, mw, mb) == MLA_OK);
+    e1 = th_relerr(om, og, (size_t)N * D);
+    e2 = th_relerr(on, og, (size_t)N * D);
+    mla_gqa_cache_free(&gc);
+    mla_cache_free(&mc); mla_cache_free(&mn);
+    free(gw); free(mw); free(og); free(om); free(on);
+    return e1 > e2 ? e1 : e2;
+}
+
+static void test_lossless_random(void) {
+    struct { int D, H, G, d, bias; } cases[] = {{48, 6, 2, 8, 0}, {32, 4, 4, 8, 1}, {40, 5, 1, 8, 1}, {64, 8, 2, 16, 1}};
+    int i;
+    for (i = 0; i < 4; i++) {
+        gqa_layer L;
+        mla_converted cv;
+        float *x;
+        double e;
+        gqa_init(&L, cases[i].D, cases[i].H, cases[i].G, cases[i].d, cases[i].bias, 10000.0f);
+        x = make_inputs(40, cases[i].D);
+        CHECK(mla_convert_lossless(&L.c, &L.w, &cv) == MLA_OK);
+        CHECK(cv.cfg.kv_lora_rank + cv.cfg.qk_rope_head_dim == 2 * cases[i].G * cases[i].d); /* same cache */
+        e = compare(&L, &cv, x, 40, 13);
+        th_note("lossless D=%d h=%d g=%d d=%d bias=%d: rel err %.2e (absorbed decode and naive)", cases[i].D,
+                cases[i].H, cases[i].G, cases[i].d, cases[i].bias, e);
+        CHECK_LE(e, 1e-5);
+        mla_converted_free(&cv);
+        free(x);
+        free(L.mem);
+    }
+}
+
+/* RoRoPE with f = 1 keeping every component (m = L) is exact; so is the
+   joint PCA at full rank r = 2L - m, for both methods; and at m < L the
+   full-rank PCA equals RoRoPE alone (the PCA adds no loss). */
+static void test_rorope_pca_exact(void) {
+    gqa_layer L;
+    mla_calib cal;
+    float *x;
+    int N = 60, method;
+    gqa_init(&L, 48, 6, 3, 8, 1, 500.0f);
+    x = make_inputs(N, 48);
+    CHECK(mla_calib_init(&cal, 48) == MLA_OK);
+    mla_calib_add(&cal, x, N);
+    for (method = 0; method < 2; method++) {
+        mla_convert_options o;
+        mla_converted cv, rr;
+        double *U = (double *)malloc(sizeof(double) * 24 * 24), e;
+        memset(&o, 0, sizeof o);
+        o.method = (mla_convert_method)method;
+        o.qk_rope_head_dim = 24; /* = L: every component kept */
+        o.freqfold = 1;
+        CHECK(mla_convert_layer(&L.c, &L.w, &cal, &o, &cv) == MLA_OK);
+        e = compare(&L, &cv, x, N, 20);
+        th_note("%s RoRoPE f=1 m=L, PCA r=L: rel err %.2e", method ? "qaware  " : "transmla", e);
+        CHECK_LE(e, 1e-5);
+        mla_converted_free(&cv);
+        /* m = 8 < L (lossy RoRoPE), f = 2: full-rank PCA == RoRoPE alone */
+        o.qk_rope_head_dim = 8; o.freqfold = 2; o.kv_lora_rank = 0;
+        CHECK(mla_convert_layer(&L.c, &L.w, &cal, &o, &cv) == MLA_OK);
+        {
+            double ck[24 * 24];
+            int i, j;
+            /* the key block of the covariance, as the converter builds it */
+            const float *rows[48], *bs[48];
+            (void)rows; (void)bs;
+            for (i = 0; i < 24; i++)
+                for (j = 0; j < 24; j++) {
+                    double acc = 0;
+                    int t;
+                    for (t = 0; t < N; t++) {
+                        double ki = L.w.b_k[i], kj = L.w.b_k[j];
+                        int k;
+                        for (k = 0; k < 48; k++) { ki += L.w.w_k[i * 48 + k] * x[t * 48 + k]; kj += L.w.w_k[j * 48 + k] * x[t * 48 + k]; }
+                        acc += ki * kj;
+                    }
+                    ck[i * 24 + j] = acc;
+                }
+            CHECK(mla_rorope_basis(&L.c, ck, 8, 2, 0.01, U) == MLA_OK);
+            CHECK(mla_convert_assemble(&L.c, &L.w, U, 8, 2, 40, NULL, NULL, &rr) == MLA_OK);
+        }
+        {
+            mla_cache c1, c2;
+            size_t wb = mla_workspace_bytes(&cv.cfg, N, N, MLA_NAIVE);
+            void *ws = malloc(wb);
+            float *o1 = (float *)malloc(sizeof(float) * N * 48), *o2 = (float *)malloc(sizeof(float) * N * 48);
+            mla_cache_init(&c1, MLA_F32, 1, cv.cfg.kv_lora_rank, 8, N, NULL);
+            mla_cache_init(&c2, MLA_F32, 1, rr.cfg.kv_lora_rank, 8, N, NULL);
+            CHECK(mla_forward(&cv.cfg, &cv.w, &c1.pool, &c1.seq, 0, x, N, o1, MLA_NAIVE, ws, wb) == MLA_OK);
+            CHECK(mla_forward(&rr.cfg, &rr.w, &c2.pool, &c2.seq, 0, x, N, o2, MLA_NAIVE, ws, wb) == MLA_OK);
+            e = th_relerr(o1, o2, (size_t)N * 48);
+            th_note("%s m=8 f=2: full-rank PCA vs RoRoPE alone rel err %.2e", method ? "qaware  " : "transmla", e);
+            CHECK_LE(e, 1e-5);
+            mla_cache_free(&c1); mla_cache_free(&c2);
+            free(ws); free(o1); free(o2);
+        }
+        mla_converted_free(&cv);
+        mla_converted_free(&rr);
+        free(U);
+    }
+    mla_calib_free(&cal);
+    free(x);
+    free(L.mem);
+}
+
+/* With every key dim kept on RoPE (m = L) only the values are compressed:
+   full rank is exact and the error grows as the rank shrinks (nested PCA
+   subspaces). Both methods; then the weight-only fallback runs. */
+static void test_compression_monotone(void) {
+    gqa_layer L;
+    mla_calib cal;
+    float *x;
+    int N = 200, ri, ranks[] = {24, 16, 8, 4}, method;
+    double errs[2][4];
+    gqa_init(&L, 48, 6, 3, 8, 0, 10000.0f);
+    x = make_inputs(N, 48);
+    mla_calib_init(&cal, 48);
+    mla_calib_add(&cal, x, N);
+    for (ri = 0; ri < 4; ri++)
+        for (method = 0; method < 2; method++) {
+            mla_convert_options o;
+            mla_converted cv;
+            memset(&o, 0, sizeof o);
+            o.qk_rope_head_dim = 24; o.kv_lora_rank = ranks[ri]; o.method = (mla_convert_method)method;
+            CHECK(mla_convert_layer(&L.c, &L.w, &cal, &o, &cv) == MLA_OK);
+            errs[method][ri] = compare(&L, &cv, x, N, N - 3);
+            th_note("%s r=%2d (m=L=24): output rel err %.3g", method ? "qaware  " : "transmla", ranks[ri], errs[method][ri]);
+            mla_converted_free(&cv);
+        }
+    for (method = 0; method < 2; method++) {
+        CHECK_LE(errs[method][0], 1e-5);
+        CHECK(errs[method][1] < errs[method][2] && errs[method][2] < errs[method][3]);
+    }
+    {
+        mla_convert_options o;
+        mla_converted cv;
+        memset(&o, 0, sizeof o);
+        o.qk_rope_head_dim = 8; o.freqfold = 2; o.kv_lora_rank = 24;
+        CHECK(mla_convert_layer(&L.c, &L.w, NULL, &o, &cv) == MLA_OK); /* weight-only statistics */
+        CHECK(compare(&L, &cv, x, 30, 27) < 1.5);
+        mla_converted_free(&cv);
+    }
+    mla_calib_free(&cal);
+    free(x);
+    free(L.mem);
+}
+
+static void test_convert_errors(void) {
+    gqa_layer L;
+    mla_convert_options o;
+    mla_converted cv;
+    gqa_init(&L, 32, 4, 2, 16, 0, 10000.0f); /* L = 32, d = 16 */
+    memset(&o, 0, sizeof o);
+    o.qk_rope_head_dim = 16; o.kv_lora_rank = 49;                      /* r > 2L - m = 48 */
+    CHECK(mla_convert_layer(&L.c, &L.w, NULL, &o, &cv) == MLA_ERR_BAD_CONFIG);
+    o.kv_lora_rank = 16; o.qk_rope_head_dim = 6;                       /* m does not divide d */
+    CHECK(mla_convert_layer(&L.c, &L.w, NULL, &o, &cv) == MLA_ERR_BAD_CONFIG);
+    o.qk_rope_head_dim = 4; o.freqfold = 2;                            /* c = 4, f = 2 not a multiple */
+    CHECK(mla_convert_layer(&L.c, &L.w, NULL, &o, &cv) == MLA_ERR_BAD_CONFIG);
+    o.qk_rope_head_dim = 8; o.freqfold = 3;                            /* f does not divide d/2 = 8 */
+    CHECK(mla_convert_layer(&L.c, &L.w, NULL, &o, &cv) == MLA_ERR_BAD_CONFIG);
+    o.freqfold = 2; o.qk_rope_head_dim = 7;                            /* odd m */
+    CHECK(mla_convert_layer(&L.c, &L.w, NULL, &o, &cv) == MLA_ERR_BAD_CONFIG);
+    o.qk_rope_head_dim = 8; o.method = (mla_convert_method)9;
+    CHECK(mla_convert_layer(&L.c, &L.w, NULL, &o, &cv) == MLA_ERR_BAD_CONFIG);
+    o.method = MLA_CONVERT_TRANSMLA;
+    L.w.w_v = NULL;
+    CHECK(mla_convert_layer(&L.c, &L.w, NULL, &o, &cv) == MLA_ERR_NULL_WEIGHT);
+    CHECK(mla_convert_lossless(&L.c, &L.w, &cv) == MLA_ERR_NULL_WEIGHT);
+    free(L.mem);
+}
+
+void suite_convert(void) {
+    RUN(test_eigh);
+    RUN(test_lossless_random);
+    RUN(test_rorope_pca_exact);
+    RUN(test_compression_monotone);
+    RUN(test_convert_errors);
+}
