@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define EVAL_TEXT "/usr/share/common-licenses/GPL-3"
+
 #define CHAT_PROMPT "Explain in two sentences why a smaller KV cache makes a language model cheaper to run."
 
 static void banner(const char *s) { printf("\n== %s ==\n", s); fflush(stdout); }

@@ -382,7 +382,7 @@ float *gguf_tensor_f32(gguf_file *f, const char *name, int64_t rows, int64_t col
 
 /* ------------------------------------------------------------ writing -- */
 typedef struct { char *key; uint32_t type; uint8_t *val; size_t n; } wkv;
-typedef struct { char *name; int n_dims; uint64_t ne[4]; float *data; uint64_t n; } wtensor;
+typedef struct { char *name; int n_dims; uint64_t ne[4]; uint32_t type; uint8_t *data; uint64_t nbytes; } wtensor;
 struct gguf_writer {
     wkv *kv; size_t n_kv, cap_kv;
     wtensor *t; size_t n_t, cap_t;
@@ -435,9 +435,16 @@ void gguf_w_copy(gguf_writer *w, const gguf_kv *kv) {
     add_kv(w, kv->key.p, (size_t)kv->key.n, kv->type, kv->val, (size_t)kv->val_n);
 }
 
-void gguf_w_tensor_f32(gguf_writer *w, const char *name, const float *data, int n_dims, const uint64_t *ne) {
+void gguf_w_copy_as(gguf_writer *w, const char *key, const gguf_kv *kv) {
+    add_kv(w, key, strlen(key), kv->type, kv->val, (size_t)kv->val_n);
+}
+
+void gguf_w_tensor_raw(gguf_writer *w, const char *name, uint32_t type, const void *data, int n_dims,
+                       const uint64_t *ne) {
     wtensor *t;
-    int d;
+    int d, blk = 1, bb = 4;
+    uint64_t n = 1;
+    ggml_type_info(type, &blk, &bb);
     if (w->n_t == w->cap_t) {
         w->cap_t = w->cap_t ? 2 * w->cap_t : 64;
         w->t = (wtensor *)realloc(w->t, sizeof(wtensor) * w->cap_t);
@@ -445,11 +452,16 @@ void gguf_w_tensor_f32(gguf_writer *w, const char *name, const float *data, int 
     t = &w->t[w->n_t++];
     t->name = dupstr(name, strlen(name));
     t->n_dims = n_dims;
-    t->n = 1;
+    t->type = type;
     for (d = 0; d < 4; d++) t->ne[d] = d < n_dims ? ne[d] : 1;
-    for (d = 0; d < n_dims; d++) t->n *= ne[d];
-    t->data = (float *)malloc(sizeof(float) * t->n);
-    memcpy(t->data, data, sizeof(float) * t->n);
+    for (d = 0; d < n_dims; d++) n *= ne[d];
+    t->nbytes = n / (uint64_t)blk * (uint64_t)bb;
+    t->data = (uint8_t *)malloc(t->nbytes ? t->nbytes : 1);
+    memcpy(t->data, data, t->nbytes);
+}
+
+void gguf_w_tensor_f32(gguf_writer *w, const char *name, const float *data, int n_dims, const uint64_t *ne) {
+    gguf_w_tensor_raw(w, name, GGML_F32, data, n_dims, ne);
 }
 
 static int wr(FILE *fp, const void *p, size_t n) { return fwrite(p, 1, n, fp) == n ? 0 : -1; }
@@ -484,15 +496,15 @@ int gguf_writer_save(gguf_writer *w, const char *path, char *err, size_t errlen)
         rc |= wr(fp, &q, 8); rc |= wr(fp, w->t[i].name, q);
         u = (uint32_t)w->t[i].n_dims; rc |= wr(fp, &u, 4);
         for (d = 0; d < w->t[i].n_dims; d++) rc |= wr(fp, &w->t[i].ne[d], 8);
-        u = GGML_F32; rc |= wr(fp, &u, 4);
+        u = w->t[i].type; rc |= wr(fp, &u, 4);
         rc |= wr(fp, &off, 8);
         pos += (long)(8 + q + 4 + 8 * w->t[i].n_dims + 4 + 8);
-        off += (w->t[i].n * 4 + 31) / 32 * 32;
+        off += (w->t[i].nbytes + 31) / 32 * 32;
     }
     rc |= pad(fp, &pos, 32);
     for (i = 0; i < w->n_t; i++) {
-        rc |= wr(fp, w->t[i].data, w->t[i].n * 4);
-        pos += (long)(w->t[i].n * 4);
+        rc |= wr(fp, w->t[i].data, w->t[i].nbytes);
+        pos += (long)w->t[i].nbytes;
         rc |= pad(fp, &pos, 32);
     }
     if (fclose(fp) || rc) { snprintf(err, errlen, "write error on %s", path); return -1; }

@@ -81,6 +81,11 @@ void gguf_w_bool(gguf_writer *w, const char *key, int v);
 void gguf_w_str(gguf_writer *w, const char *key, const char *v);
 /* copy a kv (any type, arrays included) from a file being read */
 void gguf_w_copy(gguf_writer *w, const gguf_kv *kv);
+/* copy a kv under another key */
+void gguf_w_copy_as(gguf_writer *w, const char *key, const gguf_kv *kv);
+/* tensor of any supported type, its bytes copied (e.g. from a file being read) */
+void gguf_w_tensor_raw(gguf_writer *w, const char *name, uint32_t type, const void *data, int n_dims,
+                       const uint64_t *ne);
 /* f32 tensor; ne = {cols, rows} for a matrix; data copied */
 void gguf_w_tensor_f32(gguf_writer *w, const char *name, const float *data, int n_dims, const uint64_t *ne);
 int gguf_writer_save(gguf_writer *w, const char *path, char *err, size_t errlen);

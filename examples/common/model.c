@@ -198,6 +198,13 @@ bad:
 
 void model_free(model *m) {
     int l;
+    if (m->conv) { /* converted in memory: attention owned by conv, the rest borrowed */
+        for (l = 0; l < m->n_layers; l++) mla_converted_free(&m->conv[l]);
+        free(m->conv);
+        free(m->layers);
+        memset(m, 0, sizeof *m);
+        return;
+    }
     if (m->layers)
         for (l = 0; l < m->n_layers; l++) {
             model_layer *L = &m->layers[l];
@@ -260,39 +267,50 @@ void model_state_reset(model_state *s) {
 
 int model_pos(const model *m, const model_state *s) { return m->is_mla ? s->mla.seq.len : s->gqa.len; }
 
+/* One transformer block on the residual stream x [T][D] (in place) at the
+   state's next positions; the cache position advances in model_forward. */
+int model_layer_forward(const model *m, model_state *s, int l, float *x, int T) {
+    size_t D = (size_t)m->dim;
+    const model_layer *L = &m->layers[l];
+    int t, i, rc;
+    for (t = 0; t < T; t++) mla_rmsnorm(s->xb + t * D, x + t * D, L->attn_norm, m->dim, m->eps);
+    if (m->is_mla)
+        rc = T == 1 && s->mode == MLA_ABSORBED
+                 ? mla_decode(&m->mla, &L->mla, &s->mla.pool, &s->mla.seq, 1, l, s->xb, s->xc, s->ws, s->ws_bytes)
+                 : mla_forward(&m->mla, &L->mla, &s->mla.pool, &s->mla.seq, l, s->xb, T, s->xc, s->mode, s->ws, s->ws_bytes);
+    else
+        rc = mla_gqa_forward(&m->gqa, &L->gqa, &s->gqa, l, s->xb, T, s->xc, s->ws, s->ws_bytes);
+    if (rc) return rc;
+    for (i = 0; i < T * m->dim; i++) x[i] += s->xc[i];
+    for (t = 0; t < T; t++) mla_rmsnorm(s->xb + t * D, x + t * D, L->ffn_norm, m->dim, m->eps);
+    mla_matmul(s->hb, s->xb, L->gate, NULL, T, m->ffn_dim, m->dim);
+    mla_matmul(s->hb2, s->xb, L->up, NULL, T, m->ffn_dim, m->dim);
+    for (i = 0; i < T * m->ffn_dim; i++) { /* SwiGLU */
+        float g = s->hb[i];
+        s->hb[i] = g / (1.0f + expf(-g)) * s->hb2[i];
+    }
+    mla_matmul(s->xc, s->hb, L->down, NULL, T, m->dim, m->ffn_dim);
+    for (i = 0; i < T * m->dim; i++) x[i] += s->xc[i];
+    return 0;
+}
+
+void model_advance(const model *m, model_state *s, int T) {
+    if (m->is_mla) mla_seq_advance(&s->mla.seq, T);
+    else s->gqa.len += T;
+}
+
 int model_forward(const model *m, model_state *s, const int *tokens, int T, float *hidden) {
-    size_t D = (size_t)m->dim, F = (size_t)m->ffn_dim;
-    int l, t, i, rc;
+    size_t D = (size_t)m->dim;
+    int l, t, rc;
     if (T <= 0 || T > s->max_tokens) return MLA_ERR_INVALID_ARG;
     if (model_pos(m, s) + T > s->max_ctx) return MLA_ERR_CACHE_FULL;
     for (t = 0; t < T; t++) {
         if (tokens[t] < 0 || tokens[t] >= m->vocab) return MLA_ERR_INVALID_ARG;
         memcpy(s->x + t * D, m->tok_embd + (size_t)tokens[t] * D, sizeof(float) * D);
     }
-    for (l = 0; l < m->n_layers; l++) {
-        const model_layer *L = &m->layers[l];
-        for (t = 0; t < T; t++) mla_rmsnorm(s->xb + t * D, s->x + t * D, L->attn_norm, m->dim, m->eps);
-        if (m->is_mla)
-            rc = T == 1 && s->mode == MLA_ABSORBED
-                     ? mla_decode(&m->mla, &L->mla, &s->mla.pool, &s->mla.seq, 1, l, s->xb, s->xc, s->ws, s->ws_bytes)
-                     : mla_forward(&m->mla, &L->mla, &s->mla.pool, &s->mla.seq, l, s->xb, T, s->xc, s->mode, s->ws, s->ws_bytes);
-        else
-            rc = mla_gqa_forward(&m->gqa, &L->gqa, &s->gqa, l, s->xb, T, s->xc, s->ws, s->ws_bytes);
-        if (rc) return rc;
-        for (i = 0; i < T * m->dim; i++) s->x[i] += s->xc[i];
-        for (t = 0; t < T; t++) mla_rmsnorm(s->xb + t * D, s->x + t * D, L->ffn_norm, m->dim, m->eps);
-        mla_matmul(s->hb, s->xb, L->gate, NULL, T, m->ffn_dim, m->dim);
-        mla_matmul(s->hb2, s->xb, L->up, NULL, T, m->ffn_dim, m->dim);
-        for (i = 0; i < T * m->ffn_dim; i++) { /* SwiGLU */
-            float g = s->hb[i];
-            s->hb[i] = g / (1.0f + expf(-g)) * s->hb2[i];
-        }
-        mla_matmul(s->xc, s->hb, L->down, NULL, T, m->dim, m->ffn_dim);
-        for (i = 0; i < T * m->dim; i++) s->x[i] += s->xc[i];
-        (void)F;
-    }
-    if (m->is_mla) mla_seq_advance(&s->mla.seq, T);
-    else s->gqa.len += T;
+    for (l = 0; l < m->n_layers; l++)
+        if ((rc = model_layer_forward(m, s, l, s->x, T))) return rc;
+    model_advance(m, s, T);
     for (t = 0; t < T; t++) mla_rmsnorm(hidden + t * D, s->x + t * D, m->out_norm, m->dim, m->eps);
     return 0;
 }

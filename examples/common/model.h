@@ -24,6 +24,8 @@ typedef struct {
     float *out_norm;        /* [D]                                                */
     float *output;          /* [vocab][D], == tok_embd when tied                  */
     model_layer *layers;
+    mla_converted *conv;    /* [n_layers] when converted in memory: owns the attention,
+                               every other weight is borrowed from the source model */
     char arch[32];
 } model;
 
@@ -49,6 +51,10 @@ int model_pos(const model *m, const model_state *s);
 /* Runs T tokens (T <= max_tokens) at the next positions; hidden [T][D] after
    the final norm. Returns an mla_result. */
 int model_forward(const model *m, model_state *s, const int *tokens, int T, float *hidden);
+/* one block on the residual stream x [T][D], in place (positions advance in
+   model_forward or with model_advance) */
+int model_layer_forward(const model *m, model_state *s, int l, float *x, int T);
+void model_advance(const model *m, model_state *s, int T);
 /* logits [T][vocab] from final hidden states */
 void model_logits(const model *m, const float *hidden, int T, float *logits);
 #endif

@@ -49,6 +49,30 @@ int *tokenize_file(const tokenizer *tk, const char *path, int *n) {
     return toks;
 }
 
+int *tokenize_files(const tokenizer *tk, const char *paths, int *n) {
+    int *all = NULL, total = 0;
+    const char *p = paths;
+    while (*p) {
+        char path[1024];
+        size_t len = strcspn(p, ",");
+        int cnt, *t, *grown;
+        if (len >= sizeof path) { free(all); return NULL; }
+        memcpy(path, p, len);
+        path[len] = 0;
+        p += len + (p[len] == ',');
+        if (!len) continue;
+        if (!(t = tokenize_file(tk, path, &cnt))) { free(all); return NULL; }
+        grown = (int *)realloc(all, sizeof(int) * (size_t)(total + cnt + 1));
+        if (!grown) { free(t); free(all); return NULL; }
+        all = grown;
+        memcpy(all + total, t, sizeof(int) * (size_t)cnt);
+        total += cnt;
+        free(t);
+    }
+    *n = total;
+    return all;
+}
+
 double perplexity(const model *m, const int *toks, int n, int ctx, int progress, long *scored) {
     model_state st;
     int chunk = ctx < 512 ? ctx : 512, w, n_win = n / ctx;

@@ -6,11 +6,20 @@
 #include "tokenizer.h"
 #include <stdio.h>
 
+/* Real English text from an installed Debian package (base-files), in two
+   disjoint sets: evaluation (held out) and calibration. */
+#define EVAL_TEXT "/usr/share/common-licenses/GPL-3"
+#define CALIB_TEXTS                                                                              \
+    "/usr/share/common-licenses/Apache-2.0,/usr/share/common-licenses/MPL-2.0,"                  \
+    "/usr/share/common-licenses/Artistic,/usr/share/common-licenses/CC0-1.0,/usr/share/common-licenses/BSD"
+
 double now_s(void);
 /* whole file, NUL-terminated; NULL on error */
 char *read_text(const char *path, size_t *n);
 /* tokens of a text file (no BOS); caller frees; NULL on error */
 int *tokenize_file(const tokenizer *tk, const char *path, int *n);
+/* tokens of several comma-separated files, concatenated; caller frees */
+int *tokenize_files(const tokenizer *tk, const char *paths, int *n);
 void set_threads(int n);
 
 /* Perplexity over non-overlapping windows of ctx tokens: each window starts

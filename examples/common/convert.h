@@ -1,0 +1,27 @@
+/* Model-level GQA -> MLA conversion for the examples: runs the calibration
+   text through the model layer by layer, feeds mla.h's calibration moments,
+   converts each layer with mla.h, and writes a llama-mla GGUF. */
+#ifndef CONVERT_H
+#define CONVERT_H
+#include "model.h"
+
+typedef struct {
+    int rank;                  /* r; 0 = 2L - m (no compression)                      */
+    int rope_dim;              /* m; 0 = L                                             */
+    int freqfold;              /* f; 0 -> 1                                            */
+    int lossless;              /* stage 1 only (exact; ignores the rest)               */
+    mla_convert_method method; /* MLA_CONVERT_TRANSMLA or MLA_CONVERT_QAWARE           */
+    int sequential;            /* layer l calibrated on the converted layers' outputs  */
+    int window;                /* calibration window in tokens; 0 -> 256               */
+    int progress;              /* print progress to stderr                             */
+} convert_opts;
+
+/* dst borrows src's embeddings, norms and FFN (free dst before src).
+   calib NULL or n_calib 0: weight-only statistics. 0 or -1 (err set). */
+int convert_model(const model *src, const int *calib, int n_calib, const convert_opts *o, model *dst,
+                  char *err, size_t errlen);
+/* Writes dst as a llama-mla GGUF: metadata and tokenizer copied from the
+   source file, non-attention tensors copied unchanged (same quantization),
+   attention tensors in F32. */
+int save_converted(const model *dst, const gguf_file *src_file, const char *path, char *err, size_t errlen);
+#endif
