@@ -86,35 +86,40 @@ int main(int argc, char **argv) {
     } else if (!o.lossless) {
         fprintf(stderr, "calibration: NONE (--weight-only): statistics from the weights alone, expect worse quality\n");
     }
-    if (!strcmp(ff, "auto")) { /* double f while held-out perplexity improves (TransMLA's rule) */
-        int n_hold = n_calib / 4, f = 1, best_f = 1;
-        double best = 1e30;
-        if (!calib || n_hold < 256) { fprintf(stderr, "mla-convert: --freqfold auto needs calibration text\n"); return 2; }
-        for (;; f *= 2) {
-            model trial;
-            double ppl;
-            o.freqfold = f;
-            if ((src.head_dim / 2) % f || (o.rope_dim <= src.head_dim && f % (src.head_dim / o.rope_dim))) {
-                if (f > src.head_dim) break;
-                continue;
-            }
-            if (convert_model(&src, calib, n_calib - n_hold, &o, &trial, err, sizeof err)) break;
-            ppl = perplexity(&trial, calib + n_calib - n_hold, n_hold, 256, 0, NULL);
-            model_free(&trial);
-            fprintf(stderr, "  freqfold %d: held-out calibration perplexity %.3f\n", f, ppl);
-            if (!(ppl < best)) break;
-            best = ppl;
-            best_f = f;
+    {
+        int is_auto = !strcmp(ff, "auto"), n_hold = is_auto ? n_calib / 4 : 0;
+        mla_calib *pre = NULL;
+        if (is_auto && (!calib || n_hold < 256)) { fprintf(stderr, "mla-convert: --freqfold auto needs calibration text\n"); return 2; }
+        if (calib && !o.sequential) { /* one pass of the original model serves every trial */
+            pre = calib_collect(&src, calib, n_calib - n_hold, 0, 1, err, sizeof err);
+            if (!pre) { fprintf(stderr, "mla-convert: %s\n", err); return 1; }
         }
-        o.freqfold = best_f;
-        n_calib -= n_hold; /* the final conversion uses the same statistics as the trials */
-        fprintf(stderr, "freqfold auto: %d\n", best_f);
-    } else {
-        o.freqfold = atoi(ff);
-    }
-    if (convert_model(&src, calib, n_calib, &o, &dst, err, sizeof err)) {
-        fprintf(stderr, "mla-convert: %s\n", err);
-        return 1;
+        if (is_auto) { /* double f while held-out perplexity improves (TransMLA's rule) */
+            int f, best_f = 1;
+            double best = 1e30;
+            for (f = 1; f <= src.head_dim / 2; f *= 2) {
+                model trial;
+                double ppl;
+                o.freqfold = f;
+                if ((src.head_dim / 2) % f || (o.rope_dim <= src.head_dim && f % (src.head_dim / o.rope_dim))) continue;
+                if (convert_model(&src, calib, n_calib - n_hold, pre, &o, &trial, err, sizeof err)) break;
+                ppl = perplexity(&trial, calib + n_calib - n_hold, n_hold, 256, 0, NULL);
+                model_free(&trial);
+                fprintf(stderr, "  freqfold %d: held-out calibration perplexity %.3f\n", f, ppl);
+                if (!(ppl < best)) break;
+                best = ppl;
+                best_f = f;
+            }
+            o.freqfold = best_f;
+            fprintf(stderr, "freqfold auto: %d\n", best_f);
+        } else {
+            o.freqfold = atoi(ff);
+        }
+        if (convert_model(&src, calib, n_calib - n_hold, pre, &o, &dst, err, sizeof err)) {
+            fprintf(stderr, "mla-convert: %s\n", err);
+            return 1;
+        }
+        calib_free_all(pre, src.n_layers);
     }
     printf("converted %s in %.1f s: %s, r=%d, m=%d, d_nope=%d, freqfold %d%s\n", in, now_s() - t0,
            o.lossless ? "lossless" : o.method == MLA_CONVERT_QAWARE ? "qaware" : "transmla", dst.mla.kv_lora_rank,

@@ -8,15 +8,17 @@
 static void usage(void) {
     fprintf(stderr,
             "usage: mla-run --model F [--prompt TEXT | --chat TEXT] [-n N] [--ppl FILE --ctx N]\n"
-            "               [--threads N] [--temp T] [--top-p P] [--seed S] [--cache f32|f16|bf16] [--naive]\n"
+            "               [--threads N] [--temp T] [--top-p P] [--seed S] [--cache f32|f16|bf16]\n"
+            "               [--naive] [--absorbed]\n"
             "  --prompt  raw text continuation      --chat  one user turn in the model's chat template\n"
             "  --ppl     perplexity of a text file in non-overlapping windows of --ctx tokens (default 512)\n"
-            "  --naive   MLA models: decompress K/V (reference path) instead of the absorbed path\n");
+            "  --naive     MLA models: decode with decompressed K/V (reference path) instead of absorbed\n"
+            "  --absorbed  MLA models: prefill with the absorbed path too (default: naive prefill)\n");
 }
 
 int main(int argc, char **argv) {
     const char *path = NULL, *prompt = NULL, *chat = NULL, *ppl_file = NULL, *cache = "f32";
-    int n_new = 128, ctx = 512, threads = 0, i, naive = 0;
+    int n_new = 128, ctx = 512, threads = 0, i, naive = 0, absorbed = 0;
     sampler sp = {0.0f, 0.95f, 42};
     gguf_file f;
     model m;
@@ -25,6 +27,7 @@ int main(int argc, char **argv) {
     for (i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--naive")) { naive = 1; continue; }
+        if (!strcmp(a, "--absorbed")) { absorbed = 1; continue; }
         if (!v) { usage(); return 2; }
         if (!strcmp(a, "--model")) path = v;
         else if (!strcmp(a, "--prompt")) prompt = v;
@@ -63,6 +66,7 @@ int main(int argc, char **argv) {
         if (n <= 0) { fprintf(stderr, "mla-run: empty or too long prompt\n"); return 1; }
         if (model_state_init(&st, &m, n + n_new + 1, 64, ct)) { fprintf(stderr, "mla-run: out of memory\n"); return 1; }
         if (naive) st.mode = MLA_NAIVE;
+        if (absorbed) st.prefill_mode = MLA_ABSORBED;
         if (prompt) fputs(prompt, stdout);
         if (generate(&m, &st, tk, toks, n, n_new, &sp, stdout, NULL, 0, &pf, &dc) < 0) {
             fprintf(stderr, "\nmla-run: generation failed\n");

@@ -4,6 +4,7 @@
 #include "harness.h"
 #include "mlav.h"
 #include "../examples/common/run.h"
+#include "../examples/common/convert.h"
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -188,9 +189,115 @@ static void test_loader_errors(void) {
     gguf_close(&f);
 }
 
+/* logits of every position of the three reference prompts: prefill in one
+   call (naive for MLA) or token by token (absorbed decode for MLA) */
+static float *prompt_logits(const model *m, int p, int one_by_one, int *n_out) {
+    mlav v;
+    char name[32];
+    unsigned n_ids, t;
+    const float *ids;
+    int toks[64];
+    model_state st;
+    float *hidden, *logits;
+    if (mlav_load(&v, "tests/data/llama_ref.mlav")) return NULL;
+    snprintf(name, sizeof name, "p%d.ids", p);
+    ids = mlav_get(&v, name, &n_ids);
+    if (!ids || n_ids >= 64) { mlav_free(&v); return NULL; }
+    for (t = 0; t < n_ids; t++) toks[t] = (int)ids[t];
+    mlav_free(&v);
+    if (model_state_init(&st, m, 64, 64, MLA_F32)) return NULL;
+    hidden = (float *)malloc(sizeof(float) * n_ids * m->dim);
+    logits = (float *)malloc(sizeof(float) * (size_t)n_ids * m->vocab);
+    if (!one_by_one) CHECK(model_forward(m, &st, toks, (int)n_ids, hidden) == 0);
+    else
+        for (t = 0; t < n_ids; t++) CHECK(model_forward(m, &st, toks + t, 1, hidden + (size_t)t * m->dim) == 0);
+    model_logits(m, hidden, (int)n_ids, logits);
+    free(hidden);
+    model_state_free(&st);
+    *n_out = (int)n_ids * m->vocab;
+    return logits;
+}
+
+/* The first test of any conversion: GQA -> MLA before compression is exact.
+   Whole-model logits, relative error (max |diff| / max |logit|) <= 1e-4,
+   in memory and after a write/read round trip of the llama-mla file. */
+static void test_lossless_smollm2(void) {
+    model mla, loaded;
+    convert_opts o;
+    gguf_file f2;
+    char err[256];
+    int p, mode, n1, n2, loaded_ok;
+    double worst = 0, worst_file = 0;
+    CHECK(load_model());
+    if (g_loaded != 1) return;
+    memset(&o, 0, sizeof o);
+    o.lossless = 1;
+    CHECK(convert_model(&g_model, NULL, 0, NULL, &o, &mla, err, sizeof err) == 0);
+    CHECK(model_kv_values_per_token(&mla) == model_kv_values_per_token(&g_model));
+    CHECK(save_converted(&mla, &g_file, "build/test_lossless.gguf", err, sizeof err) == 0);
+    loaded_ok = gguf_read(&f2, "build/test_lossless.gguf") == 0 && model_load(&loaded, &f2) == 0;
+    CHECK(loaded_ok);
+    for (p = 0; p < 3; p++)
+        for (mode = 0; mode < 2; mode++) {
+            float *a = prompt_logits(&g_model, p, mode, &n1), *b = prompt_logits(&mla, p, mode, &n2), *c = NULL;
+            CHECK(a && b && n1 == n2);
+            if (a && b) {
+                double e = th_relerr(b, a, (size_t)n1);
+                if (e > worst) worst = e;
+            }
+            if (loaded_ok && (c = prompt_logits(&loaded, p, mode, &n2)) && a) {
+                double e = th_relerr(c, a, (size_t)n1);
+                if (e > worst_file) worst_file = e;
+            }
+            free(a); free(b); free(c);
+        }
+    th_note("lossless SmolLM2 -> MLA: logits rel err %.2e (in memory), %.2e (llama-mla file); naive prefill and absorbed decode",
+            worst, worst_file);
+    CHECK_LE(worst, 1e-4);
+    CHECK_LE(worst_file, 1e-4);
+    if (loaded_ok) model_free(&loaded);
+    gguf_close(&f2);
+    model_free(&mla);
+}
+
+/* A compressed conversion (half the KV cache) keeps the model usable: greedy
+   answer still right, absorbed decode == naive decode on it. */
+static void test_compressed_smollm2(void) {
+    model mla;
+    convert_opts o;
+    char err[256];
+    int *calib, n_calib, toks[256], n, mode;
+    char text[2][512];
+    CHECK(load_model());
+    if (g_loaded != 1) return;
+    calib = tokenize_files(g_tok, CALIB_TEXTS, &n_calib);
+    CHECK(calib != NULL && n_calib > 4000);
+    if (!calib) return;
+    memset(&o, 0, sizeof o);
+    o.rank = 128; o.rope_dim = 64; o.method = MLA_CONVERT_QAWARE;
+    CHECK(convert_model(&g_model, calib, 2048, NULL, &o, &mla, err, sizeof err) == 0);
+    CHECK(model_kv_values_per_token(&mla) * 2 == model_kv_values_per_token(&g_model));
+    n = chat_tokens(g_tok, "What is the capital of France?", toks, 256);
+    for (mode = 0; mode < 2; mode++) {
+        model_state st;
+        sampler sp = {0.0f, 1.0f, 1};
+        CHECK(model_state_init(&st, &mla, 128, 16, MLA_F32) == 0);
+        st.mode = mode ? MLA_NAIVE : MLA_ABSORBED;
+        CHECK(generate(&mla, &st, g_tok, toks, n, 10, &sp, NULL, text[mode], sizeof text[mode], NULL, NULL) > 0);
+        model_state_free(&st);
+    }
+    th_note("r=128 m=64 (half the cache) greedy reply: \"%s\"", text[0]);
+    CHECK(!strcmp(text[0], text[1]));
+    CHECK(strstr(text[0], "Paris") != NULL);
+    model_free(&mla);
+    free(calib);
+}
+
 void suite_model(void) {
     RUN(test_tokenizer_vs_hf);
     RUN(test_logits_vs_reference);
     RUN(test_chat_and_generation);
     RUN(test_loader_errors);
+    RUN(test_lossless_smollm2);
+    RUN(test_compressed_smollm2);
 }

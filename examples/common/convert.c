@@ -4,18 +4,115 @@
 #include <stdlib.h>
 #include <string.h>
 
-int convert_model(const model *src, const int *calib, int n_calib, const convert_opts *o, model *dst,
-                  char *err, size_t errlen) {
-    int window = o->window > 0 ? o->window : 256, n_win = calib ? n_calib / window : 0, l, w, t, rc = 0;
+/* Runs the calibration windows through the model layer by layer; at each
+   layer accumulates the attention input's moments into cal[l] (when cal is
+   given), then moves the residual stream through layer l of `through`
+   (the source model, or in sequential mode the converted one as it grows).
+   convert_layer, when set, converts layer l before it is used. */
+typedef int (*layer_hook)(void *ctx, int l, const mla_calib *cal, char *err, size_t errlen);
+
+static int calib_pass(const model *src, const model *through, const int *toks, int n, int window, mla_calib *keep,
+                      layer_hook hook, void *hook_ctx, int progress, char *err, size_t errlen) {
+    int n_win = n / window, l, w, t, rc = 0;
     size_t D = (size_t)src->dim;
-    float *H = NULL, *xb = NULL;
-    model_state ss, ds;
-    mla_convert_options mo;
+    float *H = (float *)malloc(sizeof(float) * (size_t)n_win * window * D);
+    float *xb = (float *)malloc(sizeof(float) * (size_t)window * D);
+    model_state st;
+    int have_st = 0;
     double t0 = now_s();
-    int have_ds = 0;
-    if (src->is_mla) { snprintf(err, errlen, "the source model is already MLA"); return -1; }
+    if (!H || !xb) { snprintf(err, errlen, "out of memory for %d calibration tokens", n_win * window); rc = -1; goto done; }
+    for (t = 0; t < n_win * window; t++) memcpy(H + t * D, src->tok_embd + (size_t)toks[t] * D, sizeof(float) * D);
+    for (l = 0; l < src->n_layers; l++) {
+        mla_calib cal, *c = keep ? &keep[l] : &cal;
+        if (mla_calib_init(c, src->dim)) { snprintf(err, errlen, "out of memory"); rc = -1; goto done; }
+        for (w = 0; w < n_win; w++) { /* the attention input of layer l: RMSNorm of the residual */
+            for (t = 0; t < window; t++)
+                mla_rmsnorm(xb + t * D, H + ((size_t)w * window + t) * D, src->layers[l].attn_norm, src->dim, src->eps);
+            mla_calib_add(c, xb, window);
+        }
+        if (hook && (rc = hook(hook_ctx, l, c, err, errlen))) {
+            if (!keep) mla_calib_free(c);
+            goto done;
+        }
+        if (!keep) mla_calib_free(c);
+        if (l + 1 < src->n_layers) {
+            if (!have_st) {
+                if (model_state_init(&st, through, window, window, MLA_F32)) { snprintf(err, errlen, "out of memory"); rc = -1; goto done; }
+                have_st = 1;
+            }
+            for (w = 0; w < n_win; w++) {
+                model_state_reset(&st);
+                if ((rc = model_layer_forward(through, &st, l, H + (size_t)w * window * D, window))) {
+                    snprintf(err, errlen, "layer %d forward: %s", l, mla_result_string((mla_result)rc));
+                    rc = -1;
+                    goto done;
+                }
+            }
+        }
+        if (progress) {
+            fprintf(stderr, "\r  calibration: layer %d/%d (%d tokens, %.1f s)", l + 1, src->n_layers, n_win * window, now_s() - t0);
+            fflush(stderr);
+        }
+    }
+    if (progress) fprintf(stderr, "\n");
+done:
+    free(H);
+    free(xb);
+    if (have_st) model_state_free(&st);
+    return rc;
+}
+
+mla_calib *calib_collect(const model *src, const int *toks, int n, int window, int progress, char *err, size_t errlen) {
+    mla_calib *cal = (mla_calib *)calloc((size_t)src->n_layers, sizeof(mla_calib));
+    if (window <= 0) window = 256;
+    if (!cal) { snprintf(err, errlen, "out of memory"); return NULL; }
+    if (n / window < 1) { snprintf(err, errlen, "calibration text shorter than one window (%d tokens)", window); free(cal); return NULL; }
+    if (calib_pass(src, src, toks, n, window, cal, NULL, NULL, progress, err, errlen)) {
+        calib_free_all(cal, src->n_layers);
+        return NULL;
+    }
+    return cal;
+}
+
+void calib_free_all(mla_calib *cal, int n_layers) {
+    int l;
+    if (!cal) return;
+    for (l = 0; l < n_layers; l++) mla_calib_free(&cal[l]);
+    free(cal);
+}
+
+typedef struct {
+    const model *src;
+    model *dst;
+    const convert_opts *o;
+} convert_ctx;
+
+/* convert layer l of src into dst (cal NULL: weight-only) */
+static int convert_one(void *p, int l, const mla_calib *cal, char *err, size_t errlen) {
+    convert_ctx *c = (convert_ctx *)p;
+    const model_layer *L = &c->src->layers[l];
+    mla_convert_options mo;
+    mla_result r;
     memset(&mo, 0, sizeof mo);
-    mo.kv_lora_rank = o->rank; mo.qk_rope_head_dim = o->rope_dim; mo.freqfold = o->freqfold; mo.method = o->method;
+    mo.kv_lora_rank = c->o->rank; mo.qk_rope_head_dim = c->o->rope_dim; mo.freqfold = c->o->freqfold;
+    mo.method = c->o->method;
+    r = c->o->lossless ? mla_convert_lossless(&c->src->gqa, &L->gqa, &c->dst->conv[l])
+                       : mla_convert_layer(&c->src->gqa, &L->gqa, cal, &mo, &c->dst->conv[l]);
+    if (r != MLA_OK) {
+        snprintf(err, errlen, "layer %d: %s", l, mla_result_string(r));
+        return -1;
+    }
+    c->dst->layers[l].mla = c->dst->conv[l].w;
+    if (l == 0) c->dst->mla = c->dst->conv[0].cfg;
+    return 0;
+}
+
+int convert_model(const model *src, const int *calib, int n_calib, const mla_calib *pre, const convert_opts *o,
+                  model *dst, char *err, size_t errlen) {
+    int window = o->window > 0 ? o->window : 256, l, rc = 0;
+    convert_ctx ctx;
+    double t0 = now_s();
+    if (src->is_mla) { snprintf(err, errlen, "the source model is already MLA"); return -1; }
     *dst = *src;
     dst->is_mla = 1;
     snprintf(dst->arch, sizeof dst->arch, "llama-mla");
@@ -26,70 +123,24 @@ int convert_model(const model *src, const int *calib, int n_calib, const convert
         dst->layers[l] = src->layers[l];
         memset(&dst->layers[l].gqa, 0, sizeof dst->layers[l].gqa);
     }
-    memset(&ss, 0, sizeof ss);
-    memset(&ds, 0, sizeof ds);
-    if (n_win > 0 && !o->lossless) {
-        H = (float *)malloc(sizeof(float) * (size_t)n_win * window * D);
-        xb = (float *)malloc(sizeof(float) * (size_t)window * D);
-        if (!H || !xb || model_state_init(&ss, src, window, window, MLA_F32)) {
-            snprintf(err, errlen, "out of memory for %d calibration tokens", n_win * window);
-            rc = -1;
-            goto done;
-        }
-        for (t = 0; t < n_win * window; t++) memcpy(H + t * D, src->tok_embd + (size_t)calib[t] * D, sizeof(float) * D);
+    ctx.src = src; ctx.dst = dst; ctx.o = o;
+    if (o->lossless || (!pre && (!calib || n_calib < window))) { /* no statistics needed / weight-only */
+        for (l = 0; l < src->n_layers && !rc; l++) rc = convert_one(&ctx, l, NULL, err, errlen);
+    } else if (o->sequential) { /* GPTQ-style: layer l sees what the converted layers before it produce */
+        rc = calib_pass(src, dst, calib, n_calib, window, NULL, convert_one, &ctx, o->progress, err, errlen);
+    } else {
+        mla_calib *own = pre ? NULL : calib_collect(src, calib, n_calib, window, o->progress, err, errlen);
+        const mla_calib *cal = pre ? pre : own;
+        if (!cal) rc = -1;
+        for (l = 0; l < src->n_layers && !rc; l++) rc = convert_one(&ctx, l, &cal[l], err, errlen);
+        calib_free_all(own, src->n_layers);
     }
-    for (l = 0; l < src->n_layers; l++) {
-        const model_layer *L = &src->layers[l];
-        mla_result r;
-        if (o->lossless) {
-            r = mla_convert_lossless(&src->gqa, &L->gqa, &dst->conv[l]);
-        } else {
-            mla_calib cal;
-            int use = H != NULL;
-            if (use) {
-                if (mla_calib_init(&cal, src->dim)) { snprintf(err, errlen, "out of memory"); rc = -1; goto done; }
-                for (w = 0; w < n_win; w++) { /* the attention input of layer l: RMSNorm of the residual */
-                    for (t = 0; t < window; t++)
-                        mla_rmsnorm(xb + t * D, H + ((size_t)w * window + t) * D, L->attn_norm, src->dim, src->eps);
-                    mla_calib_add(&cal, xb, window);
-                }
-            }
-            r = mla_convert_layer(&src->gqa, &L->gqa, use ? &cal : NULL, &mo, &dst->conv[l]);
-            if (use) mla_calib_free(&cal);
-        }
-        if (r != MLA_OK) {
-            snprintf(err, errlen, "layer %d: %s", l, mla_result_string(r));
-            rc = -1;
-            goto done;
-        }
-        dst->layers[l].mla = dst->conv[l].w;
-        if (l == 0) dst->mla = dst->conv[0].cfg;
-        if (H && l + 1 < src->n_layers) { /* move the calibration text through layer l */
-            if (o->sequential && !have_ds) {
-                if (model_state_init(&ds, dst, window, window, MLA_F32)) { snprintf(err, errlen, "out of memory"); rc = -1; goto done; }
-                ds.mode = MLA_NAIVE;
-                have_ds = 1;
-            }
-            for (w = 0; w < n_win; w++) {
-                model_state *st = o->sequential ? &ds : &ss;
-                model_state_reset(st);
-                r = (mla_result)model_layer_forward(o->sequential ? dst : src, st, l, H + (size_t)w * window * D, window);
-                if (r != MLA_OK) { snprintf(err, errlen, "layer %d forward: %s", l, mla_result_string(r)); rc = -1; goto done; }
-            }
-        }
-        if (o->progress) {
-            fprintf(stderr, "\r  converting: layer %d/%d (%.1f s)", l + 1, src->n_layers, now_s() - t0);
-            fflush(stderr);
-        }
+    if (rc) {
+        model_free(dst);
+        return -1;
     }
-    if (o->progress) fprintf(stderr, "\n");
-done:
-    free(H);
-    free(xb);
-    if (ss.ws) model_state_free(&ss);
-    if (have_ds) model_state_free(&ds);
-    if (rc) model_free(dst);
-    return rc;
+    if (o->progress) fprintf(stderr, "  converted %d layers in %.1f s\n", src->n_layers, now_s() - t0);
+    return 0;
 }
 
 static void put_matrix(gguf_writer *w, const char *name, const float *p, int rows, int cols) {

@@ -16,10 +16,17 @@ typedef struct {
     int progress;              /* print progress to stderr                             */
 } convert_opts;
 
+/* Calibration moments of every layer's attention input, from the original
+   model over n tokens in windows of `window` (0 -> 256): [n_layers]. */
+mla_calib *calib_collect(const model *src, const int *toks, int n, int window, int progress, char *err, size_t errlen);
+void calib_free_all(mla_calib *cal, int n_layers);
+
 /* dst borrows src's embeddings, norms and FFN (free dst before src).
-   calib NULL or n_calib 0: weight-only statistics. 0 or -1 (err set). */
-int convert_model(const model *src, const int *calib, int n_calib, const convert_opts *o, model *dst,
-                  char *err, size_t errlen);
+   Statistics: `pre` (from calib_collect, reused across conversions), else
+   computed from calib tokens (sequentially if o->sequential), else none
+   (weight-only). Returns 0, or -1 with err set. */
+int convert_model(const model *src, const int *calib, int n_calib, const mla_calib *pre, const convert_opts *o,
+                  model *dst, char *err, size_t errlen);
 /* Writes dst as a llama-mla GGUF: metadata and tokenizer copied from the
    source file, non-attention tensors copied unchanged (same quantization),
    attention tensors in F32. */

@@ -231,7 +231,8 @@ int model_state_init(model_state *s, const model *m, int max_ctx, int max_tokens
     int rc;
     memset(s, 0, sizeof *s);
     s->max_ctx = max_ctx; s->max_tokens = max_tokens;
-    s->mode = MLA_ABSORBED;
+    s->mode = MLA_ABSORBED;       /* decode: read only the latent         */
+    s->prefill_mode = MLA_NAIVE;  /* prefill: decompress once, compute-bound */
     if (m->is_mla) {
         rc = mla_cache_init(&s->mla, cache_type, m->n_layers, m->mla.kv_lora_rank, m->mla.qk_rope_head_dim, max_ctx, NULL);
         if (rc) return rc;
@@ -277,7 +278,8 @@ int model_layer_forward(const model *m, model_state *s, int l, float *x, int T) 
     if (m->is_mla)
         rc = T == 1 && s->mode == MLA_ABSORBED
                  ? mla_decode(&m->mla, &L->mla, &s->mla.pool, &s->mla.seq, 1, l, s->xb, s->xc, s->ws, s->ws_bytes)
-                 : mla_forward(&m->mla, &L->mla, &s->mla.pool, &s->mla.seq, l, s->xb, T, s->xc, s->mode, s->ws, s->ws_bytes);
+                 : mla_forward(&m->mla, &L->mla, &s->mla.pool, &s->mla.seq, l, s->xb, T, s->xc,
+                               T > 1 ? s->prefill_mode : s->mode, s->ws, s->ws_bytes);
     else
         rc = mla_gqa_forward(&m->gqa, &L->gqa, &s->gqa, l, s->xb, T, s->xc, s->ws, s->ws_bytes);
     if (rc) return rc;
