@@ -20,9 +20,10 @@ CBLAS_FLAGS = -DHAVE_CBLAS
 endif
 
 COMMON_SRC = examples/common/gguf.c examples/common/tokenizer.c examples/common/model.c examples/common/run.c \
-             examples/common/convert.c
+             examples/common/convert.c examples/common/svg.c examples/common/tradeoff.c
 COMMON_HDR = mla.h examples/common/gguf.h examples/common/tokenizer.h examples/common/model.h \
-             examples/common/run.h examples/common/unicode_tab.h examples/common/convert.h
+             examples/common/run.h examples/common/unicode_tab.h examples/common/convert.h \
+             examples/common/svg.h examples/common/tradeoff.h
 TEST_SRC = tests/run_tests.c tests/test_core.c tests/test_gguf.c tests/test_model.c tests/test_convert.c tests/mlav.c \
            tests/impl.c $(COMMON_SRC)
 TEST_HDR = $(COMMON_HDR) tests/harness.h tests/mlav.h
@@ -30,7 +31,7 @@ MODEL    = models/SmolLM2-135M-Instruct.Q4_1.gguf
 
 .PHONY: all demo hello test sanitize bench cuda headercheck clean
 
-all: $(BIN)/hello_mla $(BIN)/mla-run $(BIN)/mla-convert $(BIN)/demo $(BIN)/run_tests
+all: $(BIN)/hello_mla $(BIN)/mla-run $(BIN)/mla-convert $(BIN)/mla-tradeoff $(BIN)/demo $(BIN)/run_tests
 
 $(BIN):
 	mkdir -p $(BIN)
@@ -46,6 +47,9 @@ $(BIN)/mla-run: examples/mla_run.c $(COMMON_SRC) $(COMMON_HDR) $(BIN)/mla_impl.o
 
 $(BIN)/mla-convert: examples/mla_convert.c $(COMMON_SRC) $(COMMON_HDR) $(BIN)/mla_impl.o
 	$(CC) $(CFLAGS) $(OMP) -o $@ examples/mla_convert.c $(COMMON_SRC) $(BIN)/mla_impl.o $(LDLIBS)
+
+$(BIN)/mla-tradeoff: examples/mla_tradeoff.c $(COMMON_SRC) $(COMMON_HDR) $(BIN)/mla_impl.o
+	$(CC) $(CFLAGS) $(OMP) -o $@ examples/mla_tradeoff.c $(COMMON_SRC) $(BIN)/mla_impl.o $(LDLIBS)
 
 $(BIN)/demo: examples/demo.c $(COMMON_SRC) $(COMMON_HDR) $(BIN)/mla_impl.o
 	$(CC) $(CFLAGS) $(OMP) -o $@ examples/demo.c $(COMMON_SRC) $(BIN)/mla_impl.o $(LDLIBS)

@@ -1,0 +1,24 @@
+/* Perplexity vs KV cache size: original, lossless, RoRoPE alone, and a rank
+   sweep per conversion method; a TSV table and an SVG chart. */
+#ifndef TRADEOFF_H
+#define TRADEOFF_H
+#include "convert.h"
+#include <stdio.h>
+
+typedef struct {
+    const int *ranks;  /* r values of the sweep           */
+    int n_ranks;
+    int rope_dim;      /* m of the sweep                  */
+    int freqfold;      /* f of the sweep                  */
+    int rorope_rows;   /* also RoRoPE alone at m = d, d/2  */
+    int sequential;    /* add a sequential qaware curve    */
+    const int *calib;  /* tokens (for the sequential curve) */
+    int n_calib;
+} tradeoff_opts;
+
+/* pre: calibration moments of src; eval: tokens scored in windows of ctx.
+   Prints rows as they finish (to stdout and tsv if non-NULL); writes svg_path
+   if non-NULL. Returns 0 on success. */
+int run_tradeoff(const model *src, const mla_calib *pre, const int *eval, int n_eval, int ctx, const tradeoff_opts *o,
+                 FILE *tsv, const char *svg_path);
+#endif
