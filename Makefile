@@ -24,12 +24,12 @@ COMMON_SRC = examples/common/gguf.c examples/common/tokenizer.c examples/common/
 COMMON_HDR = mla.h examples/common/gguf.h examples/common/tokenizer.h examples/common/model.h \
              examples/common/run.h examples/common/unicode_tab.h examples/common/convert.h \
              examples/common/svg.h examples/common/tradeoff.h
-TEST_SRC = tests/run_tests.c tests/test_core.c tests/test_gguf.c tests/test_model.c tests/test_convert.c tests/mlav.c \
+TEST_SRC = tests/run_tests.c tests/harness.c tests/test_core.c tests/test_gguf.c tests/test_model.c tests/test_convert.c tests/test_cuda.c tests/mlav.c \
            tests/impl.c $(COMMON_SRC)
-TEST_HDR = $(COMMON_HDR) tests/harness.h tests/mlav.h
+TEST_HDR = $(COMMON_HDR) tests/harness.h tests/mlav.h mla_cuda.h
 MODEL    = models/SmolLM2-135M-Instruct.Q4_1.gguf
 
-.PHONY: all demo hello test sanitize bench cuda headercheck clean
+.PHONY: all demo hello test cuda cuda-build sanitize bench cuda headercheck clean
 
 all: $(BIN)/hello_mla $(BIN)/mla-run $(BIN)/mla-convert $(BIN)/mla-tradeoff $(BIN)/demo $(BIN)/run_tests
 
@@ -60,8 +60,12 @@ $(MODEL):
 $(BIN)/cblas_impl.o: tests/cblas_impl.c mla.h | $(BIN)
 	$(CC) $(CFLAGS) $(CBLAS_FLAGS) -c -o $@ $<
 
-$(BIN)/run_tests: $(TEST_SRC) $(TEST_HDR) $(BIN)/cblas_impl.o
-	$(CC) $(CFLAGS) -g -I. -o $@ $(TEST_SRC) $(BIN)/cblas_impl.o $(CBLAS_LIB) $(LDLIBS)
+# the CUDA backend's CPU build (same API and algorithm) for the host-side tests
+$(BIN)/mla_cuda_cpu.o: mla_cuda.cu mla_cuda.h mla.h | $(BIN)
+	$(CC) $(CFLAGS) -x c -c -o $@ mla_cuda.cu
+
+$(BIN)/run_tests: $(TEST_SRC) $(TEST_HDR) $(BIN)/cblas_impl.o $(BIN)/mla_cuda_cpu.o
+	$(CC) $(CFLAGS) -g -I. -o $@ $(TEST_SRC) $(BIN)/cblas_impl.o $(BIN)/mla_cuda_cpu.o $(CBLAS_LIB) $(LDLIBS)
 
 demo: $(BIN)/demo $(MODEL)
 	./$(BIN)/demo $(MODEL)
@@ -81,13 +85,47 @@ headercheck: | $(BIN)
 	$(CC) -std=c99 -Wall -Wextra -pedantic -Werror -O2 -fopenmp -I. -c -o $(BIN)/hc_omp.o $(BIN)/hc.c
 	$(CC) -std=c99 -Wall -Wextra -pedantic -Werror -O2 -DMLA_STATIC -I. -c -o $(BIN)/hc_static.o $(BIN)/hc.c
 
-test: headercheck $(BIN)/run_tests $(MODEL)
+test: headercheck cuda-build $(BIN)/run_tests $(MODEL)
 	./$(BIN)/run_tests
+
+# ---- CUDA: sm_80 and sm_90 code, PTX for newer GPUs ----
+NVCC      ?= nvcc
+NVCCFLAGS  = -O3 -std=c++17 -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
+             -gencode arch=compute_90,code=compute_90 -Xcompiler -Wall
+HAVE_NVCC := $(shell command -v $(NVCC) 2>/dev/null)
+
+$(BIN)/mla_cuda.o: mla_cuda.cu mla_cuda.h mla.h | $(BIN)
+	$(NVCC) $(NVCCFLAGS) -c -o $@ mla_cuda.cu
+
+$(BIN)/mla_impl_plain.o: examples/common/mla_impl.c mla.h | $(BIN)
+	$(CC) $(WARN) $(OPT) -c -o $@ $<
+
+CUDA_TEST_OBJ = $(BIN)/cu_run_cuda_tests.o $(BIN)/cu_harness.o $(BIN)/cu_test_cuda.o
+$(BIN)/cu_%.o: tests/%.c tests/harness.h mla_cuda.h mla.h | $(BIN)
+	$(CC) $(WARN) $(OPT) -c -o $@ $<
+
+$(BIN)/test_cuda_gpu: $(CUDA_TEST_OBJ) $(BIN)/mla_cuda.o $(BIN)/mla_impl_plain.o
+	$(NVCC) -o $@ $^ -lm
+
+$(BIN)/bench_cuda: $(BIN)/cu_bench_cuda.o $(BIN)/mla_cuda.o $(BIN)/mla_impl_plain.o
+	$(NVCC) -o $@ $^ -lm
+
+# make test on a machine with nvcc (and maybe no GPU): compile and link only
+cuda-build:
+ifneq ($(HAVE_NVCC),)
+	$(MAKE) $(BIN)/test_cuda_gpu $(BIN)/bench_cuda
+else
+	@echo "nvcc not found: CUDA backend not built (its CPU build is tested)"
+endif
+
+# build the CUDA backend, its test and bench (run them on a GPU: tools/gpu_check.sh)
+cuda: $(BIN)/test_cuda_gpu $(BIN)/bench_cuda
 
 SAN = -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 sanitize: $(MODEL) | $(BIN)
 	$(CC) $(WARN) -O1 -g $(SAN) $(CBLAS_FLAGS) -c -o $(BIN)/cblas_impl_san.o tests/cblas_impl.c
-	$(CC) $(WARN) -O1 -g $(SAN) -I. -o $(BIN)/run_tests_san $(TEST_SRC) $(BIN)/cblas_impl_san.o $(CBLAS_LIB) $(LDLIBS)
+	$(CC) $(WARN) -O1 -g $(SAN) -x c -c -o $(BIN)/mla_cuda_cpu_san.o mla_cuda.cu
+	$(CC) $(WARN) -O1 -g $(SAN) -I. -o $(BIN)/run_tests_san $(TEST_SRC) $(BIN)/cblas_impl_san.o $(BIN)/mla_cuda_cpu_san.o $(CBLAS_LIB) $(LDLIBS)
 	ASAN_OPTIONS=detect_leaks=1 ./$(BIN)/run_tests_san
 
 clean:

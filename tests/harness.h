@@ -9,6 +9,7 @@ void th_check(int ok, const char *expr, const char *file, int line);
 void th_run(const char *name, void (*fn)(void));
 void th_skip(const char *name, const char *why);
 void th_note(const char *fmt, ...);
+int th_summary(void); /* prints "N passed, N failed"; 1 if any failed */
 /* normwise relative error max|a-b| / max|b| */
 double th_relerr(const float *a, const float *b, size_t n);
 double th_relerr_d(const double *a, const double *b, size_t n);
@@ -27,4 +28,5 @@ void suite_core(void);
 void suite_gguf(void);
 void suite_model(void);
 void suite_convert(void);
+void suite_cuda(void);
 #endif
