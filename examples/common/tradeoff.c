@@ -6,8 +6,8 @@
 
 static void row(FILE *tsv, const char *name, const model *m, int r, int mm, double ppl, double secs) {
     long v = model_kv_values_per_token(m);
-    printf("%-22s r=%-4d m=%-4d KV %6ld values = %6ld bytes/token (f16)   perplexity %8.3f   (%.1f s)\n", name, r, mm, v,
-           2 * v, ppl, secs);
+    printf("%-26s r=%-4d m=%-4d KV %6ld values = %6ld bytes/token (f16)   perplexity %8.3f   (converted in %.1f s)\n",
+           name, r, mm, v, 2 * v, ppl, secs);
     fflush(stdout);
     if (tsv) {
         fprintf(tsv, "%s\t%d\t%d\t%ld\t%ld\t%.4f\t%.1f\n", name, r, mm, v, 2 * v, ppl, secs);
@@ -19,17 +19,17 @@ int run_tradeoff(const model *src, const mla_calib *pre, const int *eval, int n_
                  FILE *tsv, const char *svg_path) {
     enum { MAXR = 16 };
     const char *names[3] = {"TransMLA", "query-aware (ours)", "query-aware + sequential"};
-    double xs[3][MAXR], ys[3][MAXR], ref, t0;
+    double xs[3][MAXR], ys[3][MAXR], ref, t0, secs;
+    char name[64];
     int n_methods = o->sequential ? 3 : 2, mi, ri, L = src->n_kv_heads * src->head_dim;
     svg_series ser[3];
     char err[256];
     model dst;
     convert_opts co;
     if (o->n_ranks > MAXR) return -1;
-    if (tsv) fprintf(tsv, "model\tr\tm\tkv_values_per_token\tkv_bytes_f16\tperplexity\tseconds\n");
-    t0 = now_s();
+    if (tsv) fprintf(tsv, "model\tr\tm\tkv_values_per_token\tkv_bytes_f16\tperplexity\tconvert_seconds\n");
     ref = perplexity(src, eval, n_eval, ctx, 0, NULL);
-    row(tsv, "original (GQA)", src, 0, 0, ref, now_s() - t0);
+    row(tsv, "original (GQA)", src, 0, 0, ref, 0.0);
     memset(&co, 0, sizeof co);
     if (o->rorope_rows) {
         int k, ms[3] = {0, src->head_dim, src->head_dim / 2};
@@ -37,11 +37,14 @@ int run_tradeoff(const model *src, const mla_calib *pre, const int *eval, int n_
             co.lossless = k == 0;
             co.rope_dim = ms[k];
             co.rank = 0; /* full rank: no PCA loss */
-            co.freqfold = o->freqfold;
+            /* FreqFold must be a multiple of the collapse c = d/m */
+            co.freqfold = ms[k] && o->freqfold < src->head_dim / ms[k] ? src->head_dim / ms[k] : o->freqfold;
             t0 = now_s();
             if (convert_model(src, NULL, 0, pre, &co, &dst, err, sizeof err)) { fprintf(stderr, "%s\n", err); return -1; }
-            row(tsv, k == 0 ? "lossless MLA" : "RoRoPE only", &dst, dst.mla.kv_lora_rank, dst.mla.qk_rope_head_dim,
-                perplexity(&dst, eval, n_eval, ctx, 0, NULL), now_s() - t0);
+            secs = now_s() - t0;
+            snprintf(name, sizeof name, k == 0 ? "lossless MLA" : "RoRoPE only (f=%d)", co.freqfold);
+            row(tsv, name, &dst, dst.mla.kv_lora_rank, dst.mla.qk_rope_head_dim,
+                perplexity(&dst, eval, n_eval, ctx, 0, NULL), secs);
             model_free(&dst);
         }
     }
@@ -59,9 +62,10 @@ int run_tradeoff(const model *src, const mla_calib *pre, const int *eval, int n_
                 fprintf(stderr, "%s\n", err);
                 return -1;
             }
+            secs = now_s() - t0;
             ys[mi][ri] = perplexity(&dst, eval, n_eval, ctx, 0, NULL);
             xs[mi][ri] = 2.0 * model_kv_values_per_token(&dst);
-            row(tsv, names[mi], &dst, co.rank, co.rope_dim, ys[mi][ri], now_s() - t0);
+            row(tsv, names[mi], &dst, co.rank, co.rope_dim, ys[mi][ri], secs);
             model_free(&dst);
         }
         ser[mi].name = names[mi];
