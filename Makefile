@@ -29,7 +29,7 @@ TEST_SRC = tests/run_tests.c tests/harness.c tests/test_core.c tests/test_gguf.c
 TEST_HDR = $(COMMON_HDR) tests/harness.h tests/mlav.h mla_cuda.h
 MODEL    = models/SmolLM2-135M-Instruct.Q4_1.gguf
 
-.PHONY: all demo hello test cuda cuda-build sanitize bench cuda headercheck clean
+.PHONY: all demo hello bench test cuda cuda-build sanitize bench cuda headercheck clean
 
 all: $(BIN)/hello_mla $(BIN)/mla-run $(BIN)/mla-convert $(BIN)/mla-tradeoff $(BIN)/demo $(BIN)/run_tests
 
@@ -69,6 +69,12 @@ $(BIN)/run_tests: $(TEST_SRC) $(TEST_HDR) $(BIN)/cblas_impl.o $(BIN)/mla_cuda_cp
 
 demo: $(BIN)/demo $(MODEL)
 	./$(BIN)/demo $(MODEL)
+
+$(BIN)/bench: examples/bench.c mla.h | $(BIN)
+	$(CC) $(CFLAGS) -o $@ examples/bench.c $(LDLIBS)
+
+bench: $(BIN)/bench
+	./$(BIN)/bench
 
 hello: $(BIN)/hello_mla
 	./$(BIN)/hello_mla

@@ -335,6 +335,7 @@ typedef struct {
     mla_layer_weights w;
     float *rope_freqs; /* [m/2], cfg.rope_freqs points here                  */
     float *mem;        /* one block for all weights                          */
+    float *mem_q;      /* low-rank query weights (mla_convert_lowrank_q)     */
 } mla_converted;
 MLAPI void mla_converted_free(mla_converted *c);
 
@@ -365,6 +366,13 @@ MLAPI mla_result mla_convert_assemble(const mla_gqa_config *g, const mla_gqa_wei
                                       const double *U, int m, int f, int r,
                                       const double *down, const double *up,
                                       mla_converted *out);
+
+/* Stage 5, optional: low-rank query. PCA of the converted query q = W_q x + b
+   (second moment from calib; NULL = weight-only) keeps the top q_lora_rank
+   directions R: W_qa = R^T W_q, b_qa = R^T b, W_qb = R (no q norm). Exact
+   when q_lora_rank = n_heads * (d_nope + m). Saves query parameters and
+   compute, not cache. */
+MLAPI mla_result mla_convert_lowrank_q(mla_converted *cv, const mla_calib *calib, int q_lora_rank, double damp);
 
 /* The whole conversion of one layer. calib NULL = weight-only statistics
    (x assumed white: E[x x^T] = I), a fallback when no text is at hand. */
@@ -1532,6 +1540,7 @@ static mla_result mla__proj_cov(const mla_calib *cal, int D, int n, const float 
 MLADEF void mla_converted_free(mla_converted *c) {
     if (!c) return;
     if (c->mem) MLA_FREE(c->mem);
+    if (c->mem_q) MLA_FREE(c->mem_q);
     if (c->rope_freqs) MLA_FREE(c->rope_freqs);
     memset(c, 0, sizeof *c);
 }
@@ -1754,6 +1763,67 @@ MLADEF mla_result mla_convert_lossless(const mla_gqa_config *g, const mla_gqa_we
         }
     rc = mla_convert_assemble(g, w, U, L, 1, L, NULL, NULL, out);
     MLA_FREE(U);
+    return rc;
+}
+
+MLADEF mla_result mla_convert_lowrank_q(mla_converted *cv, const mla_calib *cal, int rq, double damp) {
+    mla_config *c;
+    int n, D, i, j, k, bias;
+    double *C = NULL, *w = NULL, mean = 0.0;
+    const float **rows = NULL, **bs = NULL;
+    float *mem = NULL;
+    mla_result rc;
+    if (!cv || !cv->mem) return MLA_ERR_INVALID_ARG;
+    c = &cv->cfg;
+    if (c->q_lora_rank) return MLA_ERR_BAD_CONFIG; /* already low-rank */
+    n = c->n_heads * (c->qk_nope_head_dim + c->qk_rope_head_dim);
+    D = c->dim;
+    if (rq <= 0 || rq > n || rq > D) return MLA_ERR_BAD_CONFIG;
+    if (cal && cal->dim != D) return MLA_ERR_SHAPE;
+    if (damp <= 0) damp = 0.01;
+    bias = c->attn_bias && cv->w.b_q;
+    C = (double *)MLA_MALLOC(sizeof(double) * (size_t)n * n);
+    w = (double *)MLA_MALLOC(sizeof(double) * (size_t)n);
+    rows = (const float **)MLA_MALLOC(sizeof(float *) * (size_t)n);
+    bs = (const float **)MLA_MALLOC(sizeof(float *) * (size_t)n);
+    mem = (float *)MLA_MALLOC(sizeof(float) * ((size_t)rq * D + (size_t)rq + (size_t)n * rq));
+    if (!C || !w || !rows || !bs || !mem) { rc = MLA_ERR_OUT_OF_MEMORY; goto out; }
+    for (i = 0; i < n; i++) {
+        rows[i] = cv->w.w_q + (size_t)i * D;
+        bs[i] = bias ? cv->w.b_q + i : NULL;
+    }
+    if ((rc = mla__proj_cov(cal, D, n, rows, bias ? bs : NULL, C)) != MLA_OK) goto out;
+    for (i = 0; i < n; i++) mean += C[(size_t)i * n + i] / n;
+    for (i = 0; i < n; i++) C[(size_t)i * n + i] += damp * mean;
+    if ((rc = mla_eigh(n, C, w)) != MLA_OK) goto out;
+    for (i = 0; i < rq; i++) { /* W_qa = R^T W_q, b_qa = R^T b_q */
+        double bacc = 0.0;
+        for (k = 0; k < D; k++) {
+            double acc = 0.0;
+            for (j = 0; j < n; j++) acc += C[(size_t)j * n + i] * cv->w.w_q[(size_t)j * D + k];
+            mem[(size_t)i * D + k] = (float)acc;
+        }
+        if (bias) for (j = 0; j < n; j++) bacc += C[(size_t)j * n + i] * cv->w.b_q[j];
+        mem[(size_t)rq * D + i] = (float)bacc;
+    }
+    for (j = 0; j < n; j++) /* W_qb = R */
+        for (i = 0; i < rq; i++) mem[(size_t)rq * D + rq + (size_t)j * rq + i] = (float)C[(size_t)j * n + i];
+    cv->mem_q = mem;
+    mem = NULL;
+    cv->w.w_qa = cv->mem_q;
+    cv->w.b_qa = c->attn_bias ? cv->mem_q + (size_t)rq * D : NULL;
+    cv->w.w_qb = cv->mem_q + (size_t)rq * D + rq;
+    cv->w.w_q = NULL;
+    cv->w.b_q = NULL;
+    cv->w.q_norm = NULL;
+    c->q_lora_rank = rq;
+    c->q_norm = 0;
+out:
+    if (C) MLA_FREE(C);
+    if (w) MLA_FREE(w);
+    if (rows) MLA_FREE((void *)rows);
+    if (bs) MLA_FREE((void *)bs);
+    if (mem) MLA_FREE(mem);
     return rc;
 }
 

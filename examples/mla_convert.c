@@ -19,7 +19,7 @@ static void usage(void) {
             "  --calib-tokens N    use at most N calibration tokens (default all)\n"
             "  --weight-only       no calibration text: weight-based statistics (a fallback)\n"
             "  --lossless          exact GQA->MLA rewrite only (same cache size)\n"
-            "  --q-rank N          low-rank query (not supported yet)\n"
+            "  --q-rank N          low-rank query: W_q = W_qb W_qa of rank N (PCA of the queries)\n"
             "  --eval FILE         perplexity of original and converted on FILE (windows of --ctx, 512)\n"
             "  --threads N\n");
 }
@@ -58,10 +58,8 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--eval")) eval_file = v;
         else if (!strcmp(a, "--ctx")) ctx = atoi(v);
         else if (!strcmp(a, "--threads")) threads = atoi(v);
-        else if (!strcmp(a, "--q-rank")) {
-            fprintf(stderr, "mla-convert: --q-rank (low-rank query) is not supported yet\n");
-            return 2;
-        } else { usage(); return 2; }
+        else if (!strcmp(a, "--q-rank")) o.q_rank = atoi(v);
+        else { usage(); return 2; }
         i++;
     }
     if (!in || !out) { usage(); return 2; }
@@ -121,9 +119,10 @@ int main(int argc, char **argv) {
         }
         calib_free_all(pre, src.n_layers);
     }
-    printf("converted %s in %.1f s: %s, r=%d, m=%d, d_nope=%d, freqfold %d%s\n", in, now_s() - t0,
+    printf("converted %s in %.1f s: %s, r=%d, m=%d, d_nope=%d, freqfold %d, q rank %d%s\n", in, now_s() - t0,
            o.lossless ? "lossless" : o.method == MLA_CONVERT_QAWARE ? "qaware" : "transmla", dst.mla.kv_lora_rank,
-           dst.mla.qk_rope_head_dim, dst.mla.qk_nope_head_dim, o.freqfold, o.sequential ? ", sequential" : "");
+           dst.mla.qk_rope_head_dim, dst.mla.qk_nope_head_dim, o.freqfold, dst.mla.q_lora_rank,
+           o.sequential ? ", sequential" : "");
     printf("KV cache per token: GQA %ld values (%ld bytes f16) -> MLA %ld values (%ld bytes f16), %.1f%% saved\n",
            model_kv_values_per_token(&src), 2 * model_kv_values_per_token(&src), model_kv_values_per_token(&dst),
            2 * model_kv_values_per_token(&dst),

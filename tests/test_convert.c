@@ -301,6 +301,40 @@ static void test_compression_monotone(void) {
     free(L.mem);
 }
 
+/* low-rank query: exact at full rank, usable below, errors named */
+static void test_lowrank_q(void) {
+    gqa_layer L;
+    mla_calib cal;
+    float *x;
+    int N = 80;
+    mla_convert_options o;
+    mla_converted cv;
+    double e_full, e_half;
+    gqa_init(&L, 48, 6, 3, 8, 1, 10000.0f);
+    x = make_inputs(N, 48);
+    mla_calib_init(&cal, 48);
+    mla_calib_add(&cal, x, N);
+    memset(&o, 0, sizeof o);
+    o.qk_rope_head_dim = 24; /* exact RoRoPE, full rank: only the query changes */
+    CHECK(mla_convert_layer(&L.c, &L.w, &cal, &o, &cv) == MLA_OK);
+    CHECK(mla_convert_lowrank_q(&cv, &cal, 0, 0) == MLA_ERR_BAD_CONFIG);
+    CHECK(mla_convert_lowrank_q(&cv, &cal, 48, 0) == MLA_OK); /* rank D: W_q x is reproduced exactly */
+    CHECK(cv.cfg.q_lora_rank == 48 && cv.w.w_q == NULL && cv.w.b_qa != NULL);
+    CHECK(mla_convert_lowrank_q(&cv, &cal, 24, 0) == MLA_ERR_BAD_CONFIG); /* already low-rank */
+    e_full = compare(&L, &cv, x, N, 30);
+    mla_converted_free(&cv);
+    CHECK(mla_convert_layer(&L.c, &L.w, &cal, &o, &cv) == MLA_OK);
+    CHECK(mla_convert_lowrank_q(&cv, &cal, 24, 0) == MLA_OK);
+    e_half = compare(&L, &cv, x, N, 30);
+    mla_converted_free(&cv);
+    th_note("low-rank query: r_q = D exact (rel err %.2e), r_q = D/2 rel err %.3f", e_full, e_half);
+    CHECK_LE(e_full, 1e-5);
+    CHECK(e_half > e_full && e_half < 1.0);
+    mla_calib_free(&cal);
+    free(x);
+    free(L.mem);
+}
+
 static void test_convert_errors(void) {
     gqa_layer L;
     mla_convert_options o;
@@ -331,5 +365,6 @@ void suite_convert(void) {
     RUN(test_lossless_random);
     RUN(test_rorope_pca_exact);
     RUN(test_compression_monotone);
+    RUN(test_lowrank_q);
     RUN(test_convert_errors);
 }

@@ -98,6 +98,7 @@ static int convert_one(void *p, int l, const mla_calib *cal, char *err, size_t e
     mo.method = c->o->method;
     r = c->o->lossless ? mla_convert_lossless(&c->src->gqa, &L->gqa, &c->dst->conv[l])
                        : mla_convert_layer(&c->src->gqa, &L->gqa, cal, &mo, &c->dst->conv[l]);
+    if (r == MLA_OK && c->o->q_rank > 0) r = mla_convert_lowrank_q(&c->dst->conv[l], cal, c->o->q_rank, 0.0);
     if (r != MLA_OK) {
         snprintf(err, errlen, "layer %d: %s", l, mla_result_string(r));
         return -1;
@@ -172,7 +173,7 @@ int save_converted(const model *m, const gguf_file *sf, const char *path, char *
     gguf_w_u32(w, "llama-mla.mla.qk_nope_head_dim", (uint32_t)c->qk_nope_head_dim);
     gguf_w_u32(w, "llama-mla.mla.qk_rope_head_dim", (uint32_t)c->qk_rope_head_dim);
     gguf_w_u32(w, "llama-mla.mla.v_head_dim", (uint32_t)c->v_head_dim);
-    gguf_w_u32(w, "llama-mla.mla.q_lora_rank", 0);
+    gguf_w_u32(w, "llama-mla.mla.q_lora_rank", (uint32_t)c->q_lora_rank);
     gguf_w_u32(w, "llama-mla.mla.attn_bias", (uint32_t)c->attn_bias);
     put_matrix(w, "mla_rope_freqs.weight", m->conv[0].rope_freqs, 1, c->qk_rope_head_dim / 2);
     for (i = 0; i < sf->n_tensors; i++) { /* everything but attention q/k/v: unchanged bytes */
@@ -182,9 +183,17 @@ int save_converted(const model *m, const gguf_file *sf, const char *path, char *
     }
     for (l = 0; l < m->n_layers; l++) {
         const mla_layer_weights *lw = &m->layers[l].mla;
-        snprintf(key, sizeof key, "blk.%d.attn_q.weight", l);
-        put_matrix(w, key, lw->w_q, H * qd, m->dim);
-        if (c->attn_bias) { snprintf(key, sizeof key, "blk.%d.attn_q.bias", l); put_matrix(w, key, lw->b_q, 1, H * qd); }
+        if (c->q_lora_rank) {
+            snprintf(key, sizeof key, "blk.%d.attn_q_a.weight", l);
+            put_matrix(w, key, lw->w_qa, c->q_lora_rank, m->dim);
+            snprintf(key, sizeof key, "blk.%d.attn_q_b.weight", l);
+            put_matrix(w, key, lw->w_qb, H * qd, c->q_lora_rank);
+            if (c->attn_bias) { snprintf(key, sizeof key, "blk.%d.attn_q_a.bias", l); put_matrix(w, key, lw->b_qa, 1, c->q_lora_rank); }
+        } else {
+            snprintf(key, sizeof key, "blk.%d.attn_q.weight", l);
+            put_matrix(w, key, lw->w_q, H * qd, m->dim);
+            if (c->attn_bias) { snprintf(key, sizeof key, "blk.%d.attn_q.bias", l); put_matrix(w, key, lw->b_q, 1, H * qd); }
+        }
         snprintf(key, sizeof key, "blk.%d.attn_kv_a_mqa.weight", l);
         put_matrix(w, key, lw->w_kva, r + c->qk_rope_head_dim, m->dim);
         if (c->attn_bias) {
