@@ -254,7 +254,7 @@ MLAPI mla_result mla_decode(const mla_config *cfg, const mla_layer_weights *w,
    projections: over the first n_ctx rows of (seq, layer),
      s[j][t] = scale * (q_lat[j].c[t] + q_pe[j].k_pe[t]),  o_lat[j] = sum_t softmax(s[j])[t] c[t]
    q_lat [h][r], q_pe [h][m] (RoPE already applied), o_lat [h][r],
-   scratch: [h*n_ctx + r + m] floats. */
+   scratch: [h*(n_ctx + r + m) + r + m] floats. */
 MLAPI mla_result mla_attend_latent(const mla_pool *pool, const mla_seq *seq, int layer,
                                    int n_heads, int n_ctx, const float *q_lat,
                                    const float *q_pe, float scale, float *o_lat,
@@ -516,38 +516,47 @@ static void mla__dot4x4(const float *x, size_t ldx, const float *w, size_t ldw, 
         for (i = 0; i < 4; i++) out[t][i] = mla__dot(x + t * ldx, w + i * ldw, k);
 }
 #endif
-#endif /* !MLA_USE_CBLAS */
 
-MLADEF void mla_matmul(float *y, const float *x, const float *W, const float *b,
-                       int T, int n, int k) {
+/* y[t][i] (row stride ldy) = x_t . W_i for T rows of x (stride ldx) and n
+   rows of W (stride ldw), k long: the one matrix-product kernel. With
+   `parallel` and OpenMP, blocks of W rows go to threads. */
+#endif /* !MLA_USE_CBLAS */
+static void mla__gemm_nt(float *y, size_t ldy, const float *x, size_t ldx, const float *W, size_t ldw,
+                         int T, int n, int k, int parallel) {
 #ifdef MLA_USE_CBLAS
-    int t, i;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, n, k, 1.0f, x, k, W, k,
-                0.0f, y, n);
-    if (b)
-        for (t = 0; t < T; t++)
-            for (i = 0; i < n; i++) y[(size_t)t * n + i] += b[i];
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, n, k, 1.0f, x, (int)ldx, W, (int)ldw, 0.0f, y, (int)ldy);
+    (void)parallel;
 #else
     int ib;
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) if ((long)n * k * T > 65536)
+#pragma omp parallel for schedule(static) if (parallel && (long)n * k * T > 65536)
 #endif
-    for (ib = 0; ib < (n + 3) / 4; ib++) { /* 4 weight rows, read once for all T tokens */
+    for (ib = 0; ib < (n + 3) / 4; ib++) { /* 4 weight rows, read once for all T rows of x */
         int i0 = ib * 4, t0, t, i;
         for (t0 = 0; t0 < T; t0 += 4) {
             if (t0 + 4 <= T && i0 + 4 <= n) {
                 float o[4][4];
-                mla__dot4x4(x + (size_t)t0 * k, (size_t)k, W + (size_t)i0 * k, (size_t)k, k, o);
+                mla__dot4x4(x + (size_t)t0 * ldx, ldx, W + (size_t)i0 * ldw, ldw, k, o);
                 for (t = 0; t < 4; t++)
-                    for (i = 0; i < 4; i++) y[(size_t)(t0 + t) * n + i0 + i] = o[t][i] + (b ? b[i0 + i] : 0.0f);
+                    for (i = 0; i < 4; i++) y[(size_t)(t0 + t) * ldy + i0 + i] = o[t][i];
             } else {
                 for (t = t0; t < T && t < t0 + 4; t++)
                     for (i = i0; i < n && i < i0 + 4; i++)
-                        y[(size_t)t * n + i] = mla__dot(x + (size_t)t * k, W + (size_t)i * k, k) + (b ? b[i] : 0.0f);
+                        y[(size_t)t * ldy + i] = mla__dot(x + (size_t)t * ldx, W + (size_t)i * ldw, k);
             }
         }
     }
+    (void)parallel;
 #endif
+}
+
+MLADEF void mla_matmul(float *y, const float *x, const float *W, const float *b,
+                       int T, int n, int k) {
+    int t, i;
+    mla__gemm_nt(y, (size_t)n, x, (size_t)k, W, (size_t)k, T, n, k, 1);
+    if (b)
+        for (t = 0; t < T; t++)
+            for (i = 0; i < n; i++) y[(size_t)t * n + i] += b[i];
 }
 
 MLADEF void mla_rmsnorm(float *y, const float *x, const float *w, int n, float eps) {
@@ -939,7 +948,7 @@ typedef struct {
     float *qlat;  /* [h][r]    absorbed: query in latent space                  */
     float *qpe;   /* [h][m]    absorbed: rope part of the query                 */
     float *olat;  /* [h][r]    absorbed: attention output in latent space       */
-    float *sc;    /* [h][ctx] + [r+m]  absorbed: scores, converted cache row    */
+    float *sc;    /* [h][ctx+r+m]+[r+m] absorbed: scores, queries, a cache row  */
     float *ckv;   /* [ctx][r]          naive: latent c of every cached token    */
     float *kpe;   /* [ctx][m]          naive: k_pe of every cached token        */
     float *kvd;   /* [ctx][h*(d_nope+d_v)] naive: decompressed k_nope, v        */
@@ -974,7 +983,7 @@ static size_t mla__scratch_layout(const mla_config *c, int T, int ctx, mla_mode 
         s->qlat = mla__carve(base, &off, H * r);
         s->qpe = mla__carve(base, &off, H * m + 1);
         s->olat = mla__carve(base, &off, H * r);
-        s->sc = mla__carve(base, &off, H * (size_t)ctx + r + m);
+        s->sc = mla__carve(base, &off, H * ((size_t)ctx + r + m) + r + m);
     } else {
         s->ckv = mla__carve(base, &off, (size_t)ctx * r);
         s->kpe = mla__carve(base, &off, (size_t)ctx * m + 1);
@@ -995,20 +1004,33 @@ MLADEF size_t mla_workspace_bytes(const mla_config *c, int max_tokens, int max_c
 MLADEF mla_result mla_attend_latent(const mla_pool *pool, const mla_seq *seq, int layer,
                                     int H, int n_ctx, const float *q_lat, const float *q_pe,
                                     float scale, float *o_lat, float *scratch) {
-    int r, m, t, j;
-    float *sc = scratch, *buf;
+    int r, m, D, t, j, i;
+    float *sc = scratch, *qc, *buf;
     if (!pool || !seq || !q_lat || !o_lat || !scratch || H <= 0 || n_ctx <= 0) return MLA_ERR_INVALID_ARG;
-    r = pool->kv_lora_rank; m = pool->qk_rope_head_dim;
+    r = pool->kv_lora_rank; m = pool->qk_rope_head_dim; D = r + m;
     if (m > 0 && !q_pe) return MLA_ERR_INVALID_ARG;
     if (layer < 0 || layer >= pool->n_layers) return MLA_ERR_INVALID_ARG;
     if (n_ctx > seq->n_blocks * pool->block_size) return MLA_ERR_INVALID_ARG;
-    buf = scratch + (size_t)H * n_ctx;
+    qc = scratch + (size_t)H * n_ctx;
+    buf = qc + (size_t)H * D;
+    for (j = 0; j < H; j++) { /* one query row [scale q_lat | scale q_pe] per head, like the cache rows */
+        for (i = 0; i < r; i++) qc[(size_t)j * D + i] = scale * q_lat[(size_t)j * r + i];
+        for (i = 0; i < m; i++) qc[(size_t)j * D + r + i] = scale * q_pe[(size_t)j * m + i];
+    }
     /* pass 1: scores; every cached row is read once for all heads */
-    for (t = 0; t < n_ctx; t++) {
-        const float *row = mla__load_row(mla_seq_row(pool, seq, layer, t), pool->type, buf, r + m);
-        for (j = 0; j < H; j++)
-            sc[(size_t)j * n_ctx + t] = scale * (mla__dot(q_lat + (size_t)j * r, row, r) +
-                                                 (m ? mla__dot(q_pe + (size_t)j * m, row + r, m) : 0.0f));
+    for (t = 0; t < n_ctx;) {
+        int nb = pool->block_size - t % pool->block_size; /* rows left in this block: contiguous */
+        if (nb > n_ctx - t) nb = n_ctx - t;
+        if (pool->type == MLA_F32) {
+            mla__gemm_nt(sc + t, (size_t)n_ctx, qc, (size_t)D, (const float *)mla_seq_row(pool, seq, layer, t),
+                         (size_t)D, H, nb, D, 0);
+        } else {
+            for (i = 0; i < nb; i++) {
+                const float *row = mla__load_row(mla_seq_row(pool, seq, layer, t + i), pool->type, buf, D);
+                for (j = 0; j < H; j++) sc[(size_t)j * n_ctx + t + i] = mla__dot(qc + (size_t)j * D, row, D);
+            }
+        }
+        t += nb;
     }
     for (j = 0; j < H; j++) mla__softmax(sc + (size_t)j * n_ctx, n_ctx);
     /* pass 2: o_lat[j] = sum_t p[j][t] c[t], again one read per row */
@@ -1253,7 +1275,7 @@ MLADEF mla_result mla_gqa_forward(const mla_gqa_config *c, const mla_gqa_weights
                                   mla_gqa_cache *kc, int layer, const float *x, int T,
                                   float *out, void *ws, size_t ws_bytes) {
     float *q, *k, *v, *o, *freq, *p;
-    int H, G, d, L, grp, i, j;
+    int H, G, d, L, grp, i, j, g, ctx;
     size_t base;
     float scale;
     mla_result rc = mla_gqa_config_validate(c, NULL);
@@ -1287,14 +1309,24 @@ MLADEF mla_result mla_gqa_forward(const mla_gqa_config *c, const mla_gqa_weights
         memcpy(kc->k + base + (size_t)pos * L, k + (size_t)i * L, sizeof(float) * (size_t)L);
         memcpy(kc->v + base + (size_t)pos * L, v + (size_t)i * L, sizeof(float) * (size_t)L);
     }
+    ctx = kc->len + T;
 #ifdef _OPENMP
-#pragma omp parallel for private(i) schedule(static) if ((long)T * (kc->len + T) * H > 16384)
+#pragma omp parallel for private(i, j) schedule(static) if ((long)T * ctx * H > 16384)
 #endif
-    for (j = 0; j < H; j++) /* head j reads the k/v of its group j / (h/g) */
-        for (i = 0; i < T; i++)
-            mla__attend_one(q + ((size_t)i * H + j) * d, kc->k + base + (size_t)(j / grp) * d, (size_t)L, d,
-                            kc->v + base + (size_t)(j / grp) * d, (size_t)L, d, kc->len + i + 1, scale,
-                            p + (size_t)j * (kc->len + T), o + ((size_t)i * H + j) * d);
+    for (g = 0; g < G; g++) /* the h/g heads of group g share its keys and values */
+        for (i = 0; i < T; i++) {
+            int n = kc->len + i + 1, t;
+            float *pg = p + (size_t)g * grp * ctx; /* rows of p for the group's heads */
+            const float *K = kc->k + base + (size_t)g * d, *V = kc->v + base + (size_t)g * d;
+            mla__gemm_nt(pg, (size_t)ctx, q + ((size_t)i * H + (size_t)g * grp) * d, (size_t)d, K, (size_t)L, grp, n, d, 0);
+            for (j = 0; j < grp; j++) {
+                float *pj = pg + (size_t)j * ctx, *oj = o + ((size_t)i * H + (size_t)g * grp + j) * d;
+                for (t = 0; t < n; t++) pj[t] *= scale;
+                mla__softmax(pj, n);
+                memset(oj, 0, sizeof(float) * (size_t)d);
+                for (t = 0; t < n; t++) mla__axpy(oj, pj[t], V + (size_t)t * L, d);
+            }
+        }
     mla_matmul(out, o, w->w_o, w->b_o, T, c->dim, H * d);
     return MLA_OK;
 }
