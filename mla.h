@@ -327,6 +327,7 @@ typedef struct {
     int freqfold;         /* f, neighbouring frequencies rotated together; 0 -> 1         */
     mla_convert_method method;
     double damp;          /* covariance damping, fraction of the mean diagonal; 0 -> 0.01 */
+    int key_only_rorope;  /* QAWARE: keep TransMLA's key-only RoRoPE (an ablation switch)  */
 } mla_convert_options;
 
 /* A converted layer: config and weights it owns (free with mla_converted_free). */
@@ -345,25 +346,28 @@ MLAPI void mla_converted_free(mla_converted *c);
 MLAPI mla_result mla_convert_lossless(const mla_gqa_config *g, const mla_gqa_weights *w,
                                       mla_converted *out);
 
-/* Stage 2, RoRoPE: an orthogonal basis U [L][L] of the key space (columns)
-   that commutes with RoPE inside each group of f neighbouring frequencies;
-   columns 0..m-1 are the rope dims (interleaved pairs, pair p of group
-   q = p / (m f / d) gets frequency index q*f + (p % (m f/d)) * d/m... see
-   mla_rorope_freqs), columns m..L-1 the dims that lose RoPE. ck: [L][L]
-   uncentered covariance of the pre-RoPE keys (GGUF/interleaved layout). */
-MLAPI mla_result mla_rorope_basis(const mla_gqa_config *g, const double *ck, int m, int f,
-                                  double damp, double *U);
+/* Stage 2, RoRoPE: a basis of the key space that commutes with RoPE inside
+   each group of f neighbouring frequencies: new key k' = Kd^T k, and
+   k = Ku k' (Ku Kd^T = I), both [L][L]. Columns 0..m-1 are the rope dims
+   (interleaved pairs; frequencies from mla_rorope_freqs), m..L-1 the dims
+   that lose RoPE. ck: [L][L] second moment of the pre-RoPE keys (interleaved
+   layout). cq NULL: TransMLA, principal axes of the keys (Kd = Ku orthogonal).
+   cq [L][L] (the summed second moment of the queries reading each key dim):
+   query-aware, the axes that diagonalise key and query energies together,
+   ranked by their product (the energy of each component's score term). */
+MLAPI mla_result mla_rorope_basis(const mla_gqa_config *g, const double *ck, const double *cq, int m, int f,
+                                  double damp, double *Kd, double *Ku);
 /* the inverse frequencies [m/2] of the rope dims chosen by mla_rorope_basis */
 MLAPI void mla_rorope_freqs(const mla_gqa_config *g, int m, int f, float *inv_freq);
 
-/* Stages 3-4 assembled: given the basis U (stage 2) and the latent maps
-   down [r][2L-m] (c = down z) and up [2L-m][r] (z ~ up c) of
-   z = [U_nope^T k ; v], write the MLA layer: query rope part k_up_rope^T W_q
+/* Stages 3-4 assembled: given the key bases Kd, Ku (stage 2) and the latent
+   maps down [r][2L-m] (c = down z) and up [2L-m][r] (z ~ up c) of
+   z = [Kd_nope^T k ; v], write the MLA layer: query rope part Ku_rope(g)^T W_q
    and the scale fix sqrt((d_nope+m)/d) folded into W_q (so the default scale
-   is right), W_kva = [down [U_nope^T W_k ; W_v] ; U_rope^T W_k], W_kvb per head
-   [k_up_nope up_k ; v_up up_v], biases carried. down/up NULL = identity. */
+   is right), W_kva = [down [Kd_nope^T W_k ; W_v] ; Kd_rope^T W_k], W_kvb per
+   head [Ku_nope(g) up_k ; v_up up_v], biases carried. down/up NULL = identity. */
 MLAPI mla_result mla_convert_assemble(const mla_gqa_config *g, const mla_gqa_weights *w,
-                                      const double *U, int m, int f, int r,
+                                      const double *Kd, const double *Ku, int m, int f, int r,
                                       const double *down, const double *up,
                                       mla_converted *out);
 
@@ -1598,45 +1602,91 @@ MLADEF void mla_rorope_freqs(const mla_gqa_config *g, int m, int f, float *inv_f
     }
 }
 
-MLADEF mla_result mla_rorope_basis(const mla_gqa_config *g, const double *ck, int m, int f,
-                                   double damp, double *U) {
-    int G = g->n_kv_heads, d = g->head_dim, L = G * d, keep, nq, q, a, b, k, n_nope = m;
+/* the per-group matrix of a key-space moment: component a = (head h, frequency
+   q*f + i), real part at key dim h*d + 2(q f + i), imaginary part at +1; real
+   and imaginary halves summed (they rotate together) */
+static void mla__group_moment(const double *c, int L, int d, int f, int q, int comps, double damp, double *C) {
+    int a, b;
+    double mean = 0.0;
+#define MLA__RE(a) (((a) / f) * d + 2 * (q * f + (a) % f))
+    for (a = 0; a < comps; a++)
+        for (b = 0; b < comps; b++)
+            C[(size_t)a * comps + b] = c[(size_t)MLA__RE(a) * L + MLA__RE(b)] + c[(size_t)(MLA__RE(a) + 1) * L + MLA__RE(b) + 1];
+#undef MLA__RE
+    for (a = 0; a < comps; a++) mean += C[(size_t)a * comps + a] / comps;
+    for (a = 0; a < comps; a++) C[(size_t)a * comps + a] += damp * mean + 1e-300;
+}
+
+static mla_result mla__sqrtm(int n, const double *M, double damp, double *sq, double *isq);
+
+MLADEF mla_result mla_rorope_basis(const mla_gqa_config *g, const double *ck, const double *cq, int m, int f,
+                                   double damp, double *Kd, double *Ku) {
+    int G = g->n_kv_heads, d = g->head_dim, L = G * d, keep, nq, q, a, k, n_nope = m;
     int comps = G * f;
-    double *C, *w;
+    double *C, *w, *B = NULL, *S = NULL, *Si = NULL, *T = NULL;
     mla_result rc = mla_gqa_config_validate(g, NULL);
     if (rc != MLA_OK) return rc;
-    if (!ck || !U) return MLA_ERR_INVALID_ARG;
+    if (!ck || !Kd || !Ku) return MLA_ERR_INVALID_ARG;
     if ((rc = mla__check_rorope(g, m, f)) != MLA_OK) return rc;
     keep = m * f / d;
     nq = d / 2 / f;
-    C = (double *)MLA_MALLOC(sizeof(double) * (size_t)comps * comps);
+    C = (double *)MLA_MALLOC(sizeof(double) * (size_t)comps * comps * 5);
     w = (double *)MLA_MALLOC(sizeof(double) * (size_t)comps);
     if (!C || !w) {
         if (C) MLA_FREE(C);
         if (w) MLA_FREE(w);
         return MLA_ERR_OUT_OF_MEMORY;
     }
-    memset(U, 0, sizeof(double) * (size_t)L * L);
-    for (q = 0; q < nq; q++) {
-        double mean = 0.0;
-        /* component a = (head h, frequency q*f + i): real part at key dim h*d + 2(q f + i), imag at +1 */
-#define MLA__RE(a) (((a) / f) * d + 2 * (q * f + (a) % f))
-        for (a = 0; a < comps; a++)
-            for (b = 0; b < comps; b++)
-                C[(size_t)a * comps + b] = ck[(size_t)MLA__RE(a) * L + MLA__RE(b)] +
-                                           ck[(size_t)(MLA__RE(a) + 1) * L + MLA__RE(b) + 1];
-        for (a = 0; a < comps; a++) mean += C[(size_t)a * comps + a] / comps;
-        for (a = 0; a < comps; a++) C[(size_t)a * comps + a] += damp * mean;
-        if ((rc = mla_eigh(comps, C, w)) != MLA_OK) break;
+    B = C + (size_t)comps * comps; S = B + (size_t)comps * comps; Si = S + (size_t)comps * comps;
+    T = Si + (size_t)comps * comps;
+    memset(Kd, 0, sizeof(double) * (size_t)L * L);
+    memset(Ku, 0, sizeof(double) * (size_t)L * L);
+    for (q = 0; q < nq && rc == MLA_OK; q++) {
+        mla__group_moment(ck, L, d, f, q, comps, damp, C);
+        if (!cq) { /* TransMLA: principal axes of the keys, an orthogonal rotation */
+            if ((rc = mla_eigh(comps, C, w)) != MLA_OK) break;
+            memcpy(T, C, sizeof(double) * (size_t)comps * comps); /* down = up = E */
+            memcpy(S, C, sizeof(double) * (size_t)comps * comps);
+        } else { /* query-aware: diagonalise key and query energies together.
+                    A = Ck^(1/2); V Lam V^T = A Cq A: k' = V^T A^-1 k (unit key energy),
+                    q' = V^T A q (energy Lam = the score energy of each component) */
+            int i, j, l;
+            mla__group_moment(cq, L, d, f, q, comps, damp, B);
+            if ((rc = mla__sqrtm(comps, C, 0.0, S, Si)) != MLA_OK) break;
+            for (i = 0; i < comps; i++) /* C := A Cq A */
+                for (j = 0; j < comps; j++) {
+                    double acc = 0.0;
+                    for (l = 0; l < comps; l++) acc += S[(size_t)i * comps + l] * B[(size_t)l * comps + j];
+                    T[(size_t)i * comps + j] = acc;
+                }
+            for (i = 0; i < comps; i++)
+                for (j = 0; j < comps; j++) {
+                    double acc = 0.0;
+                    for (l = 0; l < comps; l++) acc += T[(size_t)i * comps + l] * S[(size_t)l * comps + j];
+                    C[(size_t)i * comps + j] = acc;
+                }
+            if ((rc = mla_eigh(comps, C, w)) != MLA_OK) break;
+            for (i = 0; i < comps; i++) /* down = A^-1 V, up = A V (columns) */
+                for (j = 0; j < comps; j++) {
+                    double dn_ = 0.0, up_ = 0.0;
+                    for (l = 0; l < comps; l++) {
+                        dn_ += Si[(size_t)i * comps + l] * C[(size_t)l * comps + j];
+                        up_ += S[(size_t)i * comps + l] * C[(size_t)l * comps + j];
+                    }
+                    T[(size_t)i * comps + j] = dn_;
+                    B[(size_t)i * comps + j] = up_;
+                }
+            memcpy(S, B, sizeof(double) * (size_t)comps * comps);
+        }
         for (k = 0; k < comps; k++) { /* kept components become rope pairs, the rest nope dims */
             int col = k < keep ? 2 * (q * keep + k) : n_nope;
             if (k >= keep) n_nope += 2;
             for (a = 0; a < comps; a++) {
-                U[(size_t)MLA__RE(a) * L + col] = C[(size_t)a * comps + k];
-                U[(size_t)(MLA__RE(a) + 1) * L + col + 1] = C[(size_t)a * comps + k];
+                int re = (a / f) * d + 2 * (q * f + a % f);
+                Kd[(size_t)re * L + col] = Kd[(size_t)(re + 1) * L + col + 1] = T[(size_t)a * comps + k];
+                Ku[(size_t)re * L + col] = Ku[(size_t)(re + 1) * L + col + 1] = S[(size_t)a * comps + k];
             }
         }
-#undef MLA__RE
     }
     MLA_FREE(C);
     MLA_FREE(w);
@@ -1644,7 +1694,7 @@ MLADEF mla_result mla_rorope_basis(const mla_gqa_config *g, const double *ck, in
 }
 
 MLADEF mla_result mla_convert_assemble(const mla_gqa_config *g, const mla_gqa_weights *w,
-                                       const double *U, int m, int f, int r,
+                                       const double *Kd, const double *Ku, int m, int f, int r,
                                        const double *down, const double *up, mla_converted *out) {
     int H = g->n_heads, G = g->n_kv_heads, d = g->head_dim, L = G * d, D = g->dim, grp;
     int dn, zd, qd, i, j, k, p, e, bias;
@@ -1654,7 +1704,7 @@ MLADEF mla_result mla_convert_assemble(const mla_gqa_config *g, const mla_gqa_we
     mla_config *c;
     mla_result rc = mla_gqa_config_validate(g, NULL);
     if (rc != MLA_OK) return rc;
-    if (!w || !U || !out) return MLA_ERR_INVALID_ARG;
+    if (!w || !Kd || !Ku || !out) return MLA_ERR_INVALID_ARG;
     if (!w->w_q || !w->w_k || !w->w_v || !w->w_o) return MLA_ERR_NULL_WEIGHT;
     bias = g->attn_bias;
     if (bias && (!w->b_q || !w->b_k || !w->b_v)) return MLA_ERR_NULL_WEIGHT;
@@ -1690,7 +1740,7 @@ MLADEF mla_result mla_convert_assemble(const mla_gqa_config *g, const mla_gqa_we
     c->rope_theta = g->rope_theta; c->rope_layout = MLA_ROPE_INTERLEAVED;
     mla_rorope_freqs(g, m, f, out->rope_freqs);
     c->rope_freqs = out->rope_freqs;
-    /* ---- query: nope rows = W_q[j], rope rows = U_rope(g)^T W_q[j]; times sq ---- */
+    /* ---- query: nope rows = W_q[j], rope rows = Ku_rope(g)^T W_q[j]; times sq ---- */
     out->w.w_q = mem;
     if (bias) out->w.b_q = mem + nq;
     for (j = 0; j < H; j++) {
@@ -1705,23 +1755,23 @@ MLADEF mla_result mla_convert_assemble(const mla_gqa_config *g, const mla_gqa_we
             double bacc = 0.0;
             for (k = 0; k < D; k++) {
                 double acc = 0.0;
-                for (i = 0; i < d; i++) acc += U[(size_t)(gj * d + i) * L + p] * wq[(size_t)i * D + k];
+                for (i = 0; i < d; i++) acc += Ku[(size_t)(gj * d + i) * L + p] * wq[(size_t)i * D + k];
                 dst[(size_t)(dn + p) * D + k] = (float)(sq * acc);
             }
             if (bias) {
-                for (i = 0; i < d; i++) bacc += U[(size_t)(gj * d + i) * L + p] * w->b_q[(size_t)j * d + i];
+                for (i = 0; i < d; i++) bacc += Ku[(size_t)(gj * d + i) * L + p] * w->b_q[(size_t)j * d + i];
                 mem[nq + (size_t)j * qd + dn + p] = (float)(sq * bacc);
             }
         }
     }
     mem += nq + (bias ? (size_t)H * qd : 0);
-    /* ---- z = [U_nope^T W_k ; W_v] (and its bias), then W_kva = [down z ; U_rope^T W_k] ---- */
+    /* ---- z = [Kd_nope^T W_k ; W_v] (and its bias), then W_kva = [down z ; Kd_rope^T W_k] ---- */
     for (i = 0; i < zd; i++) {
         for (k = 0; k <= D; k++) {
             double acc = 0.0;
             if (i < L - m) {
                 for (e = 0; e < L; e++)
-                    acc += U[(size_t)e * L + m + i] * (k < D ? w->w_k[(size_t)e * D + k] : (bias ? w->b_k[e] : 0.0f));
+                    acc += Kd[(size_t)e * L + m + i] * (k < D ? w->w_k[(size_t)e * D + k] : (bias ? w->b_k[e] : 0.0f));
             } else {
                 acc = k < D ? w->w_v[(size_t)(i - (L - m)) * D + k] : (bias ? w->b_v[i - (L - m)] : 0.0f);
             }
@@ -1743,12 +1793,12 @@ MLADEF mla_result mla_convert_assemble(const mla_gqa_config *g, const mla_gqa_we
         for (k = 0; k <= D; k++) {
             double acc = 0.0;
             for (e = 0; e < L; e++)
-                acc += U[(size_t)e * L + p] * (k < D ? w->w_k[(size_t)e * D + k] : (bias ? w->b_k[e] : 0.0f));
+                acc += Kd[(size_t)e * L + p] * (k < D ? w->w_k[(size_t)e * D + k] : (bias ? w->b_k[e] : 0.0f));
             if (k < D) mem[(size_t)(r + p) * D + k] = (float)acc;
             else if (bias) mem[nkva + r + p] = (float)acc;
         }
     mem += nkva + (bias ? (size_t)(r + m) : 0);
-    /* ---- W_kvb: head j = [U_nope(g) up_k ; select_g up_v] ---- */
+    /* ---- W_kvb: head j = [Ku_nope(g) up_k ; select_g up_v] ---- */
     out->w.w_kvb = mem;
     for (j = 0; j < H; j++) {
         int gj = j / grp;
@@ -1757,7 +1807,7 @@ MLADEF mla_result mla_convert_assemble(const mla_gqa_config *g, const mla_gqa_we
             for (k = 0; k < r; k++) {
                 double acc = 0.0;
                 for (e = 0; e < L - m; e++)
-                    acc += U[(size_t)(gj * d + i) * L + m + e] * (up ? up[(size_t)e * r + k] : (e == k ? 1.0 : 0.0));
+                    acc += Ku[(size_t)(gj * d + i) * L + m + e] * (up ? up[(size_t)e * r + k] : (e == k ? 1.0 : 0.0));
                 dst[(size_t)i * r + k] = (float)acc;
             }
         for (i = 0; i < d; i++) {
@@ -1793,7 +1843,7 @@ MLADEF mla_result mla_convert_lossless(const mla_gqa_config *g, const mla_gqa_we
             U[(size_t)(h * d + 2 * q) * L + 2 * (q * G + h)] = 1.0;
             U[(size_t)(h * d + 2 * q + 1) * L + 2 * (q * G + h) + 1] = 1.0;
         }
-    rc = mla_convert_assemble(g, w, U, L, 1, L, NULL, NULL, out);
+    rc = mla_convert_assemble(g, w, U, U, L, 1, L, NULL, NULL, out); /* a permutation: Kd = Ku */
     MLA_FREE(U);
     return rc;
 }
@@ -1891,50 +1941,64 @@ static mla_result mla__sqrtm(int n, const double *M, double damp, double *sq, do
     return rc;
 }
 
-/* QAWARE metric on z = [k_nope (L-m) ; v (L)]: a key error dk costs, for every
-   head j reading it, E[(q_j . K_j dk)^2] = dk^T K_j^T E[q_j q_j^T] K_j dk
-   (K_j: head j's rows of U_nope); a value error dv costs |W_o[:, j] dv_g|^2.
-   Each block is normalised to unit weighted energy tr(M C) (the analogue of
-   TransMLA's norm balancing), then S = M^(1/2), Si = M^(-1/2). */
-static mla_result mla__qaware_metric(const mla_gqa_config *g, const mla_gqa_weights *w, const mla_calib *cal,
-                                     const double *U, int m, const double *Cz, double damp, double *S, double *Si) {
-    int H = g->n_heads, G = g->n_kv_heads, d = g->head_dim, L = G * d, D = g->dim, grp = H / G;
-    int nk = L - m, zd = 2 * L - m, j, a, b, k, i;
-    double *MK = (double *)MLA_MALLOC(sizeof(double) * ((size_t)nk * nk + 1));
-    double *MV = (double *)MLA_MALLOC(sizeof(double) * (size_t)d * d);
-    double *Cq = (double *)MLA_MALLOC(sizeof(double) * (size_t)d * d);
-    double *T1 = (double *)MLA_MALLOC(sizeof(double) * ((size_t)d * nk + 1));
-    double *bs_ = (double *)MLA_MALLOC(sizeof(double) * (size_t)L * L * 2);
+/* Second moments of every head's query (pre-RoPE, bias included): Cqh [h][d][d] */
+static mla_result mla__head_qcov(const mla_gqa_config *g, const mla_gqa_weights *w, const mla_calib *cal, double *Cqh) {
+    int H = g->n_heads, d = g->head_dim, D = g->dim, j, i;
     const float **rows = (const float **)MLA_MALLOC(sizeof(float *) * (size_t)d);
     const float **bias = (const float **)MLA_MALLOC(sizeof(float *) * (size_t)d);
-    double eK = 0.0, eV = 0.0;
     mla_result rc = MLA_OK;
-    if (!MK || !MV || !Cq || !T1 || !bs_ || !rows || !bias) { rc = MLA_ERR_OUT_OF_MEMORY; goto out; }
-    memset(MK, 0, sizeof(double) * (size_t)nk * nk);
-    for (j = 0; j < H && nk > 0; j++) {
-        int gj = j / grp;
+    if (!rows || !bias) rc = MLA_ERR_OUT_OF_MEMORY;
+    for (j = 0; j < H && rc == MLA_OK; j++) {
         for (i = 0; i < d; i++) {
             rows[i] = w->w_q + ((size_t)j * d + i) * D;
             bias[i] = g->attn_bias ? w->b_q + (size_t)j * d + i : NULL;
         }
-        if ((rc = mla__proj_cov(cal, D, d, rows, g->attn_bias ? bias : NULL, Cq)) != MLA_OK) goto out;
+        rc = mla__proj_cov(cal, D, d, rows, g->attn_bias ? bias : NULL, Cqh + (size_t)j * d * d);
+    }
+    if (rows) MLA_FREE((void *)rows);
+    if (bias) MLA_FREE((void *)bias);
+    return rc;
+}
+
+/* QAWARE metric on z = [k_nope (L-m) ; v (L)]: a key error dk costs, for every
+   head j reading it, E[(q_j . K_j dk)^2] = dk^T K_j^T E[q_j q_j^T] K_j dk
+   (K_j: head j's rows of Ku_nope); a value error dv costs |W_o[:, j] dv_g|^2.
+   Each block is normalised to unit weighted energy tr(M C) (the analogue of
+   TransMLA's norm balancing), then S = M^(1/2), Si = M^(-1/2). */
+static mla_result mla__qaware_metric(const mla_gqa_config *g, const mla_gqa_weights *w, const double *Cqh,
+                                     const double *Ku, int m, const double *Cz, double damp, double *S, double *Si) {
+    int H = g->n_heads, G = g->n_kv_heads, d = g->head_dim, L = G * d, D = g->dim, grp = H / G;
+    int nk = L - m, zd = 2 * L - m, j, a, b, k, i;
+    double *MK = (double *)MLA_MALLOC(sizeof(double) * ((size_t)nk * nk + 1));
+    double *MV = (double *)MLA_MALLOC(sizeof(double) * (size_t)d * d);
+    double *T1 = (double *)MLA_MALLOC(sizeof(double) * ((size_t)d * nk + 1));
+    double *bs_ = (double *)MLA_MALLOC(sizeof(double) * (size_t)L * L * 2);
+    double *isq = (double *)MLA_MALLOC(sizeof(double) * (size_t)L * L);
+    double eK = 0.0, eV = 0.0, *sq;
+    mla_result rc = MLA_OK;
+    if (!MK || !MV || !T1 || !bs_ || !isq) { rc = MLA_ERR_OUT_OF_MEMORY; goto out; }
+    sq = bs_ + (size_t)L * L;
+    memset(MK, 0, sizeof(double) * (size_t)nk * nk);
+    for (j = 0; j < H && nk > 0; j++) {
+        int gj = j / grp;
+        const double *Cq = Cqh + (size_t)j * d * d;
         for (i = 0; i < d; i++) /* T1 = Cq K_j  (d x nk) */
             for (b = 0; b < nk; b++) {
                 double acc = 0.0;
-                for (k = 0; k < d; k++) acc += Cq[(size_t)i * d + k] * U[(size_t)(gj * d + k) * L + m + b];
+                for (k = 0; k < d; k++) acc += Cq[(size_t)i * d + k] * Ku[(size_t)(gj * d + k) * L + m + b];
                 T1[(size_t)i * nk + b] = acc;
             }
         for (a = 0; a < nk; a++) /* MK += K_j^T T1 */
             for (b = 0; b < nk; b++) {
                 double acc = 0.0;
-                for (k = 0; k < d; k++) acc += U[(size_t)(gj * d + k) * L + m + a] * T1[(size_t)k * nk + b];
+                for (k = 0; k < d; k++) acc += Ku[(size_t)(gj * d + k) * L + m + a] * T1[(size_t)k * nk + b];
                 MK[(size_t)a * nk + b] += acc;
             }
     }
     for (a = 0; a < nk; a++)
         for (b = 0; b < nk; b++) eK += MK[(size_t)a * nk + b] * Cz[(size_t)b * zd + a];
     /* V blocks: one d x d block per group, sum over its heads of W_oj^T W_oj */
-    memset(bs_, 0, sizeof(double) * (size_t)L * L * 2);
+    memset(bs_, 0, sizeof(double) * (size_t)L * L);
     for (j = 0; j < G; j++) {
         int h;
         memset(MV, 0, sizeof(double) * (size_t)d * d);
@@ -1957,38 +2021,30 @@ static mla_result mla__qaware_metric(const mla_gqa_config *g, const mla_gqa_weig
     if (!(eV > 0)) eV = 1.0;
     for (i = 0; i < nk * nk; i++) MK[i] /= eK;
     for (i = 0; i < L * L; i++) bs_[i] /= eV;
-    { /* square roots per block, placed into S and Si (zd x zd, zeroed by the caller) */
-        double *sq = bs_ + (size_t)L * L, *isq;
-        isq = (double *)MLA_MALLOC(sizeof(double) * (size_t)L * L);
-        if (!isq) { rc = MLA_ERR_OUT_OF_MEMORY; goto out; }
-        if (nk > 0) {
-            if ((rc = mla__sqrtm(nk, MK, damp, sq, isq)) != MLA_OK) { MLA_FREE(isq); goto out; }
-            for (a = 0; a < nk; a++)
-                for (b = 0; b < nk; b++) {
-                    S[(size_t)a * zd + b] = sq[(size_t)a * nk + b];
-                    Si[(size_t)a * zd + b] = isq[(size_t)a * nk + b];
-                }
-        }
-        for (j = 0; j < G; j++) { /* V: block-diagonal by group */
-            for (a = 0; a < d; a++)
-                for (b = 0; b < d; b++) MV[(size_t)a * d + b] = bs_[(size_t)(j * d + a) * L + j * d + b];
-            if ((rc = mla__sqrtm(d, MV, damp, sq, isq)) != MLA_OK) { MLA_FREE(isq); goto out; }
-            for (a = 0; a < d; a++)
-                for (b = 0; b < d; b++) {
-                    S[(size_t)(nk + j * d + a) * zd + nk + j * d + b] = sq[(size_t)a * d + b];
-                    Si[(size_t)(nk + j * d + a) * zd + nk + j * d + b] = isq[(size_t)a * d + b];
-                }
-        }
-        MLA_FREE(isq);
+    if (nk > 0) { /* square roots per block, placed into S and Si (zd x zd, zeroed by the caller) */
+        if ((rc = mla__sqrtm(nk, MK, damp, sq, isq)) != MLA_OK) goto out;
+        for (a = 0; a < nk; a++)
+            for (b = 0; b < nk; b++) {
+                S[(size_t)a * zd + b] = sq[(size_t)a * nk + b];
+                Si[(size_t)a * zd + b] = isq[(size_t)a * nk + b];
+            }
+    }
+    for (j = 0; j < G; j++) { /* V: block-diagonal by group */
+        for (a = 0; a < d; a++)
+            for (b = 0; b < d; b++) MV[(size_t)a * d + b] = bs_[(size_t)(j * d + a) * L + j * d + b];
+        if ((rc = mla__sqrtm(d, MV, damp, sq, isq)) != MLA_OK) goto out;
+        for (a = 0; a < d; a++)
+            for (b = 0; b < d; b++) {
+                S[(size_t)(nk + j * d + a) * zd + nk + j * d + b] = sq[(size_t)a * d + b];
+                Si[(size_t)(nk + j * d + a) * zd + nk + j * d + b] = isq[(size_t)a * d + b];
+            }
     }
 out:
     if (MK) MLA_FREE(MK);
     if (MV) MLA_FREE(MV);
-    if (Cq) MLA_FREE(Cq);
     if (T1) MLA_FREE(T1);
     if (bs_) MLA_FREE(bs_);
-    if (rows) MLA_FREE((void *)rows);
-    if (bias) MLA_FREE((void *)bias);
+    if (isq) MLA_FREE(isq);
     return rc;
 }
 
@@ -1996,8 +2052,9 @@ MLADEF mla_result mla_convert_layer(const mla_gqa_config *g, const mla_gqa_weigh
                                     const mla_calib *cal, const mla_convert_options *opt,
                                     mla_converted *out) {
     int G, d, L, D, m, f, r, zd, nk, i, j, k, e, bias;
-    double damp, *ckv = NULL, *U = NULL, *Cz = NULL, *S = NULL, *Si = NULL, *down = NULL, *up = NULL, *wv = NULL;
-    double *tk = NULL;
+    double damp, *ckv = NULL, *Kd = NULL, *Ku = NULL, *Cz = NULL, *S = NULL, *Si = NULL, *down = NULL, *up = NULL;
+    double *wv = NULL, *tk = NULL, *Cqh = NULL, *cq = NULL;
+    int qaware;
     const float **rows = NULL, **bs = NULL;
     mla_result rc = mla_gqa_config_validate(g, NULL);
     if (rc != MLA_OK) return rc;
@@ -2015,12 +2072,26 @@ MLADEF mla_result mla_convert_layer(const mla_gqa_config *g, const mla_gqa_weigh
     r = opt->kv_lora_rank ? opt->kv_lora_rank : zd;
     if (r < 0 || r > zd) return MLA_ERR_BAD_CONFIG;
     if (opt->method != MLA_CONVERT_TRANSMLA && opt->method != MLA_CONVERT_QAWARE) return MLA_ERR_BAD_CONFIG;
+    qaware = opt->method == MLA_CONVERT_QAWARE;
     /* second moments of [k ; v] (pre-RoPE, bias included) */
     ckv = (double *)MLA_MALLOC(sizeof(double) * (size_t)4 * L * L);
-    U = (double *)MLA_MALLOC(sizeof(double) * (size_t)L * L);
+    Kd = (double *)MLA_MALLOC(sizeof(double) * (size_t)L * L);
+    Ku = (double *)MLA_MALLOC(sizeof(double) * (size_t)L * L);
     rows = (const float **)MLA_MALLOC(sizeof(float *) * (size_t)(2 * L));
     bs = (const float **)MLA_MALLOC(sizeof(float *) * (size_t)(2 * L));
-    if (!ckv || !U || !rows || !bs) { rc = MLA_ERR_OUT_OF_MEMORY; goto done; }
+    if (!ckv || !Kd || !Ku || !rows || !bs) { rc = MLA_ERR_OUT_OF_MEMORY; goto done; }
+    if (qaware) { /* the queries: per head, and summed per key dim they read */
+        int grp = g->n_heads / G, h, a, b;
+        Cqh = (double *)MLA_MALLOC(sizeof(double) * (size_t)g->n_heads * d * d);
+        cq = (double *)MLA_MALLOC(sizeof(double) * (size_t)L * L);
+        if (!Cqh || !cq) { rc = MLA_ERR_OUT_OF_MEMORY; goto done; }
+        if ((rc = mla__head_qcov(g, w, cal, Cqh)) != MLA_OK) goto done;
+        memset(cq, 0, sizeof(double) * (size_t)L * L);
+        for (h = 0; h < g->n_heads; h++)
+            for (a = 0; a < d; a++)
+                for (b = 0; b < d; b++)
+                    cq[(size_t)((h / grp) * d + a) * L + (h / grp) * d + b] += Cqh[((size_t)h * d + a) * d + b];
+    }
     for (i = 0; i < L; i++) {
         rows[i] = w->w_k + (size_t)i * D; bs[i] = bias ? w->b_k + i : NULL;
         rows[L + i] = w->w_v + (size_t)i * D; bs[L + i] = bias ? w->b_v + i : NULL;
@@ -2031,11 +2102,11 @@ MLADEF mla_result mla_convert_layer(const mla_gqa_config *g, const mla_gqa_weigh
         if (!ck) { rc = MLA_ERR_OUT_OF_MEMORY; goto done; }
         for (i = 0; i < L; i++)
             for (j = 0; j < L; j++) ck[(size_t)i * L + j] = ckv[(size_t)i * 2 * L + j];
-        rc = mla_rorope_basis(g, ck, m, f, damp, U);
+        rc = mla_rorope_basis(g, ck, qaware && !opt->key_only_rorope ? cq : NULL, m, f, damp, Kd, Ku);
         MLA_FREE(ck);
         if (rc != MLA_OK) goto done;
     }
-    /* Cz = T ckv T^T with T = blockdiag(U_nope^T, I): second moment of z = [k_nope ; v] */
+    /* Cz = T ckv T^T with T = blockdiag(Kd_nope^T, I): second moment of z = [k_nope ; v] */
     nk = L - m;
     Cz = (double *)MLA_MALLOC(sizeof(double) * (size_t)zd * zd);
     tk = (double *)MLA_MALLOC(sizeof(double) * (size_t)zd * 2 * L);
@@ -2048,14 +2119,14 @@ MLADEF mla_result mla_convert_layer(const mla_gqa_config *g, const mla_gqa_weigh
     for (i = 0; i < zd; i++)
         for (j = 0; j < 2 * L; j++) {
             double acc = 0.0;
-            if (i < nk) for (e = 0; e < L; e++) acc += U[(size_t)e * L + m + i] * ckv[(size_t)e * 2 * L + j];
+            if (i < nk) for (e = 0; e < L; e++) acc += Kd[(size_t)e * L + m + i] * ckv[(size_t)e * 2 * L + j];
             else acc = ckv[(size_t)(L + i - nk) * 2 * L + j];
             tk[(size_t)i * 2 * L + j] = acc;
         }
     for (i = 0; i < zd; i++)
         for (j = 0; j <= i; j++) {
             double acc = 0.0;
-            if (j < nk) for (e = 0; e < L; e++) acc += tk[(size_t)i * 2 * L + e] * U[(size_t)e * L + m + j];
+            if (j < nk) for (e = 0; e < L; e++) acc += tk[(size_t)i * 2 * L + e] * Kd[(size_t)e * L + m + j];
             else acc = tk[(size_t)i * 2 * L + L + j - nk];
             Cz[(size_t)i * zd + j] = Cz[(size_t)j * zd + i] = acc;
         }
@@ -2074,7 +2145,7 @@ MLADEF mla_result mla_convert_layer(const mla_gqa_config *g, const mla_gqa_weigh
             Si[(size_t)i * zd + i] = i < nk ? ratio : 1.0;
         }
     } else {
-        rc = mla__qaware_metric(g, w, cal, U, m, Cz, damp, S, Si);
+        rc = mla__qaware_metric(g, w, Cqh, Ku, m, Cz, damp, S, Si);
         if (rc != MLA_OK) goto done;
     }
     { /* A = S Cz S (+ damping) -> top r eigenvectors R; down = R^T S, up = S^-1 R */
@@ -2107,10 +2178,13 @@ MLADEF mla_result mla_convert_layer(const mla_gqa_config *g, const mla_gqa_weigh
                 up[(size_t)e * r + i] = acc;
             }
     }
-    rc = mla_convert_assemble(g, w, U, m, f, r, down, up, out);
+    rc = mla_convert_assemble(g, w, Kd, Ku, m, f, r, down, up, out);
 done:
     if (ckv) MLA_FREE(ckv);
-    if (U) MLA_FREE(U);
+    if (Kd) MLA_FREE(Kd);
+    if (Ku) MLA_FREE(Ku);
+    if (Cqh) MLA_FREE(Cqh);
+    if (cq) MLA_FREE(cq);
     if (rows) MLA_FREE((void *)rows);
     if (bs) MLA_FREE((void *)bs);
     if (Cz) MLA_FREE(Cz);

@@ -201,7 +201,7 @@ static void test_rorope_pca_exact(void) {
     for (method = 0; method < 2; method++) {
         mla_convert_options o;
         mla_converted cv, rr;
-        double *U = (double *)malloc(sizeof(double) * 24 * 24), e;
+        double *U = (double *)malloc(sizeof(double) * 2 * 24 * 24), e;
         memset(&o, 0, sizeof o);
         o.method = (mla_convert_method)method;
         o.qk_rope_head_dim = 24; /* = L: every component kept */
@@ -211,8 +211,9 @@ static void test_rorope_pca_exact(void) {
         th_note("%s RoRoPE f=1 m=L, PCA r=L: rel err %.2e", method ? "qaware  " : "transmla", e);
         CHECK_LE(e, 1e-5);
         mla_converted_free(&cv);
-        /* m = 8 < L (lossy RoRoPE), f = 2: full-rank PCA == RoRoPE alone */
-        o.qk_rope_head_dim = 8; o.freqfold = 2; o.kv_lora_rank = 0;
+        /* m = 8 < L (lossy RoRoPE), f = 2: full-rank PCA == RoRoPE alone
+           (with the key-only RoRoPE basis, which the test rebuilds below) */
+        o.qk_rope_head_dim = 8; o.freqfold = 2; o.kv_lora_rank = 0; o.key_only_rorope = 1;
         CHECK(mla_convert_layer(&L.c, &L.w, &cal, &o, &cv) == MLA_OK);
         {
             double ck[24 * 24];
@@ -232,8 +233,9 @@ static void test_rorope_pca_exact(void) {
                     }
                     ck[i * 24 + j] = acc;
                 }
-            CHECK(mla_rorope_basis(&L.c, ck, 8, 2, 0.01, U) == MLA_OK);
-            CHECK(mla_convert_assemble(&L.c, &L.w, U, 8, 2, 40, NULL, NULL, &rr) == MLA_OK);
+            CHECK(mla_rorope_basis(&L.c, ck, NULL, 8, 2, 0.01, U, U + 24 * 24) == MLA_OK);
+            CHECK(!memcmp(U, U + 24 * 24, sizeof(double) * 24 * 24)); /* key-only: one orthogonal basis */
+            CHECK(mla_convert_assemble(&L.c, &L.w, U, U + 24 * 24, 8, 2, 40, NULL, NULL, &rr) == MLA_OK);
         }
         {
             mla_cache c1, c2;
