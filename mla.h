@@ -328,6 +328,9 @@ typedef struct {
     mla_convert_method method;
     double damp;          /* covariance damping, fraction of the mean diagonal; 0 -> 0.01 */
     int key_only_rorope;  /* QAWARE: keep TransMLA's key-only RoRoPE (an ablation switch)  */
+    /* optional progress report: stage name and fraction of the layer done */
+    void (*progress)(void *user, const char *stage, double fraction);
+    void *progress_user;
 } mla_convert_options;
 
 /* A converted layer: config and weights it owns (free with mla_converted_free). */
@@ -2073,6 +2076,9 @@ MLADEF mla_result mla_convert_layer(const mla_gqa_config *g, const mla_gqa_weigh
     if (r < 0 || r > zd) return MLA_ERR_BAD_CONFIG;
     if (opt->method != MLA_CONVERT_TRANSMLA && opt->method != MLA_CONVERT_QAWARE) return MLA_ERR_BAD_CONFIG;
     qaware = opt->method == MLA_CONVERT_QAWARE;
+#define MLA__PROGRESS(stage, frac) \
+    do { if (opt->progress) opt->progress(opt->progress_user, stage, frac); } while (0)
+    MLA__PROGRESS("statistics", 0.0);
     /* second moments of [k ; v] (pre-RoPE, bias included) */
     ckv = (double *)MLA_MALLOC(sizeof(double) * (size_t)4 * L * L);
     Kd = (double *)MLA_MALLOC(sizeof(double) * (size_t)L * L);
@@ -2097,6 +2103,7 @@ MLADEF mla_result mla_convert_layer(const mla_gqa_config *g, const mla_gqa_weigh
         rows[L + i] = w->w_v + (size_t)i * D; bs[L + i] = bias ? w->b_v + i : NULL;
     }
     if ((rc = mla__proj_cov(cal, D, 2 * L, rows, bias ? bs : NULL, ckv)) != MLA_OK) goto done;
+    MLA__PROGRESS("RoRoPE", 0.3);
     { /* stage 2: RoRoPE on the key block */
         double *ck = (double *)MLA_MALLOC(sizeof(double) * (size_t)L * L);
         if (!ck) { rc = MLA_ERR_OUT_OF_MEMORY; goto done; }
@@ -2106,6 +2113,7 @@ MLADEF mla_result mla_convert_layer(const mla_gqa_config *g, const mla_gqa_weigh
         MLA_FREE(ck);
         if (rc != MLA_OK) goto done;
     }
+    MLA__PROGRESS("joint K/V PCA", 0.5);
     /* Cz = T ckv T^T with T = blockdiag(Kd_nope^T, I): second moment of z = [k_nope ; v] */
     nk = L - m;
     Cz = (double *)MLA_MALLOC(sizeof(double) * (size_t)zd * zd);
@@ -2178,7 +2186,9 @@ MLADEF mla_result mla_convert_layer(const mla_gqa_config *g, const mla_gqa_weigh
                 up[(size_t)e * r + i] = acc;
             }
     }
+    MLA__PROGRESS("assemble", 0.8);
     rc = mla_convert_assemble(g, w, Kd, Ku, m, f, r, down, up, out);
+    if (rc == MLA_OK) MLA__PROGRESS("done", 1.0);
 done:
     if (ckv) MLA_FREE(ckv);
     if (Kd) MLA_FREE(Kd);
@@ -2195,6 +2205,7 @@ done:
     if (wv) MLA_FREE(wv);
     if (tk) MLA_FREE(tk);
     return rc;
+#undef MLA__PROGRESS
 }
 
 

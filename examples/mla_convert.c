@@ -11,8 +11,9 @@ static void usage(void) {
             "usage: mla-convert --model IN.gguf --out OUT.gguf [options]\n"
             "  --rank R            latent size r (default: about half the GQA cache: r + m = L)\n"
             "  --rope-dim M        dims that keep RoPE, m (default: head dim d)\n"
-            "  --freqfold N|auto   frequencies rotated together (default 1; auto: double while the\n"
-            "                      perplexity of a held-out quarter of the calibration text improves)\n"
+            "  --freqfold N|auto   frequencies rotated together (default 2c, c = d/m, when it divides d/2,\n"
+            "                      else c; auto: double while the perplexity of a held-out quarter of\n"
+            "                      the calibration text improves)\n"
             "  --method transmla|qaware   (default qaware: query/output-aware PCA, see README)\n"
             "  --sequential        calibrate each layer on the outputs of the converted layers before it\n"
             "  --calib FILES       comma-separated calibration texts (default: Debian licenses, not GPL-3)\n"
@@ -25,7 +26,7 @@ static void usage(void) {
 }
 
 int main(int argc, char **argv) {
-    const char *in = NULL, *out = NULL, *calib_files = CALIB_TEXTS, *eval_file = NULL, *ff = "1";
+    const char *in = NULL, *out = NULL, *calib_files = CALIB_TEXTS, *eval_file = NULL, *ff = NULL;
     int i, calib_max = 0, weight_only = 0, ctx = 512, threads = 0, n_calib = 0;
     convert_opts o;
     gguf_file f;
@@ -75,6 +76,12 @@ int main(int argc, char **argv) {
         if (!o.rope_dim) o.rope_dim = o.lossless ? L : src.head_dim;
         if (o.rank < 0) o.rank = o.lossless ? 0 : L - o.rope_dim; /* r + m = L: half the GQA cache */
         if (o.rank <= 0 && !o.lossless) o.rank = 0;
+        if (!ff) { /* 2c measured best on SmolLM2 (README); c = d/m is the smallest valid */
+            static char buf[16];
+            int c = o.rope_dim <= src.head_dim ? src.head_dim / o.rope_dim : 1;
+            snprintf(buf, sizeof buf, "%d", (src.head_dim / 2) % (2 * c) == 0 ? 2 * c : c);
+            ff = buf;
+        }
     }
     if (!weight_only && !o.lossless) {
         calib = tokenize_files(tk, calib_files, &n_calib);

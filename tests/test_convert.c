@@ -337,12 +337,25 @@ static void test_lowrank_q(void) {
     free(L.mem);
 }
 
+static void count_progress(void *user, const char *stage, double frac) {
+    int *n = (int *)user;
+    if (stage && frac >= 0.0 && frac <= 1.0) (*n)++;
+}
+
 static void test_convert_errors(void) {
     gqa_layer L;
     mla_convert_options o;
     mla_converted cv;
     gqa_init(&L, 32, 4, 2, 16, 0, 10000.0f); /* L = 32, d = 16 */
     memset(&o, 0, sizeof o);
+    {
+        int calls = 0;
+        o.qk_rope_head_dim = 16; o.kv_lora_rank = 24; o.progress = count_progress; o.progress_user = &calls;
+        CHECK(mla_convert_layer(&L.c, &L.w, NULL, &o, &cv) == MLA_OK);
+        CHECK(calls >= 4); /* statistics, RoRoPE, PCA, assemble, done */
+        mla_converted_free(&cv);
+        o.progress = NULL;
+    }
     o.qk_rope_head_dim = 16; o.kv_lora_rank = 49;                      /* r > 2L - m = 48 */
     CHECK(mla_convert_layer(&L.c, &L.w, NULL, &o, &cv) == MLA_ERR_BAD_CONFIG);
     o.kv_lora_rank = 16; o.qk_rope_head_dim = 6;                       /* m does not divide d */
