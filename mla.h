@@ -286,9 +286,9 @@ MLAPI mla_result mla_gqa_config_validate(const mla_gqa_config *cfg, const char *
 MLAPI mla_result mla_gqa_cache_init(mla_gqa_cache *c, int n_layers, int capacity, int kv_dim);
 MLAPI void mla_gqa_cache_free(mla_gqa_cache *c);
 MLAPI size_t mla_gqa_workspace_bytes(const mla_gqa_config *cfg, int max_tokens, int max_ctx);
-/* x [T][D] -> out [T][D] at positions c->len..; c->len += T after the last layer. */
-MLAPI mla_result mla_gqa_forward(const mla_gqa_config *cfg, const mla_gqa_weights *w,
-                                 mla_gqa_cache *c, int layer, const float *x, int T,
+/* x [T][D] -> out [T][D] at positions kc->len..; kc->len += T after the last layer. */
+MLAPI mla_result mla_gqa_forward(const mla_gqa_config *c, const mla_gqa_weights *w,
+                                 mla_gqa_cache *kc, int layer, const float *x, int T,
                                  float *out, void *ws, size_t ws_bytes);
 
 /* ====================================================================== */

@@ -27,7 +27,15 @@ int main(int argc, char **argv) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--sequential")) { o.sequential = 1; continue; }
         if (!v) { fprintf(stderr, "usage: mla-tradeoff [--model F] [--ranks LIST] [--rope-dim M] [--freqfold F] "
-                                  "[--eval-tokens N] [--sequential] [--svg F] [--tsv F] [--threads N]\n"); return 2; }
+                                  "[--eval-tokens N] [--sequential] [--svg F] [--tsv F] [--threads N] | --svg F --from-tsv F\n"); return 2; }
+        if (!strcmp(a, "--from-tsv")) { /* redraw a chart only */
+            if (tradeoff_svg_from_tsv(v, svg, "SmolLM2-135M -> MLA: perplexity vs KV cache (m=64, f=2)")) {
+                fprintf(stderr, "mla-tradeoff: cannot read %s or write %s\n", v, svg);
+                return 1;
+            }
+            printf("wrote %s\n", svg);
+            return 0;
+        }
         if (!strcmp(a, "--model")) path = v;
         else if (!strcmp(a, "--ranks")) rank_list = v;
         else if (!strcmp(a, "--rope-dim")) o.rope_dim = atoi(v);

@@ -5,7 +5,7 @@
 int svg_chart(const char *path, const char *title, const char *xlabel, const char *ylabel, const svg_series *s,
               int n_series, double ref_y, const char *ref_label) {
     static const char *colors[] = {"#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e"};
-    const double W = 720, H = 460, L = 80, R = 170, T = 50, B = 60;
+    const double W = 780, H = 460, L = 80, R = 230, T = 50, B = 60;
     double x0 = 1e300, x1 = -1e300, y0 = 1e300, y1 = -1e300;
     int i, k;
     FILE *f = fopen(path, "w");

@@ -85,3 +85,46 @@ int run_tradeoff(const model *src, const mla_calib *pre, const int *eval, int n_
     }
     return 0;
 }
+
+int tradeoff_svg_from_tsv(const char *tsv_path, const char *svg_path, const char *title) {
+    enum { MAXS = 4, MAXP = 32 };
+    static char names[MAXS][64];
+    double xs[MAXS][MAXP], ys[MAXS][MAXP], ref = 0;
+    svg_series ser[MAXS];
+    int n_ser = 0, i;
+    char line[512];
+    FILE *f = fopen(tsv_path, "r");
+    if (!f) return -1;
+    if (!fgets(line, sizeof line, f)) { fclose(f); return -1; } /* header */
+    while (fgets(line, sizeof line, f)) {
+        char name[64];
+        int r, m;
+        long v, b;
+        double ppl, secs;
+        if (sscanf(line, "%63[^\t]\t%d\t%d\t%ld\t%ld\t%lf\t%lf", name, &r, &m, &v, &b, &ppl, &secs) != 7) continue;
+        if (!strncmp(name, "original", 8)) { ref = ppl; continue; }
+        if (!strncmp(name, "lossless", 8) || !strncmp(name, "RoRoPE", 6)) continue;
+        for (i = 0; i < n_ser && strcmp(names[i], name); i++) {}
+        if (i == n_ser) {
+            if (n_ser == MAXS) continue;
+            snprintf(names[n_ser], sizeof names[n_ser], "%s", name);
+            ser[n_ser].name = names[n_ser];
+            ser[n_ser].n = 0;
+            ser[n_ser].x = xs[n_ser];
+            ser[n_ser].y = ys[n_ser];
+            n_ser++;
+        }
+        if (ser[i].n < MAXP) {
+            xs[i][ser[i].n] = (double)b;
+            ys[i][ser[i].n] = ppl;
+            ser[i].n++;
+        }
+    }
+    fclose(f);
+    {
+        char lab[64];
+        snprintf(lab, sizeof lab, "GQA %.2f", ref);
+        return svg_chart(svg_path, title, "KV cache bytes per token (f16, all layers)", "perplexity (log scale)", ser, n_ser,
+                         ref, lab);
+    }
+}

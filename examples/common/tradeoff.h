@@ -21,4 +21,6 @@ typedef struct {
    if non-NULL. Returns 0 on success. */
 int run_tradeoff(const model *src, const mla_calib *pre, const int *eval, int n_eval, int ctx, const tradeoff_opts *o,
                  FILE *tsv, const char *svg_path);
+/* The chart again from a TSV written by run_tradeoff (no model needed). */
+int tradeoff_svg_from_tsv(const char *tsv_path, const char *svg_path, const char *title);
 #endif
