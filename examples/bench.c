@@ -27,7 +27,7 @@ static float *rnd(size_t n, float scale) {
 }
 
 int main(void) {
-    const int D = 576, H = 9, G = 3, d = 64, r = 128, m = 64, ctxs[] = {512, 2048, 8192};
+    const int D = 576, H = 9, G = 3, d = 64, r = 128, m = 64, ctxs[] = {512, 2048, 8192, 32768};
     mla_gqa_config gc;
     mla_gqa_weights gw;
     mla_config mc;
@@ -46,8 +46,8 @@ int main(void) {
     mw.w_kvb = rnd((size_t)H * 2 * d * r, 0.1f); mw.w_o = rnd((size_t)D * H * d, 0.1f);
     printf("one attention layer, decode step (1 token), SmolLM2-135M shapes, 1 thread\n");
     printf("%7s | %14s %12s | %14s %12s | %8s\n", "context", "GQA us/step", "KV B/token", "MLA us/step", "KV B/token", "MLA/GQA");
-    for (ci = 0; ci < 3; ci++) {
-        int ctx = ctxs[ci], it, iters = 200;
+    for (ci = 0; ci < 4; ci++) {
+        int ctx = ctxs[ci], it, iters = ctx > 8192 ? 40 : 200;
         mla_gqa_cache kc;
         mla_cache cache;
         float *x = rnd(D, 1.0f), *out = (float *)malloc(sizeof(float) * D);
