@@ -22,6 +22,7 @@ static void chat(const model *m, const tokenizer *tk) {
     if (n <= 0 || model_state_init(&st, m, n + 121, 64, MLA_BF16)) { printf("(failed)\n"); return; }
     if (generate(m, &st, tk, toks, n, 120, &sp, stdout, NULL, 0, &pf, &dc) < 0) printf("(failed)");
     printf("\n[%s, bf16 cache: prefill %.1f tok/s, decode %.1f tok/s]\n", m->is_mla ? "MLA absorbed decode" : "GQA", pf, dc);
+    fflush(stdout);
     model_state_free(&st);
 }
 
@@ -60,6 +61,7 @@ int main(int argc, char **argv) {
 
     banner("2. convert to MLA with half the KV cache");
     printf("calibration text (disjoint from the evaluation text): %d tokens of %s\n", n_calib, CALIB_TEXTS);
+    fflush(stdout);
     t0 = now_s();
     pre = calib_collect(&m, calib, n_calib, 0, 1, err, sizeof err);
     if (!pre) { fprintf(stderr, "demo: %s\n", err); return 1; }

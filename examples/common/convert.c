@@ -20,6 +20,7 @@ static int calib_pass(const model *src, const model *through, const int *toks, i
     model_state st;
     int have_st = 0;
     double t0 = now_s();
+    fflush(stdout); /* progress goes to stderr */
     if (!H || !xb) { snprintf(err, errlen, "out of memory for %d calibration tokens", n_win * window); rc = -1; goto done; }
     for (t = 0; t < n_win * window; t++) memcpy(H + t * D, src->tok_embd + (size_t)toks[t] * D, sizeof(float) * D);
     for (l = 0; l < src->n_layers; l++) {

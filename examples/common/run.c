@@ -81,6 +81,7 @@ double perplexity(const model *m, const int *toks, int n, int ctx, int progress,
     double nll = 0;
     long cnt = 0;
     double t0 = now_s();
+    fflush(stdout); /* progress goes to stderr: keep the order on a shared terminal */
     if (!hidden || !logits || model_state_init(&st, m, ctx, chunk, MLA_F32)) { free(hidden); free(logits); return NAN; }
     for (w = 0; w < n_win; w++) {
         const int *wt = toks + (size_t)w * ctx;

@@ -6,8 +6,9 @@
 
 static void row(FILE *tsv, const char *name, const model *m, int r, int mm, double ppl, double secs) {
     long v = model_kv_values_per_token(m);
-    printf("%-26s r=%-4d m=%-4d KV %6ld values = %6ld bytes/token (f16)   perplexity %8.3f   (converted in %.1f s)\n",
-           name, r, mm, v, 2 * v, ppl, secs);
+    printf("%-26s r=%-4d m=%-4d KV %6ld values = %6ld bytes/token (f16)   perplexity %8.3f", name, r, mm, v, 2 * v, ppl);
+    if (secs > 0) printf("   (converted in %.1f s)", secs);
+    printf("\n");
     fflush(stdout);
     if (tsv) {
         fprintf(tsv, "%s\t%d\t%d\t%ld\t%ld\t%.4f\t%.1f\n", name, r, mm, v, 2 * v, ppl, secs);
