@@ -63,7 +63,7 @@ int main(int argc, char **argv) {
     pre = calib_collect(&m, calib, n_calib, 0, 1, err, sizeof err);
     if (!pre) { fprintf(stderr, "%s\n", err); return 1; }
     o.ranks = ranks; o.n_ranks = n_ranks; o.calib = calib; o.n_calib = n_calib;
-    if (system("mkdir -p demo-out")) { /* best effort */ }
+    if (ensure_dir("demo-out")) fprintf(stderr, "mla-tradeoff: cannot create demo-out/\n");
     tsv = fopen(tsv_path, "w");
     if (run_tradeoff(&m, pre, eval, n_eval, 512, &o, tsv, svg)) return 1;
     if (tsv) fclose(tsv);

@@ -21,6 +21,7 @@ int *tokenize_file(const tokenizer *tk, const char *path, int *n);
 /* tokens of several comma-separated files, concatenated; caller frees */
 int *tokenize_files(const tokenizer *tk, const char *paths, int *n);
 void set_threads(int n);
+int ensure_dir(const char *path); /* mkdir unless it exists; 0 on success */
 
 /* Perplexity over non-overlapping windows of ctx tokens: each window starts
    from an empty cache; every token after the first of a window is scored.
