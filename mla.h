@@ -328,6 +328,7 @@ typedef struct {
     mla_convert_method method;
     double damp;          /* covariance damping, fraction of the mean diagonal; 0 -> 0.01 */
     int key_only_rorope;  /* QAWARE: keep TransMLA's key-only RoRoPE (an ablation switch)  */
+    double key_weight;    /* QAWARE: weight of key errors vs value errors; 0 -> 1          */
     /* optional progress report: stage name and fraction of the layer done */
     void (*progress)(void *user, const char *stage, double fraction);
     void *progress_user;
@@ -1969,7 +1970,8 @@ static mla_result mla__head_qcov(const mla_gqa_config *g, const mla_gqa_weights 
    Each block is normalised to unit weighted energy tr(M C) (the analogue of
    TransMLA's norm balancing), then S = M^(1/2), Si = M^(-1/2). */
 static mla_result mla__qaware_metric(const mla_gqa_config *g, const mla_gqa_weights *w, const double *Cqh,
-                                     const double *Ku, int m, const double *Cz, double damp, double *S, double *Si) {
+                                     const double *Ku, int m, const double *Cz, double damp, double key_weight,
+                                     double *S, double *Si) {
     int H = g->n_heads, G = g->n_kv_heads, d = g->head_dim, L = G * d, D = g->dim, grp = H / G;
     int nk = L - m, zd = 2 * L - m, j, a, b, k, i;
     double *MK = (double *)MLA_MALLOC(sizeof(double) * ((size_t)nk * nk + 1));
@@ -2022,7 +2024,7 @@ static mla_result mla__qaware_metric(const mla_gqa_config *g, const mla_gqa_weig
     }
     if (!(eK > 0)) eK = 1.0;
     if (!(eV > 0)) eV = 1.0;
-    for (i = 0; i < nk * nk; i++) MK[i] /= eK;
+    for (i = 0; i < nk * nk; i++) MK[i] *= key_weight / eK;
     for (i = 0; i < L * L; i++) bs_[i] /= eV;
     if (nk > 0) { /* square roots per block, placed into S and Si (zd x zd, zeroed by the caller) */
         if ((rc = mla__sqrtm(nk, MK, damp, sq, isq)) != MLA_OK) goto out;
@@ -2153,7 +2155,7 @@ MLADEF mla_result mla_convert_layer(const mla_gqa_config *g, const mla_gqa_weigh
             Si[(size_t)i * zd + i] = i < nk ? ratio : 1.0;
         }
     } else {
-        rc = mla__qaware_metric(g, w, Cqh, Ku, m, Cz, damp, S, Si);
+        rc = mla__qaware_metric(g, w, Cqh, Ku, m, Cz, damp, opt->key_weight > 0 ? opt->key_weight : 1.0, S, Si);
         if (rc != MLA_OK) goto done;
     }
     { /* A = S Cz S (+ damping) -> top r eigenvectors R; down = R^T S, up = S^-1 R */

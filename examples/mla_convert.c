@@ -16,6 +16,7 @@ static void usage(void) {
             "                      the calibration text improves)\n"
             "  --method transmla|qaware   (default qaware: query/output-aware PCA, see README)\n"
             "  --sequential        calibrate each layer on the outputs of the converted layers before it\n"
+            "  --key-weight W      qaware: weight of key (score) errors vs value errors (default 1)\n"
             "  --calib FILES       comma-separated calibration texts (default: Debian licenses, not GPL-3)\n"
             "  --calib-tokens N    use at most N calibration tokens (default all)\n"
             "  --weight-only       no calibration text: weight-based statistics (a fallback)\n"
@@ -60,6 +61,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--ctx")) ctx = atoi(v);
         else if (!strcmp(a, "--threads")) threads = atoi(v);
         else if (!strcmp(a, "--q-rank")) o.q_rank = atoi(v);
+        else if (!strcmp(a, "--key-weight")) o.key_weight = atof(v);
         else { usage(); return 2; }
         i++;
     }

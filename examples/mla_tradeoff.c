@@ -44,6 +44,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--svg")) svg = v;
         else if (!strcmp(a, "--tsv")) tsv_path = v;
         else if (!strcmp(a, "--threads")) threads = atoi(v);
+        else if (!strcmp(a, "--key-weight")) o.key_weight = atof(v);
         else { fprintf(stderr, "mla-tradeoff: unknown option %s\n", a); return 2; }
         i++;
     }

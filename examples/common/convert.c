@@ -97,6 +97,7 @@ static int convert_one(void *p, int l, const mla_calib *cal, char *err, size_t e
     memset(&mo, 0, sizeof mo);
     mo.kv_lora_rank = c->o->rank; mo.qk_rope_head_dim = c->o->rope_dim; mo.freqfold = c->o->freqfold;
     mo.method = c->o->method;
+    mo.key_weight = c->o->key_weight;
     r = c->o->lossless ? mla_convert_lossless(&c->src->gqa, &L->gqa, &c->dst->conv[l])
                        : mla_convert_layer(&c->src->gqa, &L->gqa, cal, &mo, &c->dst->conv[l]);
     if (r == MLA_OK && c->o->q_rank > 0) r = mla_convert_lowrank_q(&c->dst->conv[l], cal, c->o->q_rank, 0.0);

@@ -11,6 +11,7 @@ typedef struct {
     int freqfold;              /* f; 0 -> 1                                            */
     int lossless;              /* stage 1 only (exact; ignores the rest)               */
     int q_rank;                /* low-rank query r_q (0 = full-rank W_q)               */
+    double key_weight;         /* QAWARE key vs value error weight (0 -> 1)            */
     mla_convert_method method; /* MLA_CONVERT_TRANSMLA or MLA_CONVERT_QAWARE           */
     int sequential;            /* layer l calibrated on the converted layers' outputs  */
     int window;                /* calibration window in tokens; 0 -> 256               */

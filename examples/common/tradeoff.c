@@ -57,6 +57,7 @@ int run_tradeoff(const model *src, const mla_calib *pre, const int *eval, int n_
             co.rope_dim = o->rope_dim;
             co.freqfold = o->freqfold;
             co.sequential = mi == 2;
+            co.key_weight = o->key_weight;
             if (co.rank > 2 * L - co.rope_dim) { fprintf(stderr, "rank %d > 2L - m\n", co.rank); return -1; }
             t0 = now_s();
             if (convert_model(src, o->calib, o->n_calib, mi == 2 ? NULL : pre, &co, &dst, err, sizeof err)) {

@@ -14,6 +14,7 @@ typedef struct {
     int sequential;    /* add a sequential qaware curve    */
     const int *calib;  /* tokens (for the sequential curve) */
     int n_calib;
+    double key_weight; /* for the query-aware curves (0 -> 1) */
 } tradeoff_opts;
 
 /* pre: calibration moments of src; eval: tokens scored in windows of ctx.
