@@ -908,7 +908,6 @@ MLADEF mla_result mla_seq_reserve(mla_pool *p, mla_seq *s, int n_tokens) {
 
 MLADEF mla_result mla_seq_advance(mla_seq *s, int n) {
     if (!s || n < 0) return MLA_ERR_INVALID_ARG;
-    if ((long)s->len + n > (long)s->n_blocks * 0x7fffffffL) return MLA_ERR_INVALID_ARG;
     s->len += n;
     return MLA_OK;
 }
@@ -1492,6 +1491,27 @@ MLADEF mla_result mla_eigh(int n, double *a, double *w) {
     return MLA_OK;
 }
 
+/* C = A B for row-major double matrices with leading dimensions: C [n][p],
+   A [n][k], B [k][p]. The conversion's small dense products. */
+static void mla__dmul(double *C, int ldc, const double *A, int lda, const double *B, int ldb, int n, int k, int p) {
+    int i, j, l;
+    for (i = 0; i < n; i++)
+        for (j = 0; j < p; j++) {
+            double acc = 0.0;
+            for (l = 0; l < k; l++) acc += A[(size_t)i * lda + l] * B[(size_t)l * ldb + j];
+            C[(size_t)i * ldc + j] = acc;
+        }
+}
+
+/* A += damp * mean(diag A) * I: the damping every second moment gets before
+   an eigendecomposition (the tiny constant keeps an all-zero block invertible) */
+static void mla__damp(double *A, int n, double damp) {
+    double mean = 0.0;
+    int i;
+    for (i = 0; i < n; i++) mean += A[(size_t)i * n + i] / n;
+    for (i = 0; i < n; i++) A[(size_t)i * n + i] += damp * mean + 1e-300;
+}
+
 /* ---- calibration ---- */
 MLADEF mla_result mla_calib_init(mla_calib *c, int dim) {
     if (!c || dim <= 0) return MLA_ERR_INVALID_ARG;
@@ -1611,14 +1631,12 @@ MLADEF void mla_rorope_freqs(const mla_gqa_config *g, int m, int f, float *inv_f
    and imaginary halves summed (they rotate together) */
 static void mla__group_moment(const double *c, int L, int d, int f, int q, int comps, double damp, double *C) {
     int a, b;
-    double mean = 0.0;
 #define MLA__RE(a) (((a) / f) * d + 2 * (q * f + (a) % f))
     for (a = 0; a < comps; a++)
         for (b = 0; b < comps; b++)
             C[(size_t)a * comps + b] = c[(size_t)MLA__RE(a) * L + MLA__RE(b)] + c[(size_t)(MLA__RE(a) + 1) * L + MLA__RE(b) + 1];
 #undef MLA__RE
-    for (a = 0; a < comps; a++) mean += C[(size_t)a * comps + a] / comps;
-    for (a = 0; a < comps; a++) C[(size_t)a * comps + a] += damp * mean + 1e-300;
+    mla__damp(C, comps, damp);
 }
 
 static mla_result mla__sqrtm(int n, const double *M, double damp, double *sq, double *isq);
@@ -1654,32 +1672,13 @@ MLADEF mla_result mla_rorope_basis(const mla_gqa_config *g, const double *ck, co
         } else { /* query-aware: diagonalise key and query energies together.
                     A = Ck^(1/2); V Lam V^T = A Cq A: k' = V^T A^-1 k (unit key energy),
                     q' = V^T A q (energy Lam = the score energy of each component) */
-            int i, j, l;
             mla__group_moment(cq, L, d, f, q, comps, damp, B);
             if ((rc = mla__sqrtm(comps, C, 0.0, S, Si)) != MLA_OK) break;
-            for (i = 0; i < comps; i++) /* C := A Cq A */
-                for (j = 0; j < comps; j++) {
-                    double acc = 0.0;
-                    for (l = 0; l < comps; l++) acc += S[(size_t)i * comps + l] * B[(size_t)l * comps + j];
-                    T[(size_t)i * comps + j] = acc;
-                }
-            for (i = 0; i < comps; i++)
-                for (j = 0; j < comps; j++) {
-                    double acc = 0.0;
-                    for (l = 0; l < comps; l++) acc += T[(size_t)i * comps + l] * S[(size_t)l * comps + j];
-                    C[(size_t)i * comps + j] = acc;
-                }
+            mla__dmul(T, comps, S, comps, B, comps, comps, comps, comps); /* C := A Cq A */
+            mla__dmul(C, comps, T, comps, S, comps, comps, comps, comps);
             if ((rc = mla_eigh(comps, C, w)) != MLA_OK) break;
-            for (i = 0; i < comps; i++) /* down = A^-1 V, up = A V (columns) */
-                for (j = 0; j < comps; j++) {
-                    double dn_ = 0.0, up_ = 0.0;
-                    for (l = 0; l < comps; l++) {
-                        dn_ += Si[(size_t)i * comps + l] * C[(size_t)l * comps + j];
-                        up_ += S[(size_t)i * comps + l] * C[(size_t)l * comps + j];
-                    }
-                    T[(size_t)i * comps + j] = dn_;
-                    B[(size_t)i * comps + j] = up_;
-                }
+            mla__dmul(T, comps, Si, comps, C, comps, comps, comps, comps); /* down = A^-1 V */
+            mla__dmul(B, comps, S, comps, C, comps, comps, comps, comps);  /* up = A V */
             memcpy(S, B, sizeof(double) * (size_t)comps * comps);
         }
         for (k = 0; k < comps; k++) { /* kept components become rope pairs, the rest nope dims */
@@ -1855,7 +1854,7 @@ MLADEF mla_result mla_convert_lossless(const mla_gqa_config *g, const mla_gqa_we
 MLADEF mla_result mla_convert_lowrank_q(mla_converted *cv, const mla_calib *cal, int rq, double damp) {
     mla_config *c;
     int n, D, i, j, k, bias;
-    double *C = NULL, *w = NULL, mean = 0.0;
+    double *C = NULL, *w = NULL;
     const float **rows = NULL, **bs = NULL;
     float *mem = NULL;
     mla_result rc;
@@ -1879,8 +1878,7 @@ MLADEF mla_result mla_convert_lowrank_q(mla_converted *cv, const mla_calib *cal,
         bs[i] = bias ? cv->w.b_q + i : NULL;
     }
     if ((rc = mla__proj_cov(cal, D, n, rows, bias ? bs : NULL, C)) != MLA_OK) goto out;
-    for (i = 0; i < n; i++) mean += C[(size_t)i * n + i] / n;
-    for (i = 0; i < n; i++) C[(size_t)i * n + i] += damp * mean;
+    mla__damp(C, n, damp);
     if ((rc = mla_eigh(n, C, w)) != MLA_OK) goto out;
     for (i = 0; i < rq; i++) { /* W_qa = R^T W_q, b_qa = R^T b_q */
         double bacc = 0.0;
@@ -1916,7 +1914,6 @@ out:
 /* S = M^(1/2) (sq != NULL) and M^(-1/2) (isq) of a symmetric PSD block, damped */
 static mla_result mla__sqrtm(int n, const double *M, double damp, double *sq, double *isq) {
     double *V = (double *)MLA_MALLOC(sizeof(double) * (size_t)n * n), *w = (double *)MLA_MALLOC(sizeof(double) * (size_t)n);
-    double mean = 0.0;
     int i, j, k;
     mla_result rc;
     if (!V || !w) {
@@ -1925,8 +1922,7 @@ static mla_result mla__sqrtm(int n, const double *M, double damp, double *sq, do
         return MLA_ERR_OUT_OF_MEMORY;
     }
     memcpy(V, M, sizeof(double) * (size_t)n * n);
-    for (i = 0; i < n; i++) mean += M[(size_t)i * n + i] / n;
-    for (i = 0; i < n; i++) V[(size_t)i * n + i] += damp * mean + 1e-300;
+    mla__damp(V, n, damp);
     rc = mla_eigh(n, V, w);
     if (rc == MLA_OK)
         for (i = 0; i < n; i++)
@@ -1987,12 +1983,7 @@ static mla_result mla__qaware_metric(const mla_gqa_config *g, const mla_gqa_weig
     for (j = 0; j < H && nk > 0; j++) {
         int gj = j / grp;
         const double *Cq = Cqh + (size_t)j * d * d;
-        for (i = 0; i < d; i++) /* T1 = Cq K_j  (d x nk) */
-            for (b = 0; b < nk; b++) {
-                double acc = 0.0;
-                for (k = 0; k < d; k++) acc += Cq[(size_t)i * d + k] * Ku[(size_t)(gj * d + k) * L + m + b];
-                T1[(size_t)i * nk + b] = acc;
-            }
+        mla__dmul(T1, nk, Cq, d, Ku + (size_t)gj * d * L + m, L, d, d, nk); /* T1 = Cq K_j (d x nk) */
         for (a = 0; a < nk; a++) /* MK += K_j^T T1 */
             for (b = 0; b < nk; b++) {
                 double acc = 0.0;
@@ -2159,21 +2150,10 @@ MLADEF mla_result mla_convert_layer(const mla_gqa_config *g, const mla_gqa_weigh
         if (rc != MLA_OK) goto done;
     }
     { /* A = S Cz S (+ damping) -> top r eigenvectors R; down = R^T S, up = S^-1 R */
-        double *A = tk, mean = 0.0; /* tk is free now and large enough (zd*2L >= zd*zd) */
-        for (i = 0; i < zd; i++) /* tmp = S Cz into Si's transpose-free use: do it in two passes */
-            for (j = 0; j < zd; j++) {
-                double acc = 0.0;
-                for (e = 0; e < zd; e++) acc += S[(size_t)i * zd + e] * Cz[(size_t)e * zd + j];
-                A[(size_t)i * zd + j] = acc;
-            }
-        for (i = 0; i < zd; i++)
-            for (j = 0; j < zd; j++) {
-                double acc = 0.0;
-                for (e = 0; e < zd; e++) acc += A[(size_t)i * zd + e] * S[(size_t)e * zd + j];
-                Cz[(size_t)i * zd + j] = acc; /* Cz now holds S Cz S */
-            }
-        for (i = 0; i < zd; i++) mean += Cz[(size_t)i * zd + i] / zd;
-        for (i = 0; i < zd; i++) Cz[(size_t)i * zd + i] += damp * mean;
+        double *A = tk; /* tk is free now and large enough (zd*2L >= zd*zd) */
+        mla__dmul(A, zd, S, zd, Cz, zd, zd, zd, zd);
+        mla__dmul(Cz, zd, A, zd, S, zd, zd, zd, zd); /* Cz now holds S Cz S */
+        mla__damp(Cz, zd, damp);
         if ((rc = mla_eigh(zd, Cz, wv)) != MLA_OK) goto done;
         for (i = 0; i < r; i++)
             for (e = 0; e < zd; e++) {
@@ -2181,12 +2161,7 @@ MLADEF mla_result mla_convert_layer(const mla_gqa_config *g, const mla_gqa_weigh
                 for (k = 0; k < zd; k++) acc += Cz[(size_t)k * zd + i] * S[(size_t)k * zd + e];
                 down[(size_t)i * zd + e] = acc;
             }
-        for (e = 0; e < zd; e++)
-            for (i = 0; i < r; i++) {
-                double acc = 0.0;
-                for (k = 0; k < zd; k++) acc += Si[(size_t)e * zd + k] * Cz[(size_t)k * zd + i];
-                up[(size_t)e * r + i] = acc;
-            }
+        mla__dmul(up, r, Si, zd, Cz, zd, zd, zd, r); /* up = S^-1 R */
     }
     MLA__PROGRESS("assemble", 0.8);
     rc = mla_convert_assemble(g, w, Kd, Ku, m, f, r, down, up, out);

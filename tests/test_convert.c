@@ -218,9 +218,7 @@ static void test_rorope_pca_exact(void) {
         {
             double ck[24 * 24];
             int i, j;
-            /* the key block of the covariance, as the converter builds it */
-            const float *rows[48], *bs[48];
-            (void)rows; (void)bs;
+            /* the key block of the second moment, as the converter builds it */
             for (i = 0; i < 24; i++)
                 for (j = 0; j < 24; j++) {
                     double acc = 0;
