@@ -40,8 +40,11 @@
      MLA_STATIC        make every function static (private vendoring)
      MLA_MALLOC/MLA_FREE/MLA_ASSERT   override before the implementation
      MLA_USE_CBLAS     matrix products through cblas_sgemm (link a BLAS)
-     MLA_NO_SIMD       no GCC/Clang vector extensions (plain C loops only)
-     Compile with -fopenmp to run the matrix products on several threads.
+     MLA_NO_SIMD       no SIMD: no vector extensions or intrinsics, plain C loops
+     MLA_MAX_THREADS   most threads one attention call uses (default 8)
+     Compile with -fopenmp to run matrix products and attention on several
+     threads; with -mavx2 -mfma (or -march=native on such a CPU) the
+     attention kernels use AVX2/FMA (and F16C when present).
 
    ------------------------------------------------------ memory and errors --
    The library never prints, exits or aborts. Weights are borrowed. Scratch
@@ -93,7 +96,9 @@ typedef enum {
     MLA_ROPE_HALF_SPLIT = 1   /* pairs (x[i], x[i+m/2]): HF rotate_half/NEOX */
 } mla_rope_layout;
 
-typedef enum { MLA_F32 = 0, MLA_F16 = 1, MLA_BF16 = 2 } mla_dtype;
+/* Cache storage. MLA_I8: per row, c and k_pe as int8, each part with its own
+   f32 scale (absmax / 127), quantized when the row is written. */
+typedef enum { MLA_F32 = 0, MLA_F16 = 1, MLA_BF16 = 2, MLA_I8 = 3 } mla_dtype;
 
 /* Every zero field means its documented default. Names follow DeepSeek-V2. */
 typedef struct {
@@ -253,12 +258,30 @@ MLAPI mla_result mla_decode(const mla_config *cfg, const mla_layer_weights *w,
 /* Core latent attention (absorbed form), for callers with their own
    projections: over the first n_ctx rows of (seq, layer),
      s[j][t] = scale * (q_lat[j].c[t] + q_pe[j].k_pe[t]),  o_lat[j] = sum_t softmax(s[j])[t] c[t]
-   q_lat [h][r], q_pe [h][m] (RoPE already applied), o_lat [h][r],
-   scratch: [h*(n_ctx + r + m) + r + m] floats. */
+   q_lat [h][r], q_pe [h][m] (RoPE already applied), o_lat [h][r].
+   The cache is read in tiles of rows, once for all heads, with an online
+   softmax; with OpenMP the context is split over up to MLA_MAX_THREADS
+   threads and the parts merged by their log-sum-exp (deterministic for a
+   given thread count). scratch: mla_attend_scratch_bytes(h, r, m) bytes,
+   aligned for float, whatever n_ctx is (mla_workspace_bytes covers it). */
+MLAPI size_t mla_attend_scratch_bytes(int n_heads, int kv_lora_rank, int qk_rope_head_dim);
 MLAPI mla_result mla_attend_latent(const mla_pool *pool, const mla_seq *seq, int layer,
                                    int n_heads, int n_ctx, const float *q_lat,
                                    const float *q_pe, float scale, float *o_lat,
-                                   float *scratch);
+                                   void *scratch, size_t scratch_bytes);
+/* The same over rows t0 <= t < t1 only, one thread: o_lat normalised over
+   those rows and lse[j] = log sum_t exp(s[j][t]) (-INFINITY, o_lat = 0 for an
+   empty range). Parts of one context merge exactly with mla_attend_merge:
+   split-KV decode, chunked prefill, several devices. */
+MLAPI mla_result mla_attend_latent_partial(const mla_pool *pool, const mla_seq *seq, int layer,
+                                           int n_heads, int t0, int t1, const float *q_lat,
+                                           const float *q_pe, float scale, float *o_lat, float *lse,
+                                           void *scratch, size_t scratch_bytes);
+/* o [h][d], lse [h] from n parts o_parts [n][h][d], lse_parts [n][h]. */
+MLAPI void mla_attend_merge(int n_heads, int d, int n_parts, const float *o_parts,
+                            const float *lse_parts, float *o, float *lse);
+/* Which kernels this build runs: "avx2+fma" or "portable" (+ "f16c"). */
+MLAPI const char *mla_kernel_name(void);
 
 /* ---- plain GQA / MHA attention, the reference beside MLA ---- */
 typedef struct {
@@ -425,6 +448,16 @@ MLAPI void mla_rmsnorm(float *y, const float *x, const float *w, int n, float ep
 #endif
 #ifdef MLA_USE_CBLAS
 #include <cblas.h>
+#endif
+#if !defined(MLA_NO_SIMD) && defined(__AVX2__) && defined(__FMA__)
+#define MLA__AVX2 1
+#include <immintrin.h>
+#endif
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#ifndef MLA_MAX_THREADS
+#define MLA_MAX_THREADS 8
 #endif
 
 #if defined(MLA_STATIC) && defined(__GNUC__)
@@ -816,32 +849,61 @@ MLADEF float mla_bf16_to_f32(uint16_t h) {
     return f;
 }
 
-static size_t mla__dtype_size(mla_dtype t) { return t == MLA_F32 ? 4 : 2; }
+/* An int8 row is [c (r) | k_pe (m) | pad to 4 | f32 scale of c | f32 scale of k_pe]. */
+static size_t mla__i8_scales_at(int r, int m) { return ((size_t)r + (size_t)m + 3) & ~(size_t)3; }
+static size_t mla__row_bytes(mla_dtype t, int r, int m) {
+    return t == MLA_I8 ? mla__i8_scales_at(r, m) + 8 : ((size_t)r + (size_t)m) * (t == MLA_F32 ? 4 : 2);
+}
 
-static void mla__store_row(void *dst, mla_dtype t, const float *src, int n) {
+/* int8 of x[n] with scale absmax/127 (round to nearest); returns the scale */
+static float mla__quant_i8(int8_t *d, const float *x, int n) {
+    float amax = 0.0f, sc;
     int i;
+    for (i = 0; i < n; i++) amax = fabsf(x[i]) > amax ? fabsf(x[i]) : amax;
+    sc = amax / 127.0f;
+    for (i = 0; i < n; i++) d[i] = (int8_t)(sc > 0 ? lrintf(x[i] / sc) : 0);
+    return sc;
+}
+
+/* row [c (r) | k_pe (m)] in f32 -> stored row */
+static void mla__store_row(void *dst, mla_dtype t, const float *src, int r, int m) {
+    int i, n = r + m;
     if (t == MLA_F32) {
         memcpy(dst, src, sizeof(float) * (size_t)n);
+    } else if (t == MLA_I8) {
+        float sc[2];
+        int8_t *d = (int8_t *)dst;
+        sc[0] = mla__quant_i8(d, src, r);
+        sc[1] = mla__quant_i8(d + r, src + r, m);
+        for (i = n; i < (int)mla__i8_scales_at(r, m); i++) d[i] = 0;
+        memcpy(d + mla__i8_scales_at(r, m), sc, sizeof sc);
     } else {
         uint16_t *d = (uint16_t *)dst;
         for (i = 0; i < n; i++) d[i] = t == MLA_F16 ? mla_f32_to_f16(src[i]) : mla_f32_to_bf16(src[i]);
     }
 }
 
-/* f32 view of a row: the row itself for f32, else converted into buf */
-static const float *mla__load_row(const void *src, mla_dtype t, float *buf, int n) {
+/* f32 view of a stored row (r + m values): the row itself for f32, else
+   converted into buf */
+static const float *mla__load_row(const void *src, mla_dtype t, float *buf, int r, int m) {
     const uint16_t *s = (const uint16_t *)src;
-    int i;
+    int i, n = r + m;
     if (t == MLA_F32) return (const float *)src;
-    if (t == MLA_F16)
+    if (t == MLA_I8) {
+        const int8_t *b = (const int8_t *)src;
+        float sc[2];
+        memcpy(sc, b + mla__i8_scales_at(r, m), sizeof sc);
+        for (i = 0; i < n; i++) buf[i] = (float)b[i] * sc[i >= r];
+    } else if (t == MLA_F16) {
         for (i = 0; i < n; i++) buf[i] = mla_f16_to_f32(s[i]);
-    else
+    } else {
         for (i = 0; i < n; i++) buf[i] = mla_bf16_to_f32(s[i]);
+    }
     return buf;
 }
 
 static size_t mla__pool_data_bytes(mla_dtype type, int n_layers, int r, int m, int bs, int nb) {
-    return (size_t)nb * (size_t)n_layers * (size_t)bs * (size_t)(r + m) * mla__dtype_size(type);
+    return (size_t)nb * (size_t)n_layers * (size_t)bs * mla__row_bytes(type, r, m);
 }
 
 MLADEF size_t mla_pool_bytes(mla_dtype type, int n_layers, int r, int m, int bs, int nb) {
@@ -860,7 +922,7 @@ MLADEF mla_result mla_pool_init(mla_pool *p, mla_dtype type, int n_layers, int r
     memset(p, 0, sizeof *p);
     if (bs == 0) bs = 64;
     if (n_layers <= 0 || r <= 0 || m < 0 || bs < 0 || nb <= 0 ||
-        (type != MLA_F32 && type != MLA_F16 && type != MLA_BF16))
+        (type != MLA_F32 && type != MLA_F16 && type != MLA_BF16 && type != MLA_I8))
         return MLA_ERR_INVALID_ARG;
     bytes = mla_pool_bytes(type, n_layers, r, m, bs, nb);
     data = bytes - sizeof(int) * (size_t)nb;
@@ -885,7 +947,7 @@ MLADEF void mla_pool_free(mla_pool *p) {
 }
 
 MLADEF size_t mla_pool_row_bytes(const mla_pool *p) {
-    return (size_t)(p->kv_lora_rank + p->qk_rope_head_dim) * mla__dtype_size(p->type);
+    return mla__row_bytes(p->type, p->kv_lora_rank, p->qk_rope_head_dim);
 }
 
 MLADEF void mla_seq_init(mla_seq *s, int *table, int max_blocks) {
@@ -945,6 +1007,474 @@ MLADEF void mla_cache_free(mla_cache *c) {
 /* ====================================================================== */
 /* 4. attention                                                             */
 /* ====================================================================== */
+/* Regions are carved at 16-float (64-byte) steps. With base == NULL only the
+   size is computed. */
+static float *mla__carve(float *base, size_t *off, size_t n) {
+    float *p = base ? base + *off : NULL;
+    *off += (n + 15) & ~(size_t)15;
+    return p;
+}
+
+/* ---------------------------------------------------------------------- */
+/* 4a. the attention kernel, shared by MLA (latent rows) and GQA (k, v     */
+/*     rows): a tile of cached rows is read once for all heads, scores are  */
+/*     a small GEMM (heads x rows), the softmax is online (running max and  */
+/*     sum per head), P.V a second small GEMM; no score row of n_ctx.       */
+/* ---------------------------------------------------------------------- */
+#define MLA__TILE 32        /* cached rows per tile (at most)                 */
+#define MLA__SPLIT_ROWS 256 /* fewest rows worth a thread of their own        */
+#define MLA__HB 3           /* heads per register block (both GEMMs)          */
+static int mla__imin(int a, int b) { return a < b ? a : b; }
+
+MLADEF const char *mla_kernel_name(void) {
+#if defined(MLA__AVX2) && defined(__F16C__)
+    return "avx2+fma+f16c";
+#elif defined(MLA__AVX2)
+    return "avx2+fma";
+#else
+    return "portable";
+#endif
+}
+
+/* where cached rows come from: a sequence's pages, or contiguous arrays */
+typedef struct {
+    mla_dtype type;
+    const mla_pool *pool; const mla_seq *seq; int layer; /* paged latent rows, or (pool NULL) */
+    const char *k, *v; size_t ks, vs;                    /* contiguous rows, byte strides     */
+} mla__rows;
+
+/* Rows t.. that lie contiguously (at most want): pointers and byte strides. */
+static int mla__rows_at(const mla__rows *src, int t, int want, const char **k, const char **v,
+                        size_t *ks, size_t *vs) {
+    if (src->pool) {
+        int left = src->pool->block_size - t % src->pool->block_size;
+        *k = *v = (const char *)mla_seq_row(src->pool, src->seq, src->layer, t);
+        *ks = *vs = mla_pool_row_bytes(src->pool);
+        return mla__imin(want, left);
+    }
+    *k = src->k + (size_t)t * src->ks; *v = src->v + (size_t)t * src->vs;
+    *ks = src->ks; *vs = src->vs;
+    return want;
+}
+
+/* The running state of one set of queries (H heads) against a row stream.
+   A key row has dk values, its value row the first dv values of the v row;
+   MLA: k row = [c | k_pe] (dk = r+m), v row = the same row (dv = r). */
+typedef struct {
+    int H, Hp, dk, dv;  /* heads (Hp: rounded up to MLA__HB), lengths              */
+    int r16, m16;       /* int8 rows: c (dv) and k_pe (dk-dv) parts padded to 16   */
+    float *q;           /* [H][dk] queries, softmax scale folded in                */
+    float *o, *mx, *l;  /* [Hp][dv] output (unnormalised), [H] running max and sum */
+    float *p;           /* [Hp][TILE] scores, then probabilities (pad rows 0)      */
+    float *kb, *vb;     /* [TILE][dk], [TILE][dv] rows converted to f32            */
+    int16_t *qi, *ki;   /* int8 rows: [H][r16+m16] query, [TILE][r16+m16] rows     */
+    float *qs, *rs;     /* int8 rows: [2][H] query scales, [2][TILE] row scales    */
+} mla__att;
+
+/* One thread's scratch: the absorbed query/output of one token and a state. */
+typedef struct {
+    float *qlat, *qpe, *olat, *lse; /* [H][dv], [H][dk-dv], [H][dv], [H] */
+    mla__att a;
+} mla__slot;
+
+static size_t mla__slot_layout(int H, int dk, int dv, float *base, mla__slot *s) {
+    size_t off = 0, Hp = (size_t)(H + MLA__HB - 1) / MLA__HB * MLA__HB, T = MLA__TILE;
+    int r16 = (dv + 15) & ~15, m16 = (dk - dv + 15) & ~15;
+    mla__slot tmp;
+    if (!s) s = &tmp;
+    s->qlat = mla__carve(base, &off, (size_t)H * dv);
+    s->qpe = mla__carve(base, &off, (size_t)H * (dk - dv));
+    s->olat = mla__carve(base, &off, (size_t)H * dv);
+    s->lse = mla__carve(base, &off, (size_t)H);
+    s->a.H = H; s->a.Hp = (int)Hp; s->a.dk = dk; s->a.dv = dv; s->a.r16 = r16; s->a.m16 = m16;
+    s->a.q = mla__carve(base, &off, (size_t)H * dk);
+    s->a.o = mla__carve(base, &off, Hp * dv);
+    s->a.mx = mla__carve(base, &off, (size_t)H);
+    s->a.l = mla__carve(base, &off, (size_t)H);
+    s->a.p = mla__carve(base, &off, Hp * T);
+    s->a.kb = mla__carve(base, &off, T * dk);
+    s->a.vb = mla__carve(base, &off, T * dv);
+    s->a.qi = (int16_t *)mla__carve(base, &off, (size_t)H * (r16 + m16) / 2);
+    s->a.ki = (int16_t *)mla__carve(base, &off, T * (r16 + m16) / 2);
+    s->a.qs = mla__carve(base, &off, 2 * (size_t)H);
+    s->a.rs = mla__carve(base, &off, 2 * T);
+    return off;
+}
+
+MLADEF size_t mla_attend_scratch_bytes(int H, int r, int m) {
+    if (H <= 0 || r <= 0 || m < 0) return 0;
+    return sizeof(float) * MLA_MAX_THREADS * mla__slot_layout(H, r + m, r, NULL, NULL);
+}
+
+/* ---- the two small GEMMs and exp, AVX2/FMA or plain C ---- */
+#ifdef MLA__AVX2
+/* [s0..s7] = horizontal sums of a0..a7 */
+static __m256 mla__hsum8(__m256 a0, __m256 a1, __m256 a2, __m256 a3, __m256 a4, __m256 a5, __m256 a6, __m256 a7) {
+    __m256 t0 = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+    __m256 t1 = _mm256_hadd_ps(_mm256_hadd_ps(a4, a5), _mm256_hadd_ps(a6, a7));
+    return _mm256_add_ps(_mm256_permute2f128_ps(t0, t1, 0x20), _mm256_permute2f128_ps(t0, t1, 0x31));
+}
+/* exp(x) for x <= 0: 2^n e^f, |f| <= ln2/2, degree-7 Taylor (rel. error < 2e-7);
+   0 below -87 */
+static __m256 mla__exp8(__m256 x) {
+    const __m256 lo = _mm256_set1_ps(-87.0f);
+    __m256 ok = _mm256_cmp_ps(x, lo, _CMP_GE_OQ), n, f, y;
+    __m256i e;
+    x = _mm256_max_ps(x, lo);
+    n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    f = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), x);
+    f = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.42860677e-6f), f);
+    y = _mm256_set1_ps(1.0f / 5040);
+    y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(1.0f / 720));
+    y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(1.0f / 120));
+    y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(1.0f / 24));
+    y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(1.0f / 6));
+    y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(0.5f));
+    y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(1.0f));
+    y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(1.0f));
+    e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_and_ps(_mm256_mul_ps(y, _mm256_castsi256_ps(e)), ok);
+}
+#endif
+
+/* p[i] = exp(p[i] - mx) for i < n; returns the sum */
+static float mla__exp_sum(float *p, int n, float mx) {
+    float sum = 0.0f;
+    int i = 0;
+#ifdef MLA__AVX2
+    __m256 acc = _mm256_setzero_ps(), m = _mm256_set1_ps(mx);
+    float part[8];
+    for (; i + 8 <= n; i += 8) {
+        __m256 y = mla__exp8(_mm256_sub_ps(_mm256_loadu_ps(p + i), m));
+        _mm256_storeu_ps(p + i, y);
+        acc = _mm256_add_ps(acc, y);
+    }
+    _mm256_storeu_ps(part, acc);
+    sum = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+#endif
+    for (; i < n; i++) sum += p[i] = expf(p[i] - mx);
+    return sum;
+}
+
+/* s[j][t] (row stride MLA__TILE) = q_j . k_t, j < H, t < n; k rows ks floats apart */
+static void mla__scores_f32(const float *q, int H, int dk, const float *k, size_t ks, int n, float *s) {
+    int j0, t0, j, t, i;
+    for (j0 = 0; j0 < H; j0 += MLA__HB)
+        for (t0 = 0; t0 < n; t0 += 4) {
+            const float *qr[3], *kr[4];
+            float o[16];
+            for (j = 0; j < 3; j++) qr[j] = q + (size_t)mla__imin(j0 + j, H - 1) * dk; /* clamped: */
+            for (t = 0; t < 4; t++) kr[t] = k + (size_t)mla__imin(t0 + t, n - 1) * ks; /* stored once */
+            i = 0;
+#ifdef MLA__AVX2
+            {
+                __m256 a00 = _mm256_setzero_ps(), a01 = a00, a02 = a00, a03 = a00, a10 = a00, a11 = a00;
+                __m256 a12 = a00, a13 = a00, a20 = a00, a21 = a00, a22 = a00, a23 = a00, w0, w1, w2, x;
+                for (; i + 8 <= dk; i += 8) {
+                    w0 = _mm256_loadu_ps(qr[0] + i); w1 = _mm256_loadu_ps(qr[1] + i); w2 = _mm256_loadu_ps(qr[2] + i);
+                    x = _mm256_loadu_ps(kr[0] + i);
+                    a00 = _mm256_fmadd_ps(w0, x, a00); a10 = _mm256_fmadd_ps(w1, x, a10); a20 = _mm256_fmadd_ps(w2, x, a20);
+                    x = _mm256_loadu_ps(kr[1] + i);
+                    a01 = _mm256_fmadd_ps(w0, x, a01); a11 = _mm256_fmadd_ps(w1, x, a11); a21 = _mm256_fmadd_ps(w2, x, a21);
+                    x = _mm256_loadu_ps(kr[2] + i);
+                    a02 = _mm256_fmadd_ps(w0, x, a02); a12 = _mm256_fmadd_ps(w1, x, a12); a22 = _mm256_fmadd_ps(w2, x, a22);
+                    x = _mm256_loadu_ps(kr[3] + i);
+                    a03 = _mm256_fmadd_ps(w0, x, a03); a13 = _mm256_fmadd_ps(w1, x, a13); a23 = _mm256_fmadd_ps(w2, x, a23);
+                }
+                x = _mm256_setzero_ps();
+                _mm256_storeu_ps(o, mla__hsum8(a00, a01, a02, a03, a10, a11, a12, a13));
+                _mm256_storeu_ps(o + 8, mla__hsum8(a20, a21, a22, a23, x, x, x, x));
+            }
+#else
+            memset(o, 0, sizeof o);
+#endif
+            for (j = 0; j < 3; j++)
+                for (t = 0; t < 4; t++) {
+                    int u;
+                    for (u = i; u < dk; u++) o[j * 4 + t] += qr[j][u] * kr[t][u];
+                }
+            for (j = 0; j < 3 && j0 + j < H; j++)
+                for (t = 0; t < 4 && t0 + t < n; t++) s[(size_t)(j0 + j) * MLA__TILE + t0 + t] = o[j * 4 + t];
+        }
+}
+
+/* int8 rows: s[j][t] (+)= qs[j] rs[t] (qi_j . ki_t) over int16 values [k0, k0+len), len % 16 == 0 */
+static void mla__scores_i16(const int16_t *qi, size_t ldq, int H, const int16_t *ki, size_t ldk, int n, int k0,
+                            int len, const float *qs, const float *rs, int add, float *s) {
+    int j0, t0, j, t, i;
+    for (j0 = 0; j0 < H; j0 += MLA__HB)
+        for (t0 = 0; t0 < n; t0 += 3) {
+            const int16_t *qr[3], *kr[3];
+            int32_t o[16];
+            for (j = 0; j < 3; j++) qr[j] = qi + (size_t)mla__imin(j0 + j, H - 1) * ldq + k0;
+            for (t = 0; t < 3; t++) kr[t] = ki + (size_t)mla__imin(t0 + t, n - 1) * ldk + k0;
+#ifdef MLA__AVX2
+            {
+                __m256i a00 = _mm256_setzero_si256(), a01 = a00, a02 = a00, a10 = a00, a11 = a00, a12 = a00;
+                __m256i a20 = a00, a21 = a00, a22 = a00, w0, w1, w2, x;
+                for (i = 0; i < len; i += 16) {
+                    w0 = _mm256_loadu_si256((const __m256i *)(qr[0] + i));
+                    w1 = _mm256_loadu_si256((const __m256i *)(qr[1] + i));
+                    w2 = _mm256_loadu_si256((const __m256i *)(qr[2] + i));
+                    x = _mm256_loadu_si256((const __m256i *)(kr[0] + i));
+                    a00 = _mm256_add_epi32(a00, _mm256_madd_epi16(w0, x)); a10 = _mm256_add_epi32(a10, _mm256_madd_epi16(w1, x));
+                    a20 = _mm256_add_epi32(a20, _mm256_madd_epi16(w2, x));
+                    x = _mm256_loadu_si256((const __m256i *)(kr[1] + i));
+                    a01 = _mm256_add_epi32(a01, _mm256_madd_epi16(w0, x)); a11 = _mm256_add_epi32(a11, _mm256_madd_epi16(w1, x));
+                    a21 = _mm256_add_epi32(a21, _mm256_madd_epi16(w2, x));
+                    x = _mm256_loadu_si256((const __m256i *)(kr[2] + i));
+                    a02 = _mm256_add_epi32(a02, _mm256_madd_epi16(w0, x)); a12 = _mm256_add_epi32(a12, _mm256_madd_epi16(w1, x));
+                    a22 = _mm256_add_epi32(a22, _mm256_madd_epi16(w2, x));
+                }
+                {
+                    __m256i h0 = _mm256_hadd_epi32(_mm256_hadd_epi32(a00, a01), _mm256_hadd_epi32(a02, a10));
+                    __m256i h1 = _mm256_hadd_epi32(_mm256_hadd_epi32(a11, a12), _mm256_hadd_epi32(a20, a21));
+                    __m256i h2 = _mm256_hadd_epi32(_mm256_hadd_epi32(a22, a22), _mm256_hadd_epi32(a22, a22));
+                    _mm256_storeu_si256((__m256i *)o, _mm256_add_epi32(_mm256_permute2x128_si256(h0, h1, 0x20),
+                                                                      _mm256_permute2x128_si256(h0, h1, 0x31)));
+                    _mm256_storeu_si256((__m256i *)(o + 8), _mm256_add_epi32(_mm256_permute2x128_si256(h2, h2, 0x20),
+                                                                            _mm256_permute2x128_si256(h2, h2, 0x31)));
+                }
+            }
+#else
+            for (j = 0; j < 9; j++) {
+                int32_t acc = 0;
+                for (i = 0; i < len; i++) acc += (int32_t)qr[j / 3][i] * kr[j % 3][i];
+                o[j] = acc;
+            }
+#endif
+            for (j = 0; j < 3 && j0 + j < H; j++)
+                for (t = 0; t < 3 && t0 + t < n; t++) {
+                    float v = qs[j0 + j] * rs[t0 + t] * (float)o[j * 3 + t];
+                    float *d = s + (size_t)(j0 + j) * MLA__TILE + t0 + t;
+                    *d = add ? *d + v : v;
+                }
+        }
+}
+
+/* o[j][0..dv) += sum_t p[j][t] v_t for j < Hp (pad rows of p are 0); v rows vs floats apart */
+static void mla__pv_f32(float *o, int Hp, int dv, const float *p, const float *v, size_t vs, int n) {
+    int j0, d = 0, t, j;
+#ifdef MLA__AVX2
+    for (j0 = 0; j0 < Hp; j0 += 3) {
+        const float *p0 = p + (size_t)j0 * MLA__TILE, *p1 = p0 + MLA__TILE, *p2 = p1 + MLA__TILE;
+        float *o0 = o + (size_t)j0 * dv, *o1 = o0 + dv, *o2 = o1 + dv;
+        for (d = 0; d + 24 <= dv; d += 24) {
+            __m256 a00 = _mm256_loadu_ps(o0 + d), a01 = _mm256_loadu_ps(o0 + d + 8), a02 = _mm256_loadu_ps(o0 + d + 16);
+            __m256 a10 = _mm256_loadu_ps(o1 + d), a11 = _mm256_loadu_ps(o1 + d + 8), a12 = _mm256_loadu_ps(o1 + d + 16);
+            __m256 a20 = _mm256_loadu_ps(o2 + d), a21 = _mm256_loadu_ps(o2 + d + 8), a22 = _mm256_loadu_ps(o2 + d + 16);
+            for (t = 0; t < n; t++) {
+                const float *vt = v + (size_t)t * vs + d;
+                __m256 x0 = _mm256_loadu_ps(vt), x1 = _mm256_loadu_ps(vt + 8), x2 = _mm256_loadu_ps(vt + 16), b;
+                b = _mm256_broadcast_ss(p0 + t);
+                a00 = _mm256_fmadd_ps(b, x0, a00); a01 = _mm256_fmadd_ps(b, x1, a01); a02 = _mm256_fmadd_ps(b, x2, a02);
+                b = _mm256_broadcast_ss(p1 + t);
+                a10 = _mm256_fmadd_ps(b, x0, a10); a11 = _mm256_fmadd_ps(b, x1, a11); a12 = _mm256_fmadd_ps(b, x2, a12);
+                b = _mm256_broadcast_ss(p2 + t);
+                a20 = _mm256_fmadd_ps(b, x0, a20); a21 = _mm256_fmadd_ps(b, x1, a21); a22 = _mm256_fmadd_ps(b, x2, a22);
+            }
+            _mm256_storeu_ps(o0 + d, a00); _mm256_storeu_ps(o0 + d + 8, a01); _mm256_storeu_ps(o0 + d + 16, a02);
+            _mm256_storeu_ps(o1 + d, a10); _mm256_storeu_ps(o1 + d + 8, a11); _mm256_storeu_ps(o1 + d + 16, a12);
+            _mm256_storeu_ps(o2 + d, a20); _mm256_storeu_ps(o2 + d + 8, a21); _mm256_storeu_ps(o2 + d + 16, a22);
+        }
+        for (; d + 8 <= dv; d += 8) {
+            __m256 a0 = _mm256_loadu_ps(o0 + d), a1 = _mm256_loadu_ps(o1 + d), a2 = _mm256_loadu_ps(o2 + d);
+            for (t = 0; t < n; t++) {
+                __m256 x = _mm256_loadu_ps(v + (size_t)t * vs + d);
+                a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(p0 + t), x, a0);
+                a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(p1 + t), x, a1);
+                a2 = _mm256_fmadd_ps(_mm256_broadcast_ss(p2 + t), x, a2);
+            }
+            _mm256_storeu_ps(o0 + d, a0); _mm256_storeu_ps(o1 + d, a1); _mm256_storeu_ps(o2 + d, a2);
+        }
+    }
+#endif
+    for (j = 0; j < Hp; j++) /* the rest (all of it in the plain build) */
+        for (t = 0; t < n; t++) {
+            float pj = p[(size_t)j * MLA__TILE + t], *oj = o + (size_t)j * dv;
+            const float *vt = v + (size_t)t * vs;
+            int u;
+            for (u = d; u < dv; u++) oj[u] += pj * vt[u];
+        }
+}
+
+/* ---- row conversions into the tile buffers ---- */
+static void mla__half_to_f32(float *dst, const uint16_t *src, int n, mla_dtype t) {
+    int i = 0;
+#ifdef MLA__AVX2
+    if (t == MLA_BF16)
+        for (; i + 8 <= n; i += 8)
+            _mm256_storeu_ps(dst + i, _mm256_castsi256_ps(_mm256_slli_epi32(
+                                          _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(src + i))), 16)));
+#ifdef __F16C__
+    if (t == MLA_F16)
+        for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
+#endif
+#endif
+    for (; i < n; i++) dst[i] = t == MLA_BF16 ? mla_bf16_to_f32(src[i]) : mla_f16_to_f32(src[i]);
+}
+
+/* int8 row [c (r) | k_pe (m) | pad | scale_c | scale_pe] -> int16 [r16 | m16] (zero
+   padded), scales, and f32 c values (unscaled) */
+static void mla__i8_row(const int8_t *row, int r, int m, int r16, int16_t *ki, float *rs_c, float *rs_pe, float *cf) {
+    int i;
+    memcpy(rs_c, row + mla__i8_scales_at(r, m), 4);
+    memcpy(rs_pe, row + mla__i8_scales_at(r, m) + 4, 4);
+    for (i = 0; i < r; i++) ki[i] = row[i];
+    for (; i < r16; i++) ki[i] = 0;
+    for (i = 0; i < m; i++) ki[r16 + i] = row[r + i];
+    for (i = r16 + m; i < r16 + ((m + 15) & ~15); i++) ki[i] = 0;
+    for (i = 0; i < r; i++) cf[i] = (float)ki[i];
+}
+
+/* ---- one tile of n rows: scores, online softmax, P.V ---- */
+static void mla__att_tile(mla__att *a, mla_dtype type, const char *k, size_t ks, const char *v, size_t vs, int n) {
+    int H = a->H, dk = a->dk, dv = a->dv, j, t;
+    const float *vf;
+    size_t vst;
+    if (type == MLA_I8) {
+        int w = a->r16 + a->m16;
+        for (t = 0; t < n; t++)
+            mla__i8_row((const int8_t *)(k + (size_t)t * ks), dv, dk - dv, a->r16, a->ki + (size_t)t * w,
+                        a->rs + t, a->rs + MLA__TILE + t, a->vb + (size_t)t * dv);
+        mla__scores_i16(a->qi, (size_t)w, H, a->ki, (size_t)w, n, 0, a->r16, a->qs, a->rs, 0, a->p);
+        if (a->m16)
+            mla__scores_i16(a->qi, (size_t)w, H, a->ki, (size_t)w, n, a->r16, a->m16, a->qs + H, a->rs + MLA__TILE, 1, a->p);
+        vf = a->vb; vst = (size_t)dv;
+    } else if (type == MLA_F32) {
+        mla__scores_f32(a->q, H, dk, (const float *)k, ks / 4, n, a->p);
+        vf = (const float *)v; vst = vs / 4;
+    } else {
+        for (t = 0; t < n; t++) mla__half_to_f32(a->kb + (size_t)t * dk, (const uint16_t *)(k + (size_t)t * ks), dk, type);
+        mla__scores_f32(a->q, H, dk, a->kb, (size_t)dk, n, a->p);
+        if (v == k) {
+            vf = a->kb; vst = (size_t)dk;
+        } else {
+            for (t = 0; t < n; t++) mla__half_to_f32(a->vb + (size_t)t * dv, (const uint16_t *)(v + (size_t)t * vs), dv, type);
+            vf = a->vb; vst = (size_t)dv;
+        }
+    }
+    for (j = 0; j < H; j++) { /* online softmax: rescale what came before when the max grows */
+        float *pj = a->p + (size_t)j * MLA__TILE, mt = pj[0];
+        for (t = 1; t < n; t++) mt = pj[t] > mt ? pj[t] : mt;
+        if (mt > a->mx[j]) {
+            float alpha = expf(a->mx[j] - mt), *oj = a->o + (size_t)j * dv;
+            int u;
+            for (u = 0; u < dv; u++) oj[u] *= alpha;
+            a->l[j] *= alpha;
+            a->mx[j] = mt;
+        }
+        a->l[j] += mla__exp_sum(pj, n, a->mx[j]);
+        if (type == MLA_I8) /* the value rows are int8: fold each row's scale into p */
+            for (t = 0; t < n; t++) pj[t] *= a->rs[t];
+    }
+    mla__pv_f32(a->o, a->Hp, dv, a->p, vf, vst, n);
+}
+
+/* Sets the query of a state: q [H][dk] = scale * [qa (dv) | qb (dk-dv)]
+   (row strides lda, ldb); the int16 copy too for int8 rows. */
+static void mla__att_query(mla__att *a, mla_dtype type, const float *qa, size_t lda, const float *qb, size_t ldb,
+                           float scale) {
+    int H = a->H, dk = a->dk, dv = a->dv, j, i;
+    for (j = 0; j < H; j++) {
+        float *q = a->q + (size_t)j * dk;
+        for (i = 0; i < dv; i++) q[i] = scale * qa[(size_t)j * lda + i];
+        for (i = dv; i < dk; i++) q[i] = scale * qb[(size_t)j * ldb + i - dv];
+    }
+    if (type != MLA_I8) return;
+    for (j = 0; j < H; j++) { /* int16 query, one scale per part; |sum| < 2^31 for any row */
+        int part, w = a->r16 + a->m16;
+        for (part = 0; part < 2; part++) {
+            int b = part ? dv : 0, e = part ? dk : dv, o = part ? a->r16 : 0, len = part ? a->m16 : a->r16;
+            const float *q = a->q + (size_t)j * dk;
+            int16_t *qi = a->qi + (size_t)j * w + o;
+            float amax = 0.0f, lim = len > 0 ? (float)mla__imin(16383, (int)(2147483647.0 / (127.0 * len))) : 1.0f, sc;
+            for (i = b; i < e; i++) amax = fabsf(q[i]) > amax ? fabsf(q[i]) : amax;
+            sc = amax > 0 ? amax / lim : 0.0f;
+            for (i = 0; i < len; i++) qi[i] = (int16_t)(b + i < e && sc > 0 ? lrintf(q[b + i] / sc) : 0);
+            a->qs[part * H + j] = sc;
+        }
+    }
+}
+
+/* Runs a state over rows [t0, t1) of src from empty; leaves o normalised, lse. */
+static void mla__att_run(mla__att *a, const mla__rows *src, int t0, int t1, float *lse) {
+    int H = a->H, dv = a->dv, j, t, n, u;
+    memset(a->o, 0, sizeof(float) * (size_t)a->Hp * dv);
+    memset(a->p, 0, sizeof(float) * (size_t)a->Hp * MLA__TILE);
+    for (j = 0; j < H; j++) { a->mx[j] = -INFINITY; a->l[j] = 0.0f; }
+    for (t = t0; t < t1; t += n) {
+        const char *k, *v;
+        size_t ks, vs;
+        n = mla__rows_at(src, t, mla__imin(MLA__TILE, t1 - t), &k, &v, &ks, &vs);
+        mla__att_tile(a, src->type, k, ks, v, vs, n);
+    }
+    for (j = 0; j < H; j++) {
+        float inv = a->l[j] > 0 ? 1.0f / a->l[j] : 0.0f, *oj = a->o + (size_t)j * dv;
+        for (u = 0; u < dv; u++) oj[u] *= inv;
+        lse[j] = a->l[j] > 0 ? a->mx[j] + logf(a->l[j]) : -INFINITY;
+    }
+}
+
+/* o [H][d], lse [H] from n parts (o parts os floats apart, lse parts ls apart) */
+static void mla__merge(int H, int d, int n, const float *op, size_t os, const float *lp, size_t ls, float *o, float *lse) {
+    int j, i, u;
+    for (j = 0; j < H; j++) {
+        float mx = -INFINITY, sum = 0.0f, *oj = o + (size_t)j * d;
+        for (i = 0; i < n; i++) mx = lp[i * ls + j] > mx ? lp[i * ls + j] : mx;
+        memset(oj, 0, sizeof(float) * (size_t)d);
+        if (mx == -INFINITY) {
+            if (lse) lse[j] = -INFINITY;
+            continue;
+        }
+        for (i = 0; i < n; i++) {
+            float wgt = expf(lp[i * ls + j] - mx);
+            const float *oi = op + i * os + (size_t)j * d;
+            sum += wgt;
+            for (u = 0; u < d; u++) oj[u] += wgt * oi[u];
+        }
+        for (u = 0; u < d; u++) oj[u] /= sum;
+        if (lse) lse[j] = mx + logf(sum);
+    }
+}
+
+MLADEF void mla_attend_merge(int H, int d, int n, const float *o_parts, const float *lse_parts, float *o, float *lse) {
+    if (H <= 0 || d <= 0 || n <= 0 || !o_parts || !lse_parts || !o) return;
+    mla__merge(H, d, n, o_parts, (size_t)H * d, lse_parts, (size_t)H, o, lse);
+}
+
+static int mla__threads(void) {
+#ifdef _OPENMP
+    return mla__imin(omp_get_max_threads(), MLA_MAX_THREADS);
+#else
+    return 1;
+#endif
+}
+
+/* All n rows of src for the query in slot 0 (set by mla__att_query), split
+   over up to `threads` threads (slot i at base + i*sstride takes part i):
+   out [H][dv]. */
+static void mla__attend_rows(float *base, size_t sstride, mla__slot *s0, const mla__rows *src, int n, int threads,
+                             float *out) {
+    int parts = mla__imin(threads, n / MLA__SPLIT_ROWS), i;
+    mla__att *a0 = &s0->a;
+    if (parts <= 1) {
+        mla__att_run(a0, src, 0, n, s0->lse);
+        memcpy(out, a0->o, sizeof(float) * (size_t)a0->H * a0->dv);
+        return;
+    }
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(parts) schedule(static, 1)
+#endif
+    for (i = 0; i < parts; i++) {
+        mla__slot si; /* its own buffers, slot 0's query */
+        mla__slot_layout(a0->H, a0->dk, a0->dv, base + i * sstride, &si);
+        si.a.q = a0->q; si.a.qi = a0->qi; si.a.qs = a0->qs;
+        mla__att_run(&si.a, src, (int)((long)n * i / parts), (int)((long)n * (i + 1) / parts), si.lse);
+    }
+    mla__merge(a0->H, a0->dv, parts, a0->o, sstride, s0->lse, sstride, out, NULL);
+}
+
 /* Scratch layout: one list of regions, used both to size and to carve. */
 typedef struct {
     float *q;     /* [T][h*(d_nope+m)] queries (RoPE applied to the pe part)    */
@@ -952,10 +1482,8 @@ typedef struct {
     float *kv;    /* [T][r+m] new latent rows (c normalised, k_pe roped)        */
     float *o;     /* [T][h*d_v] attention output before W_o                     */
     float *freq;  /* [m/2]                                                      */
-    float *qlat;  /* [h][r]    absorbed: query in latent space                  */
-    float *qpe;   /* [h][m]    absorbed: rope part of the query                 */
-    float *olat;  /* [h][r]    absorbed: attention output in latent space       */
-    float *sc;    /* [h][ctx+r+m]+[r+m] absorbed: scores, queries, a cache row  */
+    float *slots; /* MLA_MAX_THREADS attention slots (mla__slot_layout), sstride */
+    size_t sstride; /* floats apart (absorbed attention)                        */
     float *ckv;   /* [ctx][r]          naive: latent c of every cached token    */
     float *kpe;   /* [ctx][m]          naive: k_pe of every cached token        */
     float *kvd;   /* [ctx][h*(d_nope+d_v)] naive: decompressed k_nope, v        */
@@ -964,14 +1492,6 @@ typedef struct {
     float *p;     /* [h][ctx]              naive: probabilities                 */
     float *row;   /* [r+m]                 naive: converted cache row           */
 } mla__scratch;
-
-/* Regions are carved at 16-float (64-byte) steps. With base == NULL only the
-   size is computed. */
-static float *mla__carve(float *base, size_t *off, size_t n) {
-    float *p = base ? base + *off : NULL;
-    *off += (n + 15) & ~(size_t)15;
-    return p;
-}
 
 /* returns the number of floats; with base != NULL also sets the pointers */
 static size_t mla__scratch_layout(const mla_config *c, int T, int ctx, mla_mode mode,
@@ -986,12 +1506,9 @@ static size_t mla__scratch_layout(const mla_config *c, int T, int ctx, mla_mode 
     s->kv = mla__carve(base, &off, (size_t)T * (r + m));
     s->o = mla__carve(base, &off, (size_t)T * H * dv);
     s->freq = mla__carve(base, &off, m / 2 + 1);
-    if (mode == MLA_ABSORBED) {
-        s->qlat = mla__carve(base, &off, H * r);
-        s->qpe = mla__carve(base, &off, H * m + 1);
-        s->olat = mla__carve(base, &off, H * r);
-        s->sc = mla__carve(base, &off, H * ((size_t)ctx + r + m) + r + m);
-    } else {
+    s->sstride = mla__slot_layout((int)H, (int)(r + m), (int)r, NULL, NULL); /* both modes: a naive- */
+    s->slots = mla__carve(base, &off, MLA_MAX_THREADS * s->sstride);           /* sized one serves both */
+    if (mode == MLA_NAIVE) {
         s->ckv = mla__carve(base, &off, (size_t)ctx * r);
         s->kpe = mla__carve(base, &off, (size_t)ctx * m + 1);
         s->kvd = mla__carve(base, &off, (size_t)ctx * H * ((size_t)c->qk_nope_head_dim + dv));
@@ -1008,44 +1525,51 @@ MLADEF size_t mla_workspace_bytes(const mla_config *c, int max_tokens, int max_c
     return sizeof(float) * mla__scratch_layout(c, max_tokens, max_ctx, mode, NULL, NULL);
 }
 
-MLADEF mla_result mla_attend_latent(const mla_pool *pool, const mla_seq *seq, int layer,
-                                    int H, int n_ctx, const float *q_lat, const float *q_pe,
-                                    float scale, float *o_lat, float *scratch) {
-    int r, m, D, t, j, i;
-    float *sc = scratch, *qc, *buf;
-    if (!pool || !seq || !q_lat || !o_lat || !scratch || H <= 0 || n_ctx <= 0) return MLA_ERR_INVALID_ARG;
-    r = pool->kv_lora_rank; m = pool->qk_rope_head_dim; D = r + m;
+/* Checks of mla_attend_latent(_partial); sets up slot 0 with the query. */
+static mla_result mla__latent_setup(const mla_pool *pool, const mla_seq *seq, int layer, int H, int t1,
+                                    const float *q_lat, const float *q_pe, float scale, const float *o_lat,
+                                    void *scratch, size_t scratch_bytes, mla__rows *src, mla__slot *s0) {
+    int r, m;
+    if (!pool || !seq || !q_lat || !o_lat || !scratch || H <= 0 || t1 < 0) return MLA_ERR_INVALID_ARG;
+    r = pool->kv_lora_rank; m = pool->qk_rope_head_dim;
     if (m > 0 && !q_pe) return MLA_ERR_INVALID_ARG;
     if (layer < 0 || layer >= pool->n_layers) return MLA_ERR_INVALID_ARG;
-    if (n_ctx > seq->n_blocks * pool->block_size) return MLA_ERR_INVALID_ARG;
-    qc = scratch + (size_t)H * n_ctx;
-    buf = qc + (size_t)H * D;
-    for (j = 0; j < H; j++) { /* one query row [scale q_lat | scale q_pe] per head, like the cache rows */
-        for (i = 0; i < r; i++) qc[(size_t)j * D + i] = scale * q_lat[(size_t)j * r + i];
-        for (i = 0; i < m; i++) qc[(size_t)j * D + r + i] = scale * q_pe[(size_t)j * m + i];
-    }
-    /* pass 1: scores; every cached row is read once for all heads */
-    for (t = 0; t < n_ctx;) {
-        int nb = pool->block_size - t % pool->block_size; /* rows left in this block: contiguous */
-        if (nb > n_ctx - t) nb = n_ctx - t;
-        if (pool->type == MLA_F32) {
-            mla__gemm_nt(sc + t, (size_t)n_ctx, qc, (size_t)D, (const float *)mla_seq_row(pool, seq, layer, t),
-                         (size_t)D, H, nb, D, 0);
-        } else {
-            for (i = 0; i < nb; i++) {
-                const float *row = mla__load_row(mla_seq_row(pool, seq, layer, t + i), pool->type, buf, D);
-                for (j = 0; j < H; j++) sc[(size_t)j * n_ctx + t + i] = mla__dot(qc + (size_t)j * D, row, D);
-            }
-        }
-        t += nb;
-    }
-    for (j = 0; j < H; j++) mla__softmax(sc + (size_t)j * n_ctx, n_ctx);
-    /* pass 2: o_lat[j] = sum_t p[j][t] c[t], again one read per row */
-    memset(o_lat, 0, sizeof(float) * (size_t)H * (size_t)r);
-    for (t = 0; t < n_ctx; t++) {
-        const float *row = mla__load_row(mla_seq_row(pool, seq, layer, t), pool->type, buf, r);
-        for (j = 0; j < H; j++) mla__axpy(o_lat + (size_t)j * r, sc[(size_t)j * n_ctx + t], row, r);
-    }
+    if ((long)t1 > (long)seq->n_blocks * pool->block_size) return MLA_ERR_INVALID_ARG;
+    if (scratch_bytes < mla_attend_scratch_bytes(H, r, m)) return MLA_ERR_WORKSPACE;
+    memset(src, 0, sizeof *src);
+    src->type = pool->type; src->pool = pool; src->seq = seq; src->layer = layer;
+    mla__slot_layout(H, r + m, r, (float *)scratch, s0);
+    mla__att_query(&s0->a, pool->type, q_lat, (size_t)r, q_pe, (size_t)m, scale);
+    return MLA_OK;
+}
+
+MLADEF mla_result mla_attend_latent(const mla_pool *pool, const mla_seq *seq, int layer,
+                                    int H, int n_ctx, const float *q_lat, const float *q_pe,
+                                    float scale, float *o_lat, void *scratch, size_t scratch_bytes) {
+    mla__rows src;
+    mla__slot s0;
+    mla_result rc = mla__latent_setup(pool, seq, layer, H, n_ctx, q_lat, q_pe, scale, o_lat, scratch,
+                                      scratch_bytes, &src, &s0);
+    if (rc != MLA_OK) return rc;
+    if (n_ctx <= 0) return MLA_ERR_INVALID_ARG;
+    mla__attend_rows((float *)scratch, mla__slot_layout(H, pool->kv_lora_rank + pool->qk_rope_head_dim,
+                                                        pool->kv_lora_rank, NULL, NULL),
+                     &s0, &src, n_ctx, mla__threads(), o_lat);
+    return MLA_OK;
+}
+
+MLADEF mla_result mla_attend_latent_partial(const mla_pool *pool, const mla_seq *seq, int layer,
+                                            int H, int t0, int t1, const float *q_lat, const float *q_pe,
+                                            float scale, float *o_lat, float *lse, void *scratch,
+                                            size_t scratch_bytes) {
+    mla__rows src;
+    mla__slot s0;
+    mla_result rc = mla__latent_setup(pool, seq, layer, H, t1, q_lat, q_pe, scale, o_lat, scratch,
+                                      scratch_bytes, &src, &s0);
+    if (rc != MLA_OK) return rc;
+    if (!lse || t0 < 0 || t0 > t1) return MLA_ERR_INVALID_ARG;
+    mla__att_run(&s0.a, &src, t0, t1, lse);
+    memcpy(o_lat, s0.a.o, sizeof(float) * (size_t)H * pool->kv_lora_rank);
     return MLA_OK;
 }
 
@@ -1113,24 +1637,32 @@ static void mla__project(const mla_config *c, const mla_layer_weights *w, const 
     }
 }
 
-/* Absorbed attention of one token: q [h][qd] -> o [h][d_v] */
+/* Absorbed attention of one token: q [h][qd] -> o [h][d_v], in the slot at
+   base (slot i at base + i*sstride helps when threads > 1). */
 static void mla__attend_absorbed(const mla_config *c, const mla_layer_weights *w,
                                  const mla_pool *pool, const mla_seq *seq, int layer,
-                                 int n_ctx, const float *q, float *o, mla__scratch *s) {
+                                 int n_ctx, const float *q, float *o, float *base, size_t sstride,
+                                 int threads) {
     int H = c->n_heads, r = c->kv_lora_rank, m = c->qk_rope_head_dim, dn = c->qk_nope_head_dim;
     int dv = c->v_head_dim, qd = mla__qk_dim(c), j, i;
+    mla__slot s;
+    mla__rows src;
+    mla__slot_layout(H, r + m, r, base, &s);
     for (j = 0; j < H; j++) { /* q_lat[j] = W_uk[j]^T q_nope[j] */
         const float *qn = q + (size_t)j * qd;
         const float *wuk = w->w_kvb + (size_t)j * (dn + dv) * r;
-        float *ql = s->qlat + (size_t)j * r;
+        float *ql = s.qlat + (size_t)j * r;
         memset(ql, 0, sizeof(float) * (size_t)r);
         for (i = 0; i < dn; i++) mla__axpy(ql, qn[i], wuk + (size_t)i * r, r);
-        memcpy(s->qpe + (size_t)j * m, qn + dn, sizeof(float) * (size_t)m);
+        memcpy(s.qpe + (size_t)j * m, qn + dn, sizeof(float) * (size_t)m);
     }
-    mla_attend_latent(pool, seq, layer, H, n_ctx, s->qlat, s->qpe, mla_softmax_scale(c), s->olat, s->sc);
+    memset(&src, 0, sizeof src);
+    src.type = pool->type; src.pool = pool; src.seq = seq; src.layer = layer;
+    mla__att_query(&s.a, pool->type, s.qlat, (size_t)r, s.qpe, (size_t)m, mla_softmax_scale(c));
+    mla__attend_rows(base, sstride, &s, &src, n_ctx, threads, s.olat);
     for (j = 0; j < H; j++) { /* o[j] = W_uv[j] o_lat[j] */
         const float *wuv = w->w_kvb + ((size_t)j * (dn + dv) + dn) * r;
-        for (i = 0; i < dv; i++) o[(size_t)j * dv + i] = mla__dot(wuv + (size_t)i * r, s->olat + (size_t)j * r, r);
+        for (i = 0; i < dv; i++) o[(size_t)j * dv + i] = mla__dot(wuv + (size_t)i * r, s.olat + (size_t)j * r, r);
     }
 }
 
@@ -1143,8 +1675,7 @@ static void mla__attend_naive(const mla_config *c, const mla_layer_weights *w,
     int dv = c->v_head_dim, qd = mla__qk_dim(c), ctx = seq->len + chunk, t, j, i;
     float scale = mla_softmax_scale(c);
     for (t = 0; t < ctx; t++) {
-        const float *row = mla__load_row(mla_seq_row(pool, seq, layer, t), pool->type,
-                                         s->row, r + m);
+        const float *row = mla__load_row(mla_seq_row(pool, seq, layer, t), pool->type, s->row, r, m);
         memcpy(s->ckv + (size_t)t * r, row, sizeof(float) * (size_t)r);
         memcpy(s->kpe + (size_t)t * m, row + r, sizeof(float) * (size_t)m);
     }
@@ -1187,17 +1718,29 @@ static mla_result mla__run(const mla_config *c, const mla_layer_weights *w, mla_
     for (i = 0; i < T; i++) {
         const mla_seq *sq = &seqs[i / chunk];
         mla__store_row(mla_seq_row(pool, sq, layer, sq->len + i % chunk), pool->type,
-                       s.kv + (size_t)i * (r + m), r + m);
+                       s.kv + (size_t)i * (r + m), r, m);
     }
     for (b = 0; b < n_seq; b++) {
         const float *q = s.q + (size_t)b * chunk * H * qd;
         float *o = s.o + (size_t)b * chunk * H * dv;
-        if (mode == MLA_NAIVE) {
-            mla__attend_naive(c, w, pool, &seqs[b], layer, chunk, q, o, &s);
-        } else {
-            for (i = 0; i < chunk; i++)
-                mla__attend_absorbed(c, w, pool, &seqs[b], layer, seqs[b].len + i + 1,
-                                     q + (size_t)i * H * qd, o + (size_t)i * H * dv, &s);
+        if (mode == MLA_NAIVE) mla__attend_naive(c, w, pool, &seqs[b], layer, chunk, q, o, &s);
+    }
+    if (mode == MLA_ABSORBED) {
+        /* many tokens: one thread each; few: each token's context split over threads */
+        int threads = mla__threads(), items = T >= 4 * threads;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (items && threads > 1)
+#endif
+        for (i = 0; i < T; i++) {
+#ifdef _OPENMP
+            int slot = items ? omp_get_thread_num() : 0;
+#else
+            int slot = 0;
+#endif
+            const mla_seq *sq = &seqs[i / chunk];
+            mla__attend_absorbed(c, w, pool, sq, layer, sq->len + i % chunk + 1, s.q + (size_t)i * H * qd,
+                                 s.o + (size_t)i * H * dv, s.slots + slot * s.sstride, s.sstride,
+                                 items ? 1 : threads);
         }
     }
     mla_matmul(out, s.o, w->w_o, w->b_o, T, c->dim, H * dv);
@@ -1259,7 +1802,7 @@ MLADEF void mla_gqa_cache_free(mla_gqa_cache *c) {
     memset(c, 0, sizeof *c);
 }
 
-/* q [T][h*d], k, v [T][g*d], o [T][h*d], freq [d/2], p [h][ctx] */
+/* q [T][h*d], k, v [T][g*d], o [T][h*d], freq [d/2], p: attention slots */
 static size_t mla__gqa_layout(const mla_gqa_config *c, int T, int ctx, float *base, float **q,
                               float **k, float **v, float **o, float **freq, float **p) {
     size_t hd = (size_t)c->n_heads * c->head_dim, L = (size_t)c->n_kv_heads * c->head_dim, off = 0;
@@ -1268,8 +1811,37 @@ static size_t mla__gqa_layout(const mla_gqa_config *c, int T, int ctx, float *ba
     *v = mla__carve(base, &off, (size_t)T * L);
     *o = mla__carve(base, &off, (size_t)T * hd);
     *freq = mla__carve(base, &off, (size_t)c->head_dim / 2);
-    *p = mla__carve(base, &off, (size_t)c->n_heads * ctx);
+    *p = mla__carve(base, &off, MLA_MAX_THREADS * mla__slot_layout(c->n_heads / c->n_kv_heads, c->head_dim,
+                                                                   c->head_dim, NULL, NULL));
+    (void)ctx;
     return off;
+}
+
+/* GQA attention of T tokens (positions len0..) over cached k and v rows
+   (row stride rs bytes; group g's d values at element g*d): q [T][H][d] ->
+   o [T][H][d], the same kernel as MLA's. slots: MLA_MAX_THREADS slots. */
+static void mla__gqa_attend(int H, int G, int d, const float *q, int T, int len0, mla_dtype type,
+                            const char *k, const char *v, size_t rs, float scale, float *slots, float *o) {
+    int grp = H / G, threads = mla__threads(), items = T * G >= 4 * threads, it;
+    size_t ss = mla__slot_layout(grp, d, d, NULL, NULL), el = type == MLA_F32 ? 4 : 2;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (items && threads > 1)
+#endif
+    for (it = 0; it < T * G; it++) {
+        int i = it / G, g = it % G;
+#ifdef _OPENMP
+        float *sb = slots + (items ? omp_get_thread_num() : 0) * ss;
+#else
+        float *sb = slots;
+#endif
+        mla__slot s;
+        mla__rows src;
+        mla__slot_layout(grp, d, d, sb, &s);
+        memset(&src, 0, sizeof src);
+        src.type = type; src.k = k + (size_t)g * d * el; src.v = v + (size_t)g * d * el; src.ks = src.vs = rs;
+        mla__att_query(&s.a, type, q + ((size_t)i * H + (size_t)g * grp) * d, (size_t)d, NULL, 0, scale);
+        mla__attend_rows(sb, ss, &s, &src, len0 + i + 1, items ? 1 : threads, o + ((size_t)i * H + (size_t)g * grp) * d);
+    }
 }
 
 MLADEF size_t mla_gqa_workspace_bytes(const mla_gqa_config *c, int max_tokens, int max_ctx) {
@@ -1282,7 +1854,7 @@ MLADEF mla_result mla_gqa_forward(const mla_gqa_config *c, const mla_gqa_weights
                                   mla_gqa_cache *kc, int layer, const float *x, int T,
                                   float *out, void *ws, size_t ws_bytes) {
     float *q, *k, *v, *o, *freq, *p;
-    int H, G, d, L, grp, i, j, g, ctx;
+    int H, G, d, L, i, j;
     size_t base;
     float scale;
     mla_result rc = mla_gqa_config_validate(c, NULL);
@@ -1290,9 +1862,10 @@ MLADEF mla_result mla_gqa_forward(const mla_gqa_config *c, const mla_gqa_weights
     if (!w || !kc || !x || !out || !ws || T <= 0) return MLA_ERR_INVALID_ARG;
     if (!w->w_q || !w->w_k || !w->w_v || !w->w_o) return MLA_ERR_NULL_WEIGHT;
     if (c->attn_bias && (!w->b_q || !w->b_k || !w->b_v)) return MLA_ERR_NULL_WEIGHT;
-    H = c->n_heads; G = c->n_kv_heads; d = c->head_dim; L = G * d; grp = H / G;
+    H = c->n_heads; G = c->n_kv_heads; d = c->head_dim; L = G * d;
     if (layer < 0 || layer >= kc->n_layers) return MLA_ERR_INVALID_ARG;
     if (kc->kv_dim != L) return MLA_ERR_SHAPE;
+    if (kc->len < 0) return MLA_ERR_INVALID_ARG;
     if ((long)kc->len + T > mla__max_pos(c->max_seq_len)) return MLA_ERR_POSITION;
     if (kc->len + T > kc->capacity) return MLA_ERR_CACHE_FULL;
     if (ws_bytes < mla_gqa_workspace_bytes(c, T, kc->len + T)) return MLA_ERR_WORKSPACE;
@@ -1316,24 +1889,8 @@ MLADEF mla_result mla_gqa_forward(const mla_gqa_config *c, const mla_gqa_weights
         memcpy(kc->k + base + (size_t)pos * L, k + (size_t)i * L, sizeof(float) * (size_t)L);
         memcpy(kc->v + base + (size_t)pos * L, v + (size_t)i * L, sizeof(float) * (size_t)L);
     }
-    ctx = kc->len + T;
-#ifdef _OPENMP
-#pragma omp parallel for private(i, j) schedule(static) if ((long)T * ctx * H > 16384)
-#endif
-    for (g = 0; g < G; g++) /* the h/g heads of group g share its keys and values */
-        for (i = 0; i < T; i++) {
-            int n = kc->len + i + 1, t;
-            float *pg = p + (size_t)g * grp * ctx; /* rows of p for the group's heads */
-            const float *K = kc->k + base + (size_t)g * d, *V = kc->v + base + (size_t)g * d;
-            mla__gemm_nt(pg, (size_t)ctx, q + ((size_t)i * H + (size_t)g * grp) * d, (size_t)d, K, (size_t)L, grp, n, d, 0);
-            for (j = 0; j < grp; j++) {
-                float *pj = pg + (size_t)j * ctx, *oj = o + ((size_t)i * H + (size_t)g * grp + j) * d;
-                for (t = 0; t < n; t++) pj[t] *= scale;
-                mla__softmax(pj, n);
-                memset(oj, 0, sizeof(float) * (size_t)d);
-                for (t = 0; t < n; t++) mla__axpy(oj, pj[t], V + (size_t)t * L, d);
-            }
-        }
+    mla__gqa_attend(H, G, d, q, T, kc->len, MLA_F32, (const char *)(kc->k + base), (const char *)(kc->v + base),
+                    sizeof(float) * (size_t)L, scale, p, o);
     mla_matmul(out, o, w->w_o, w->b_o, T, c->dim, H * d);
     return MLA_OK;
 }

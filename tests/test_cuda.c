@@ -65,7 +65,7 @@ static double check_shape(int B, int H, int r, int m, int bs, const int *lens, m
     o_dev = (float *)malloc(sizeof(float) * B * H * r);
     for (i = 0; i < B * H * r; i++) ql[i] = fr();
     for (i = 0; i < B * H * m; i++) qp[i] = fr();
-    scratch = (float *)malloc(sizeof(float) * ((size_t)H * (max_len + 1 + r + m) + r + m));
+    scratch = (float *)malloc(mla_attend_scratch_bytes(H, r, m));
     for (b = 0; b < B; b++) { /* reference: mla.h over the same pool */
         mla_seq s;
         mla_seq_init(&s, tables + b * max_blocks, max_blocks);
@@ -73,7 +73,7 @@ static double check_shape(int B, int H, int r, int m, int bs, const int *lens, m
         s.len = lens[b];
         if (lens[b] > 0)
             CHECK(mla_attend_latent(&host, &s, layer, H, lens[b], ql + (size_t)b * H * r, qp + (size_t)b * H * m, scale,
-                                    o_ref + (size_t)b * H * r, scratch) == MLA_OK);
+                                    o_ref + (size_t)b * H * r, scratch, mla_attend_scratch_bytes(H, r, m)) == MLA_OK);
         else
             memset(o_ref + (size_t)b * H * r, 0, sizeof(float) * H * r);
     }
