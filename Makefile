@@ -71,7 +71,7 @@ demo: $(BIN)/demo $(MODEL)
 	./$(BIN)/demo $(MODEL)
 
 $(BIN)/bench: examples/bench.c mla.h | $(BIN)
-	$(CC) $(CFLAGS) -o $@ examples/bench.c $(LDLIBS)
+	$(CC) $(CFLAGS) $(OMP) -o $@ examples/bench.c $(LDLIBS)
 
 bench: $(BIN)/bench
 	./$(BIN)/bench

@@ -449,9 +449,11 @@ MLAPI void mla_rmsnorm(float *y, const float *x, const float *w, int n, float ep
 #ifdef MLA_USE_CBLAS
 #include <cblas.h>
 #endif
-#if !defined(MLA_NO_SIMD) && defined(__AVX2__) && defined(__FMA__)
+#if !defined(MLA_NO_SIMD) && defined(__AVX2__) && defined(__FMA__) && defined(__GNUC__)
 #define MLA__AVX2 1
 #include <immintrin.h>
+/* keeps a loaded vector in a register (GCC would fold the load into every use) */
+#define MLA__KEEP(v) __asm__("" : "+x"(v))
 #endif
 #ifdef _OPENMP
 #include <omp.h>
@@ -1022,6 +1024,7 @@ static float *mla__carve(float *base, size_t *off, size_t n) {
 /*     sum per head), P.V a second small GEMM; no score row of n_ctx.       */
 /* ---------------------------------------------------------------------- */
 #define MLA__TILE 32        /* cached rows per tile (at most)                 */
+#define MLA__PST (MLA__TILE + 4) /* row stride of the score tile (blocks may overhang) */
 #define MLA__SPLIT_ROWS 256 /* fewest rows worth a thread of their own        */
 #define MLA__HB 3           /* heads per register block (both GEMMs)          */
 static int mla__imin(int a, int b) { return a < b ? a : b; }
@@ -1065,7 +1068,7 @@ typedef struct {
     int r16, m16;       /* int8 rows: c (dv) and k_pe (dk-dv) parts padded to 16   */
     float *q;           /* [H][dk] queries, softmax scale folded in                */
     float *o, *mx, *l;  /* [Hp][dv] output (unnormalised), [H] running max and sum */
-    float *p;           /* [Hp][TILE] scores, then probabilities (pad rows 0)      */
+    float *p;           /* [Hp][PST] scores, then probabilities (pad rows 0)       */
     float *kb, *vb;     /* [TILE][dk], [TILE][dv] rows converted to f32            */
     int16_t *qi, *ki;   /* int8 rows: [H][r16+m16] query, [TILE][r16+m16] rows     */
     float *qs, *rs;     /* int8 rows: [2][H] query scales, [2][TILE] row scales    */
@@ -1091,7 +1094,7 @@ static size_t mla__slot_layout(int H, int dk, int dv, float *base, mla__slot *s)
     s->a.o = mla__carve(base, &off, Hp * dv);
     s->a.mx = mla__carve(base, &off, (size_t)H);
     s->a.l = mla__carve(base, &off, (size_t)H);
-    s->a.p = mla__carve(base, &off, Hp * T);
+    s->a.p = mla__carve(base, &off, Hp * MLA__PST);
     s->a.kb = mla__carve(base, &off, T * dk);
     s->a.vb = mla__carve(base, &off, T * dv);
     s->a.qi = (int16_t *)mla__carve(base, &off, (size_t)H * (r16 + m16) / 2);
@@ -1156,7 +1159,9 @@ static float mla__exp_sum(float *p, int n, float mx) {
     return sum;
 }
 
-/* s[j][t] (row stride MLA__TILE) = q_j . k_t, j < H, t < n; k rows ks floats apart */
+/* s[j][t] (row stride MLA__PST) = q_j . k_t, j < H, t < n; k rows ks floats apart.
+   Blocks of 3 heads x 4 rows: clamped pointers recompute the last head or row,
+   and s gets values (to be ignored) up to a multiple of 3 rows and 4 columns. */
 static void mla__scores_f32(const float *q, int H, int dk, const float *k, size_t ks, int n, float *s) {
     int j0, t0, j, t, i;
     for (j0 = 0; j0 < H; j0 += MLA__HB)
@@ -1172,13 +1177,13 @@ static void mla__scores_f32(const float *q, int H, int dk, const float *k, size_
                 __m256 a12 = a00, a13 = a00, a20 = a00, a21 = a00, a22 = a00, a23 = a00, w0, w1, w2, x;
                 for (; i + 8 <= dk; i += 8) {
                     w0 = _mm256_loadu_ps(qr[0] + i); w1 = _mm256_loadu_ps(qr[1] + i); w2 = _mm256_loadu_ps(qr[2] + i);
-                    x = _mm256_loadu_ps(kr[0] + i);
+                    x = _mm256_loadu_ps(kr[0] + i); MLA__KEEP(x);
                     a00 = _mm256_fmadd_ps(w0, x, a00); a10 = _mm256_fmadd_ps(w1, x, a10); a20 = _mm256_fmadd_ps(w2, x, a20);
-                    x = _mm256_loadu_ps(kr[1] + i);
+                    x = _mm256_loadu_ps(kr[1] + i); MLA__KEEP(x);
                     a01 = _mm256_fmadd_ps(w0, x, a01); a11 = _mm256_fmadd_ps(w1, x, a11); a21 = _mm256_fmadd_ps(w2, x, a21);
-                    x = _mm256_loadu_ps(kr[2] + i);
+                    x = _mm256_loadu_ps(kr[2] + i); MLA__KEEP(x);
                     a02 = _mm256_fmadd_ps(w0, x, a02); a12 = _mm256_fmadd_ps(w1, x, a12); a22 = _mm256_fmadd_ps(w2, x, a22);
-                    x = _mm256_loadu_ps(kr[3] + i);
+                    x = _mm256_loadu_ps(kr[3] + i); MLA__KEEP(x);
                     a03 = _mm256_fmadd_ps(w0, x, a03); a13 = _mm256_fmadd_ps(w1, x, a13); a23 = _mm256_fmadd_ps(w2, x, a23);
                 }
                 x = _mm256_setzero_ps();
@@ -1188,13 +1193,14 @@ static void mla__scores_f32(const float *q, int H, int dk, const float *k, size_
 #else
             memset(o, 0, sizeof o);
 #endif
-            for (j = 0; j < 3; j++)
-                for (t = 0; t < 4; t++) {
-                    int u;
-                    for (u = i; u < dk; u++) o[j * 4 + t] += qr[j][u] * kr[t][u];
-                }
-            for (j = 0; j < 3 && j0 + j < H; j++)
-                for (t = 0; t < 4 && t0 + t < n; t++) s[(size_t)(j0 + j) * MLA__TILE + t0 + t] = o[j * 4 + t];
+            if (i < dk)
+                for (j = 0; j < 3; j++)
+                    for (t = 0; t < 4; t++) {
+                        int u;
+                        for (u = i; u < dk; u++) o[j * 4 + t] += qr[j][u] * kr[t][u];
+                    }
+            for (j = 0; j < 3; j++) /* s has rows to a multiple of 3 and columns to TILE + 4 */
+                memcpy(s + (size_t)(j0 + j) * MLA__PST + t0, o + j * 4, 4 * sizeof(float));
         }
 }
 
@@ -1243,21 +1249,22 @@ static void mla__scores_i16(const int16_t *qi, size_t ldq, int H, const int16_t 
                 o[j] = acc;
             }
 #endif
-            for (j = 0; j < 3 && j0 + j < H; j++)
-                for (t = 0; t < 3 && t0 + t < n; t++) {
-                    float v = qs[j0 + j] * rs[t0 + t] * (float)o[j * 3 + t];
-                    float *d = s + (size_t)(j0 + j) * MLA__TILE + t0 + t;
+            for (j = 0; j < 3; j++)
+                for (t = 0; t < 3; t++) {
+                    float v = qs[mla__imin(j0 + j, H - 1)] * rs[mla__imin(t0 + t, n - 1)] * (float)o[j * 3 + t];
+                    float *d = s + (size_t)(j0 + j) * MLA__PST + t0 + t;
                     *d = add ? *d + v : v;
                 }
         }
 }
 
-/* o[j][0..dv) += sum_t p[j][t] v_t for j < Hp (pad rows of p are 0); v rows vs floats apart */
+/* o[j][0..dv) += sum_t p[j][t] v_t for j < Hp (pad rows of p are 0); v rows vs floats apart,
+   p rows MLA__PST apart */
 static void mla__pv_f32(float *o, int Hp, int dv, const float *p, const float *v, size_t vs, int n) {
     int j0, d = 0, t, j;
 #ifdef MLA__AVX2
     for (j0 = 0; j0 < Hp; j0 += 3) {
-        const float *p0 = p + (size_t)j0 * MLA__TILE, *p1 = p0 + MLA__TILE, *p2 = p1 + MLA__TILE;
+        const float *p0 = p + (size_t)j0 * MLA__PST, *p1 = p0 + MLA__PST, *p2 = p1 + MLA__PST;
         float *o0 = o + (size_t)j0 * dv, *o1 = o0 + dv, *o2 = o1 + dv;
         for (d = 0; d + 24 <= dv; d += 24) {
             __m256 a00 = _mm256_loadu_ps(o0 + d), a01 = _mm256_loadu_ps(o0 + d + 8), a02 = _mm256_loadu_ps(o0 + d + 16);
@@ -1266,6 +1273,7 @@ static void mla__pv_f32(float *o, int Hp, int dv, const float *p, const float *v
             for (t = 0; t < n; t++) {
                 const float *vt = v + (size_t)t * vs + d;
                 __m256 x0 = _mm256_loadu_ps(vt), x1 = _mm256_loadu_ps(vt + 8), x2 = _mm256_loadu_ps(vt + 16), b;
+                MLA__KEEP(x0); MLA__KEEP(x1); MLA__KEEP(x2);
                 b = _mm256_broadcast_ss(p0 + t);
                 a00 = _mm256_fmadd_ps(b, x0, a00); a01 = _mm256_fmadd_ps(b, x1, a01); a02 = _mm256_fmadd_ps(b, x2, a02);
                 b = _mm256_broadcast_ss(p1 + t);
@@ -1291,7 +1299,7 @@ static void mla__pv_f32(float *o, int Hp, int dv, const float *p, const float *v
 #endif
     for (j = 0; j < Hp; j++) /* the rest (all of it in the plain build) */
         for (t = 0; t < n; t++) {
-            float pj = p[(size_t)j * MLA__TILE + t], *oj = o + (size_t)j * dv;
+            float pj = p[(size_t)j * MLA__PST + t], *oj = o + (size_t)j * dv;
             const float *vt = v + (size_t)t * vs;
             int u;
             for (u = d; u < dv; u++) oj[u] += pj * vt[u];
@@ -1317,14 +1325,23 @@ static void mla__half_to_f32(float *dst, const uint16_t *src, int n, mla_dtype t
 /* int8 row [c (r) | k_pe (m) | pad | scale_c | scale_pe] -> int16 [r16 | m16] (zero
    padded), scales, and f32 c values (unscaled) */
 static void mla__i8_row(const int8_t *row, int r, int m, int r16, int16_t *ki, float *rs_c, float *rs_pe, float *cf) {
-    int i;
+    int i = 0, j = 0, m16 = (m + 15) & ~15;
     memcpy(rs_c, row + mla__i8_scales_at(r, m), 4);
     memcpy(rs_pe, row + mla__i8_scales_at(r, m) + 4, 4);
-    for (i = 0; i < r; i++) ki[i] = row[i];
+#ifdef MLA__AVX2
+    for (; i + 16 <= r; i += 16) {
+        __m256i w = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(row + i)));
+        _mm256_storeu_si256((__m256i *)(ki + i), w);
+        _mm256_storeu_ps(cf + i, _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(w))));
+        _mm256_storeu_ps(cf + i + 8, _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(w, 1))));
+    }
+    for (; j + 16 <= m; j += 16)
+        _mm256_storeu_si256((__m256i *)(ki + r16 + j), _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(row + r + j))));
+#endif
+    for (; i < r; i++) cf[i] = ki[i] = row[i];
     for (; i < r16; i++) ki[i] = 0;
-    for (i = 0; i < m; i++) ki[r16 + i] = row[r + i];
-    for (i = r16 + m; i < r16 + ((m + 15) & ~15); i++) ki[i] = 0;
-    for (i = 0; i < r; i++) cf[i] = (float)ki[i];
+    for (; j < m; j++) ki[r16 + j] = row[r + j];
+    for (; j < m16; j++) ki[r16 + j] = 0;
 }
 
 /* ---- one tile of n rows: scores, online softmax, P.V ---- */
@@ -1354,8 +1371,9 @@ static void mla__att_tile(mla__att *a, mla_dtype type, const char *k, size_t ks,
             vf = a->vb; vst = (size_t)dv;
         }
     }
+    for (j = H; j < a->Hp; j++) memset(a->p + (size_t)j * MLA__PST, 0, sizeof(float) * (size_t)n); /* pad heads */
     for (j = 0; j < H; j++) { /* online softmax: rescale what came before when the max grows */
-        float *pj = a->p + (size_t)j * MLA__TILE, mt = pj[0];
+        float *pj = a->p + (size_t)j * MLA__PST, mt = pj[0];
         for (t = 1; t < n; t++) mt = pj[t] > mt ? pj[t] : mt;
         if (mt > a->mx[j]) {
             float alpha = expf(a->mx[j] - mt), *oj = a->o + (size_t)j * dv;
@@ -1401,12 +1419,24 @@ static void mla__att_query(mla__att *a, mla_dtype type, const float *qa, size_t 
 static void mla__att_run(mla__att *a, const mla__rows *src, int t0, int t1, float *lse) {
     int H = a->H, dv = a->dv, j, t, n, u;
     memset(a->o, 0, sizeof(float) * (size_t)a->Hp * dv);
-    memset(a->p, 0, sizeof(float) * (size_t)a->Hp * MLA__TILE);
+    memset(a->p, 0, sizeof(float) * (size_t)a->Hp * MLA__PST);
     for (j = 0; j < H; j++) { a->mx[j] = -INFINITY; a->l[j] = 0.0f; }
     for (t = t0; t < t1; t += n) {
         const char *k, *v;
         size_t ks, vs;
         n = mla__rows_at(src, t, mla__imin(MLA__TILE, t1 - t), &k, &v, &ks, &vs);
+#ifdef MLA__AVX2
+        if (t + n < t1) { /* the next tile's rows travel while this one is computed */
+            const char *k2, *v2;
+            size_t ks2, vs2, b, el = src->type == MLA_F32 ? 4 : 2;
+            size_t kb = src->pool ? mla_pool_row_bytes(src->pool) : (size_t)a->dk * el, vb = src->pool ? 0 : (size_t)a->dv * el;
+            int n2 = mla__rows_at(src, t + n, mla__imin(MLA__TILE, t1 - t - n), &k2, &v2, &ks2, &vs2), u;
+            for (u = 0; u < n2; u++) {
+                for (b = 0; b < kb; b += 64) _mm_prefetch(k2 + u * ks2 + b, _MM_HINT_T0);
+                for (b = 0; b < vb; b += 64) _mm_prefetch(v2 + u * vs2 + b, _MM_HINT_T0);
+            }
+        }
+#endif
         mla__att_tile(a, src->type, k, ks, v, vs, n);
     }
     for (j = 0; j < H; j++) {
@@ -1451,28 +1481,52 @@ static int mla__threads(void) {
 #endif
 }
 
-/* All n rows of src for the query in slot 0 (set by mla__att_query), split
-   over up to `threads` threads (slot i at base + i*sstride takes part i):
-   out [H][dv]. */
-static void mla__attend_rows(float *base, size_t sstride, mla__slot *s0, const mla__rows *src, int n, int threads,
-                             float *out) {
-    int parts = mla__imin(threads, n / MLA__SPLIT_ROWS), i;
-    mla__att *a0 = &s0->a;
-    if (parts <= 1) {
-        mla__att_run(a0, src, 0, n, s0->lse);
-        memcpy(out, a0->o, sizeof(float) * (size_t)a0->H * a0->dv);
-        return;
-    }
+/* One query set (H heads) against rows 0..n-1 of src -> out [H][dv]. */
+typedef struct {
+    const float *qa, *qb; /* query parts and row strides (mla__att_query) */
+    size_t lda, ldb;
+    mla__rows src;
+    int n;
+    float *out;
+} mla__job;
+
+static int mla__gcd(int a, int b) { return b ? mla__gcd(b, a % b) : a; }
+
+/* Runs nj jobs (same H, dk, dv, type) on up to `threads` threads in one
+   parallel region. With fewer jobs than threads each job's rows are split
+   into parts (so that jobs x parts spreads evenly), merged by their LSE.
+   Slot u at base + u*sstride holds one job or part. Deterministic for a
+   given thread count. */
+static void mla__attend_jobs(const mla__job *jobs, int nj, int H, int dk, int dv, float scale, float *base,
+                             size_t sstride, int threads) {
+    int parts = 1, minn = jobs[0].n, u, j;
+    for (j = 1; j < nj; j++) minn = mla__imin(minn, jobs[j].n);
+    if (threads > 1 && nj < 2 * threads)
+        parts = mla__imin(mla__imin(threads / mla__gcd(nj, threads), MLA_MAX_THREADS / nj), minn / MLA__SPLIT_ROWS);
+    if (parts < 1) parts = 1;
 #ifdef _OPENMP
-#pragma omp parallel for num_threads(parts) schedule(static, 1)
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && nj * parts > 1)
 #endif
-    for (i = 0; i < parts; i++) {
-        mla__slot si; /* its own buffers, slot 0's query */
-        mla__slot_layout(a0->H, a0->dk, a0->dv, base + i * sstride, &si);
-        si.a.q = a0->q; si.a.qi = a0->qi; si.a.qs = a0->qs;
-        mla__att_run(&si.a, src, (int)((long)n * i / parts), (int)((long)n * (i + 1) / parts), si.lse);
+    for (u = 0; u < nj * parts; u++) {
+        const mla__job *jb = &jobs[u / parts];
+        int part = u % parts, slot = u;
+        mla__slot s;
+#ifdef _OPENMP
+        if (parts == 1) slot = threads > 1 && nj > 1 ? omp_get_thread_num() : 0;
+#else
+        if (parts == 1) slot = 0;
+#endif
+        mla__slot_layout(H, dk, dv, base + slot * sstride, &s);
+        mla__att_query(&s.a, jb->src.type, jb->qa, jb->lda, jb->qb, jb->ldb, scale);
+        mla__att_run(&s.a, &jb->src, (int)((long)jb->n * part / parts), (int)((long)jb->n * (part + 1) / parts), s.lse);
+        if (parts == 1) memcpy(jb->out, s.a.o, sizeof(float) * (size_t)H * dv);
     }
-    mla__merge(a0->H, a0->dv, parts, a0->o, sstride, s0->lse, sstride, out, NULL);
+    if (parts > 1)
+        for (j = 0; j < nj; j++) {
+            mla__slot s;
+            mla__slot_layout(H, dk, dv, base + (size_t)j * parts * sstride, &s);
+            mla__merge(H, dv, parts, s.a.o, sstride, s.lse, sstride, jobs[j].out, NULL);
+        }
 }
 
 /* Scratch layout: one list of regions, used both to size and to carve. */
@@ -1525,10 +1579,10 @@ MLADEF size_t mla_workspace_bytes(const mla_config *c, int max_tokens, int max_c
     return sizeof(float) * mla__scratch_layout(c, max_tokens, max_ctx, mode, NULL, NULL);
 }
 
-/* Checks of mla_attend_latent(_partial); sets up slot 0 with the query. */
+/* Checks of mla_attend_latent(_partial); the job for rows 0..t1-1. */
 static mla_result mla__latent_setup(const mla_pool *pool, const mla_seq *seq, int layer, int H, int t1,
-                                    const float *q_lat, const float *q_pe, float scale, const float *o_lat,
-                                    void *scratch, size_t scratch_bytes, mla__rows *src, mla__slot *s0) {
+                                    const float *q_lat, const float *q_pe, float *o_lat, void *scratch,
+                                    size_t scratch_bytes, mla__job *jb) {
     int r, m;
     if (!pool || !seq || !q_lat || !o_lat || !scratch || H <= 0 || t1 < 0) return MLA_ERR_INVALID_ARG;
     r = pool->kv_lora_rank; m = pool->qk_rope_head_dim;
@@ -1536,25 +1590,24 @@ static mla_result mla__latent_setup(const mla_pool *pool, const mla_seq *seq, in
     if (layer < 0 || layer >= pool->n_layers) return MLA_ERR_INVALID_ARG;
     if ((long)t1 > (long)seq->n_blocks * pool->block_size) return MLA_ERR_INVALID_ARG;
     if (scratch_bytes < mla_attend_scratch_bytes(H, r, m)) return MLA_ERR_WORKSPACE;
-    memset(src, 0, sizeof *src);
-    src->type = pool->type; src->pool = pool; src->seq = seq; src->layer = layer;
-    mla__slot_layout(H, r + m, r, (float *)scratch, s0);
-    mla__att_query(&s0->a, pool->type, q_lat, (size_t)r, q_pe, (size_t)m, scale);
+    memset(jb, 0, sizeof *jb);
+    jb->qa = q_lat; jb->lda = (size_t)r; jb->qb = q_pe; jb->ldb = (size_t)m;
+    jb->src.type = pool->type; jb->src.pool = pool; jb->src.seq = seq; jb->src.layer = layer;
+    jb->n = t1; jb->out = o_lat;
     return MLA_OK;
 }
 
 MLADEF mla_result mla_attend_latent(const mla_pool *pool, const mla_seq *seq, int layer,
                                     int H, int n_ctx, const float *q_lat, const float *q_pe,
                                     float scale, float *o_lat, void *scratch, size_t scratch_bytes) {
-    mla__rows src;
-    mla__slot s0;
-    mla_result rc = mla__latent_setup(pool, seq, layer, H, n_ctx, q_lat, q_pe, scale, o_lat, scratch,
-                                      scratch_bytes, &src, &s0);
+    mla__job jb;
+    int r, m;
+    mla_result rc = mla__latent_setup(pool, seq, layer, H, n_ctx, q_lat, q_pe, o_lat, scratch, scratch_bytes, &jb);
     if (rc != MLA_OK) return rc;
     if (n_ctx <= 0) return MLA_ERR_INVALID_ARG;
-    mla__attend_rows((float *)scratch, mla__slot_layout(H, pool->kv_lora_rank + pool->qk_rope_head_dim,
-                                                        pool->kv_lora_rank, NULL, NULL),
-                     &s0, &src, n_ctx, mla__threads(), o_lat);
+    r = pool->kv_lora_rank; m = pool->qk_rope_head_dim;
+    mla__attend_jobs(&jb, 1, H, r + m, r, scale, (float *)scratch, mla__slot_layout(H, r + m, r, NULL, NULL),
+                     mla__threads());
     return MLA_OK;
 }
 
@@ -1562,14 +1615,17 @@ MLADEF mla_result mla_attend_latent_partial(const mla_pool *pool, const mla_seq 
                                             int H, int t0, int t1, const float *q_lat, const float *q_pe,
                                             float scale, float *o_lat, float *lse, void *scratch,
                                             size_t scratch_bytes) {
-    mla__rows src;
-    mla__slot s0;
-    mla_result rc = mla__latent_setup(pool, seq, layer, H, t1, q_lat, q_pe, scale, o_lat, scratch,
-                                      scratch_bytes, &src, &s0);
+    mla__job jb;
+    mla__slot s;
+    int r, m;
+    mla_result rc = mla__latent_setup(pool, seq, layer, H, t1, q_lat, q_pe, o_lat, scratch, scratch_bytes, &jb);
     if (rc != MLA_OK) return rc;
     if (!lse || t0 < 0 || t0 > t1) return MLA_ERR_INVALID_ARG;
-    mla__att_run(&s0.a, &src, t0, t1, lse);
-    memcpy(o_lat, s0.a.o, sizeof(float) * (size_t)H * pool->kv_lora_rank);
+    r = pool->kv_lora_rank; m = pool->qk_rope_head_dim;
+    mla__slot_layout(H, r + m, r, (float *)scratch, &s);
+    mla__att_query(&s.a, pool->type, q_lat, (size_t)r, q_pe, (size_t)m, scale);
+    mla__att_run(&s.a, &jb.src, t0, t1, lse);
+    memcpy(o_lat, s.a.o, sizeof(float) * (size_t)H * r);
     return MLA_OK;
 }
 
@@ -1646,7 +1702,7 @@ static void mla__attend_absorbed(const mla_config *c, const mla_layer_weights *w
     int H = c->n_heads, r = c->kv_lora_rank, m = c->qk_rope_head_dim, dn = c->qk_nope_head_dim;
     int dv = c->v_head_dim, qd = mla__qk_dim(c), j, i;
     mla__slot s;
-    mla__rows src;
+    mla__job jb;
     mla__slot_layout(H, r + m, r, base, &s);
     for (j = 0; j < H; j++) { /* q_lat[j] = W_uk[j]^T q_nope[j] */
         const float *qn = q + (size_t)j * qd;
@@ -1654,12 +1710,12 @@ static void mla__attend_absorbed(const mla_config *c, const mla_layer_weights *w
         float *ql = s.qlat + (size_t)j * r;
         memset(ql, 0, sizeof(float) * (size_t)r);
         for (i = 0; i < dn; i++) mla__axpy(ql, qn[i], wuk + (size_t)i * r, r);
-        memcpy(s.qpe + (size_t)j * m, qn + dn, sizeof(float) * (size_t)m);
     }
-    memset(&src, 0, sizeof src);
-    src.type = pool->type; src.pool = pool; src.seq = seq; src.layer = layer;
-    mla__att_query(&s.a, pool->type, s.qlat, (size_t)r, s.qpe, (size_t)m, mla_softmax_scale(c));
-    mla__attend_rows(base, sstride, &s, &src, n_ctx, threads, s.olat);
+    memset(&jb, 0, sizeof jb);
+    jb.qa = s.qlat; jb.lda = (size_t)r; jb.qb = q + dn; jb.ldb = (size_t)qd; /* q_pe: in place */
+    jb.src.type = pool->type; jb.src.pool = pool; jb.src.seq = seq; jb.src.layer = layer;
+    jb.n = n_ctx; jb.out = s.olat;
+    mla__attend_jobs(&jb, 1, H, r + m, r, mla_softmax_scale(c), base, sstride, threads);
     for (j = 0; j < H; j++) { /* o[j] = W_uv[j] o_lat[j] */
         const float *wuv = w->w_kvb + ((size_t)j * (dn + dv) + dn) * r;
         for (i = 0; i < dv; i++) o[(size_t)j * dv + i] = mla__dot(wuv + (size_t)i * r, s.olat + (size_t)j * r, r);
@@ -1822,25 +1878,42 @@ static size_t mla__gqa_layout(const mla_gqa_config *c, int T, int ctx, float *ba
    o [T][H][d], the same kernel as MLA's. slots: MLA_MAX_THREADS slots. */
 static void mla__gqa_attend(int H, int G, int d, const float *q, int T, int len0, mla_dtype type,
                             const char *k, const char *v, size_t rs, float scale, float *slots, float *o) {
-    int grp = H / G, threads = mla__threads(), items = T * G >= 4 * threads, it;
+    int grp = H / G, threads = mla__threads(), items = T * G >= 4 * threads, i, g;
     size_t ss = mla__slot_layout(grp, d, d, NULL, NULL), el = type == MLA_F32 ? 4 : 2;
+    mla__job jb;
+    memset(&jb, 0, sizeof jb);
+    jb.lda = (size_t)d; jb.src.type = type; jb.src.ks = jb.src.vs = rs;
+    if (items) { /* many (token, group) pairs: one thread each */
 #ifdef _OPENMP
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (items && threads > 1)
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) firstprivate(jb) if (threads > 1)
 #endif
-    for (it = 0; it < T * G; it++) {
-        int i = it / G, g = it % G;
+        for (i = 0; i < T * G; i++) {
+            int t = i / G, gg = i % G;
 #ifdef _OPENMP
-        float *sb = slots + (items ? omp_get_thread_num() : 0) * ss;
+            float *sb = slots + omp_get_thread_num() * ss;
 #else
-        float *sb = slots;
+            float *sb = slots;
 #endif
-        mla__slot s;
-        mla__rows src;
-        mla__slot_layout(grp, d, d, sb, &s);
-        memset(&src, 0, sizeof src);
-        src.type = type; src.k = k + (size_t)g * d * el; src.v = v + (size_t)g * d * el; src.ks = src.vs = rs;
-        mla__att_query(&s.a, type, q + ((size_t)i * H + (size_t)g * grp) * d, (size_t)d, NULL, 0, scale);
-        mla__attend_rows(sb, ss, &s, &src, len0 + i + 1, items ? 1 : threads, o + ((size_t)i * H + (size_t)g * grp) * d);
+            jb.qa = q + ((size_t)t * H + (size_t)gg * grp) * d;
+            jb.src.k = k + (size_t)gg * d * el; jb.src.v = v + (size_t)gg * d * el;
+            jb.n = len0 + t + 1; jb.out = o + ((size_t)t * H + (size_t)gg * grp) * d;
+            mla__attend_jobs(&jb, 1, grp, d, d, scale, sb, ss, 1);
+        }
+        return;
+    }
+    for (i = 0; i < T; i++) { /* few: the groups of a token together, rows split over threads */
+        mla__job jobs[MLA_MAX_THREADS];
+        int g0;
+        for (g0 = 0; g0 < G; g0 += MLA_MAX_THREADS) {
+            int ng = mla__imin(MLA_MAX_THREADS, G - g0);
+            for (g = 0; g < ng; g++) {
+                jobs[g] = jb;
+                jobs[g].qa = q + ((size_t)i * H + (size_t)(g0 + g) * grp) * d;
+                jobs[g].src.k = k + (size_t)(g0 + g) * d * el; jobs[g].src.v = v + (size_t)(g0 + g) * d * el;
+                jobs[g].n = len0 + i + 1; jobs[g].out = o + ((size_t)i * H + (size_t)(g0 + g) * grp) * d;
+            }
+            mla__attend_jobs(jobs, ng, grp, d, d, scale, slots, ss, threads);
+        }
     }
 }
 

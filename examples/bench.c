@@ -1,7 +1,23 @@
-/* make bench: one attention layer's decode step, GQA vs its MLA conversion
-   (SmolLM2-135M shapes: D=576, 9 heads, 3 KV heads of 64; MLA r=128, m=64,
-   half the cache), at several context lengths, in one process. Also the
-   batched paged decode. Timings are CPU wall time; compare the ratios. */
+/* make bench: how fast is the decode attention on this CPU, against what the
+   machine can do, and MLA against GQA, in one run.
+
+   1. Machine: memory bandwidth (a STREAM-style triad over 3 x 128 MB) and
+      compute peaks (fp32 FMA; int16 multiply-add, what the int8 cache uses),
+      1 and 2 threads, measured here.
+   2. The absorbed attention kernel (mla_attend_latent: the latent rows read
+      once for all heads) at DeepSeek-V3 shape (128 heads, r 512 + m 64) and
+      at converted-SmolLM2 shape (9 heads, 128 + 64): contexts 1K..32K, batch
+      1 and 8, 1 and 2 threads, f32 / bf16 / int8 cache. Roofline fraction =
+      max(bytes / bandwidth, flops / compute peak) / measured time, where the
+      compute peak is that of the instructions the kernel uses on this CPU
+      (f32 and bf16 rows: fp32 FMA; int8 rows: int16 madd for the scores and
+      fp32 FMA for P.V).
+   3. MLA (r 128, m 64: half the KV cache) vs GQA (3 KV heads of 64) at
+      SmolLM2 shapes, per layer, with the working set of a 30-layer model (each
+      step runs all 30 layers' attention), both with the same kernel, bf16
+      caches (and MLA int8). MLA includes its absorption (W_uk into the query,
+      W_uv after attention); projections are left out on both sides.
+   Timings are wall time; compare ratios within a run. */
 #define _POSIX_C_SOURCE 199309L
 #define MLA_IMPLEMENTATION
 #include "../mla.h"
@@ -15,73 +31,304 @@ static double now(void) {
     clock_gettime(CLOCK_MONOTONIC, &t);
     return t.tv_sec + 1e-9 * t.tv_nsec;
 }
+static void set_threads(int n) {
+#ifdef _OPENMP
+    omp_set_num_threads(n);
+#else
+    (void)n;
+#endif
+}
 static unsigned long long s_ = 7;
+static float frand(void) {
+    s_ ^= s_ << 13; s_ ^= s_ >> 7; s_ ^= s_ << 17;
+    return (float)(s_ >> 40) / 16777216.0f - 0.5f;
+}
 static float *rnd(size_t n, float scale) {
     float *p = (float *)malloc(sizeof(float) * n);
     size_t i;
-    for (i = 0; i < n; i++) {
-        s_ ^= s_ << 13; s_ ^= s_ >> 7; s_ ^= s_ << 17;
-        p[i] = ((float)(s_ >> 40) / 16777216.0f - 0.5f) * scale;
-    }
+    for (i = 0; i < n; i++) p[i] = frand() * scale;
     return p;
 }
 
-int main(void) {
-    const int D = 576, H = 9, G = 3, d = 64, r = 128, m = 64, ctxs[] = {512, 2048, 8192, 32768};
-    mla_gqa_config gc;
-    mla_gqa_weights gw;
-    mla_config mc;
-    mla_layer_weights mw;
-    int ci;
-    memset(&gc, 0, sizeof gc);
-    gc.dim = D; gc.n_heads = H; gc.n_kv_heads = G; gc.head_dim = d; gc.rope_theta = 100000;
-    memset(&gw, 0, sizeof gw);
-    gw.w_q = rnd((size_t)H * d * D, 0.1f); gw.w_k = rnd((size_t)G * d * D, 0.1f);
-    gw.w_v = rnd((size_t)G * d * D, 0.1f); gw.w_o = rnd((size_t)D * H * d, 0.1f);
-    memset(&mc, 0, sizeof mc);
-    mc.dim = D; mc.n_heads = H; mc.kv_lora_rank = r; mc.qk_nope_head_dim = d; mc.qk_rope_head_dim = m;
-    mc.v_head_dim = d; mc.rope_theta = 100000;
-    memset(&mw, 0, sizeof mw);
-    mw.w_q = rnd((size_t)H * (d + m) * D, 0.1f); mw.w_kva = rnd((size_t)(r + m) * D, 0.1f);
-    mw.w_kvb = rnd((size_t)H * 2 * d * r, 0.1f); mw.w_o = rnd((size_t)D * H * d, 0.1f);
-    printf("one attention layer, decode step (1 token), SmolLM2-135M shapes, 1 thread\n");
-    printf("%7s | %14s %12s | %14s %12s | %8s\n", "context", "GQA us/step", "KV B/token", "MLA us/step", "KV B/token", "MLA/GQA");
-    for (ci = 0; ci < 4; ci++) {
-        int ctx = ctxs[ci], it, iters = ctx > 8192 ? 40 : 200;
-        mla_gqa_cache kc;
-        mla_cache cache;
-        float *x = rnd(D, 1.0f), *out = (float *)malloc(sizeof(float) * D);
-        size_t gb = mla_gqa_workspace_bytes(&gc, 1, ctx + 1), mb = mla_workspace_bytes(&mc, 1, ctx + 1, MLA_ABSORBED);
-        void *gws = malloc(gb), *mws = malloc(mb);
-        double tg, tm;
-        float *fill;
-        mla_gqa_cache_init(&kc, 1, ctx + 1, G * d);
-        fill = rnd((size_t)ctx * G * d, 1.0f);
-        memcpy(kc.k, fill, sizeof(float) * ctx * G * d);
-        memcpy(kc.v, fill, sizeof(float) * ctx * G * d);
-        kc.len = ctx;
-        mla_cache_init(&cache, MLA_F32, 1, r, m, ctx + 1, NULL);
-        free(fill);
-        fill = rnd((size_t)ctx * (r + m), 1.0f);
-        memcpy(cache.pool.data, fill, sizeof(float) * ctx * (r + m));
-        free(fill);
-        mla_seq_reserve(&cache.pool, &cache.seq, ctx);
-        cache.seq.len = ctx;
-        for (it = 0; it < 5; it++) { /* warm up; the step writes row ctx and does not advance */
-            mla_gqa_forward(&gc, &gw, &kc, 0, x, 1, out, gws, gb);
-            mla_decode(&mc, &mw, &cache.pool, &cache.seq, 1, 0, x, out, mws, mb);
-        }
-        tg = now();
-        for (it = 0; it < iters; it++) mla_gqa_forward(&gc, &gw, &kc, 0, x, 1, out, gws, gb);
-        tg = (now() - tg) / iters;
-        tm = now();
-        for (it = 0; it < iters; it++) mla_decode(&mc, &mw, &cache.pool, &cache.seq, 1, 0, x, out, mws, mb);
-        tm = (now() - tm) / iters;
-        printf("%7d | %14.1f %12d | %14.1f %12d | %8.2f\n", ctx, tg * 1e6, 2 * G * d * 2, tm * 1e6, (r + m) * 2, tm / tg);
-        mla_gqa_cache_free(&kc);
-        mla_cache_free(&cache);
-        free(x); free(out); free(gws); free(mws);
+/* ---- 1. machine ---- */
+static double triad_gbs(int threads) {
+    size_t n = (size_t)32 << 20, i;
+    float *a = (float *)malloc(4 * n), *b = (float *)malloc(4 * n), *c = (float *)malloc(4 * n);
+    double best = 1e30;
+    int rep;
+    long k;
+    set_threads(threads);
+#ifdef _OPENMP
+#pragma omp parallel for
+#endif
+    for (k = 0; k < (long)n; k++) { a[k] = 0; b[k] = 1; c[k] = 2; }
+    for (rep = 0; rep < 5; rep++) {
+        double t = now();
+#ifdef _OPENMP
+#pragma omp parallel for
+#endif
+        for (k = 0; k < (long)n; k++) a[k] = b[k] + 0.5f * c[k];
+        t = now() - t;
+        if (t < best) best = t;
     }
-    printf("(KV bytes per token per layer at f16; both caches here are f32 in memory)\n");
+    for (i = 0; i < n; i += 1 << 20) best += a[i] * 1e-30; /* keep a */
+    free(a); free(b); free(c);
+    return 3.0 * 4 * n / best / 1e9;
+}
+
+/* fp32 FMA (kind 0) or int16 madd (kind 1) peak, GFLOP/s (a multiply-add = 2) */
+static double peak_gflops(int kind, int threads) {
+    double best = 1e30, sink = 0;
+    long iters = 20000000;
+    int rep;
+    set_threads(threads);
+    for (rep = 0; rep < 3; rep++) {
+        double t = now();
+#ifdef _OPENMP
+#pragma omp parallel reduction(+ : sink)
+#endif
+        {
+#ifdef MLA__AVX2
+            long i;
+            if (kind == 0) {
+                __m256 x = _mm256_set1_ps(0.999f), y = _mm256_set1_ps(1e-7f), a0 = y, a1 = y, a2 = y, a3 = y, a4 = y, a5 = y;
+                __m256 a6 = y, a7 = y, a8 = y, a9 = y;
+                float o[8];
+                for (i = 0; i < iters / 10; i++) {
+                    a0 = _mm256_fmadd_ps(a0, x, y); a1 = _mm256_fmadd_ps(a1, x, y); a2 = _mm256_fmadd_ps(a2, x, y);
+                    a3 = _mm256_fmadd_ps(a3, x, y); a4 = _mm256_fmadd_ps(a4, x, y); a5 = _mm256_fmadd_ps(a5, x, y);
+                    a6 = _mm256_fmadd_ps(a6, x, y); a7 = _mm256_fmadd_ps(a7, x, y); a8 = _mm256_fmadd_ps(a8, x, y);
+                    a9 = _mm256_fmadd_ps(a9, x, y);
+                }
+                a0 = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)),
+                                   _mm256_add_ps(_mm256_add_ps(a4, a5), _mm256_add_ps(_mm256_add_ps(a6, a7), _mm256_add_ps(a8, a9))));
+                _mm256_storeu_ps(o, a0);
+                sink += o[0];
+            } else {
+                __m256i x = _mm256_set1_epi16(3), a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0;
+                __m256i a6 = a0, a7 = a0, a8 = a0, a9 = a0, y0 = _mm256_set1_epi16(1), y1 = _mm256_set1_epi16(2);
+                int o[8];
+                for (i = 0; i < iters / 10; i++) {
+                    a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(x, y0)); a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(x, y1));
+                    a2 = _mm256_add_epi32(a2, _mm256_madd_epi16(x, y0)); a3 = _mm256_add_epi32(a3, _mm256_madd_epi16(x, y1));
+                    a4 = _mm256_add_epi32(a4, _mm256_madd_epi16(x, y0)); a5 = _mm256_add_epi32(a5, _mm256_madd_epi16(x, y1));
+                    a6 = _mm256_add_epi32(a6, _mm256_madd_epi16(x, y0)); a7 = _mm256_add_epi32(a7, _mm256_madd_epi16(x, y1));
+                    a8 = _mm256_add_epi32(a8, _mm256_madd_epi16(x, y0)); a9 = _mm256_add_epi32(a9, _mm256_madd_epi16(x, y1));
+                    __asm__ volatile("" : "+x"(y0), "+x"(y1));
+                }
+                a0 = _mm256_add_epi32(_mm256_add_epi32(_mm256_add_epi32(a0, a1), _mm256_add_epi32(a2, a3)),
+                                      _mm256_add_epi32(_mm256_add_epi32(a4, a5), _mm256_add_epi32(_mm256_add_epi32(a6, a7), _mm256_add_epi32(a8, a9))));
+                _mm256_storeu_si256((__m256i *)o, a0);
+                sink += o[0];
+            }
+#else
+            (void)iters;
+#endif
+        }
+        t = now() - t;
+        if (t < best) best = t;
+    }
+    if (sink == 1234.5) printf(" ");
+#ifdef MLA__AVX2
+    return (double)threads * iters * 16 * (kind == 0 ? 1 : 2) / best / 1e9;
+#else
+    (void)kind;
+    return 0;
+#endif
+}
+
+/* ---- 2. the kernel ---- */
+typedef struct { double bw[3], fma[3], madd[3]; } machine;
+
+static const char *tname(mla_dtype t) { return t == MLA_F32 ? "f32" : t == MLA_BF16 ? "bf16" : t == MLA_I8 ? "int8" : "f16"; }
+
+/* B sequences of ctx rows each in one pool; returns seconds per step (all B) */
+static double time_kernel(int H, int r, int m, int ctx, int B, int threads, mla_dtype type) {
+    int bs = 64, nbs = (ctx + bs - 1) / bs, nb = nbs * B, b, i, it, iters;
+    mla_pool pool;
+    mla_seq *seqs = (mla_seq *)malloc(sizeof(mla_seq) * B);
+    int *tables = (int *)malloc(sizeof(int) * nb);
+    size_t rb, sb = mla_attend_scratch_bytes(H, r, m);
+    float *row = rnd((size_t)r + m, 2.0f), *ql = rnd((size_t)B * H * r, 1.0f), *qp = rnd((size_t)B * H * m + 1, 1.0f);
+    float *o = (float *)malloc(sizeof(float) * B * H * r);
+    char *scratch = (char *)malloc(sb * (threads > B ? 1 : (size_t)threads)), *blk;
+    double t, best = 1e30;
+    if (mla_pool_init(&pool, type, 1, r, m, bs, nb, NULL) != MLA_OK) { printf("pool: out of memory\n"); exit(1); }
+    rb = mla_pool_row_bytes(&pool);
+    blk = (char *)pool.data;
+    for (i = 0; i < bs; i++) { /* one block of random rows, copied into every block */
+        int u;
+        for (u = 0; u < r + m; u++) row[u] = frand() * 2.0f;
+        mla__store_row(blk + i * rb, type, row, r, m);
+    }
+    for (i = 1; i < nb; i++) memcpy(blk + (size_t)i * bs * rb, blk, bs * rb);
+    for (b = 0; b < B; b++) {
+        mla_seq_init(&seqs[b], tables + b * nbs, nbs);
+        mla_seq_reserve(&pool, &seqs[b], ctx);
+        seqs[b].len = ctx;
+    }
+    set_threads(threads);
+    iters = (int)(2e8 / ((double)B * ctx * H * (4.0 * r + 2 * m))) + 1;
+    if (iters > 50) iters = 50;
+    for (it = 0; it < 1 + 2 * iters; it++) {
+        t = now();
+        if (B >= threads) {
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads) schedule(static)
+#endif
+            for (b = 0; b < B; b++) {
+#ifdef _OPENMP
+                char *sc = scratch + (size_t)omp_get_thread_num() * sb;
+#else
+                char *sc = scratch;
+#endif
+                mla__slot s0;
+                mla__rows src;
+                memset(&src, 0, sizeof src);
+                src.type = type; src.pool = &pool; src.seq = &seqs[b];
+                mla__slot_layout(H, r + m, r, (float *)sc, &s0);
+                mla__att_query(&s0.a, type, ql + (size_t)b * H * r, (size_t)r, qp + (size_t)b * H * m, (size_t)m, 0.1f);
+                mla__att_run(&s0.a, &src, 0, ctx, s0.lse); /* one thread per sequence */
+                memcpy(o + (size_t)b * H * r, s0.a.o, sizeof(float) * H * r);
+            }
+        } else {
+            for (b = 0; b < B; b++)
+                mla_attend_latent(&pool, &seqs[b], 0, H, ctx, ql + (size_t)b * H * r, qp + (size_t)b * H * m, 0.1f,
+                                  o + (size_t)b * H * r, scratch, sb);
+        }
+        t = now() - t;
+        if (it > 0 && t < best) best = t; /* first run warms up */
+    }
+    mla_pool_free(&pool);
+    free(seqs); free(tables); free(row); free(ql); free(qp); free(o); free(scratch);
+    return best;
+}
+
+static void kernel_table(const machine *mc, const char *name, int H, int r, int m) {
+    static const int ctxs[] = {1024, 4096, 16384, 32768}, Bs[] = {1, 8};
+    static const mla_dtype types[] = {MLA_F32, MLA_BF16, MLA_I8};
+    int ci, bi, th, ti;
+    printf("\n%s: %d heads, r = %d, m = %d (absorbed kernel, mla_attend_latent)\n", name, H, r, m);
+    printf("%6s %2s %2s |", "ctx", "B", "th");
+    for (ti = 0; ti < 3; ti++) printf(" %5s: %9s %6s %5s %5s |", tname(types[ti]), "us/step", "GF/s", "GB/s", "roof");
+    printf("\n");
+    for (ci = 0; ci < 4; ci++)
+        for (bi = 0; bi < 2; bi++)
+            for (th = 1; th <= 2; th++) {
+                printf("%6d %2d %2d |", ctxs[ci], Bs[bi], th);
+                for (ti = 0; ti < 3; ti++) {
+                    mla_dtype t = types[ti];
+                    double rows = (double)Bs[bi] * ctxs[ci], fs = rows * H * 2.0 * (r + m), fp = rows * H * 2.0 * r;
+                    double bytes = rows * (double)mla__row_bytes(t, r, m), sec = time_kernel(H, r, m, ctxs[ci], Bs[bi], th, t);
+                    double tc = t == MLA_I8 ? fs / (mc->madd[th] * 1e9) + fp / (mc->fma[th] * 1e9) : (fs + fp) / (mc->fma[th] * 1e9);
+                    double tm = bytes / (mc->bw[th] * 1e9), roof = (tc > tm ? tc : tm) / sec;
+                    printf(" %5s %9.1f %6.1f %5.1f %4.0f%%%c|", "", sec * 1e6, (fs + fp) / sec / 1e9, bytes / sec / 1e9,
+                           100 * roof, tc > tm ? 'C' : 'M');
+                    fflush(stdout);
+                }
+                printf("\n");
+            }
+}
+
+/* ---- 3. MLA vs GQA, 30 layers ---- */
+#define NL 30
+static double time_gqa(int ctx, int threads) {
+    const int H = 9, G = 3, d = 64, L = G * d;
+    size_t per = (size_t)ctx * L, i;
+    uint16_t *k = (uint16_t *)malloc(2 * per * NL), *v = (uint16_t *)malloc(2 * per * NL);
+    float *q = rnd((size_t)H * d, 1.0f), *o = (float *)malloc(sizeof(float) * H * d);
+    float *slots = (float *)malloc(sizeof(float) * MLA_MAX_THREADS * mla__slot_layout(H / G, d, d, NULL, NULL));
+    double best = 1e30, t;
+    int it, l;
+    for (i = 0; i < per; i++) k[i] = mla_f32_to_bf16(frand() * 4), v[i] = mla_f32_to_bf16(frand() * 4);
+    for (l = 1; l < NL; l++) memcpy(k + l * per, k, 2 * per), memcpy(v + l * per, v, 2 * per);
+    set_threads(threads);
+    for (it = 0; it < 4; it++) {
+        t = now();
+        for (l = 0; l < NL; l++)
+            mla__gqa_attend(H, G, d, q, 1, ctx - 1, MLA_BF16, (const char *)(k + l * per), (const char *)(v + l * per),
+                            2 * (size_t)L, 0.125f, slots, o);
+        t = now() - t;
+        if (it > 0 && t < best) best = t;
+    }
+    free(k); free(v); free(q); free(o); free(slots);
+    return best / NL;
+}
+
+static double time_mla(int ctx, int threads, mla_dtype type) {
+    const int H = 9, r = 128, m = 64, dn = 64, dv = 64, bs = 64, nbs = (ctx + bs - 1) / bs;
+    mla_config c;
+    mla_layer_weights w;
+    mla_pool pool;
+    mla_seq seq;
+    int *table = (int *)malloc(sizeof(int) * nbs), it, l, i;
+    float *q = rnd((size_t)H * (dn + m), 1.0f), *o = (float *)malloc(sizeof(float) * H * dv), *row = rnd(r + m, 2.0f);
+    size_t ss, rb, lb;
+    float *slots;
+    double best = 1e30, t;
+    char *blk;
+    memset(&c, 0, sizeof c);
+    c.dim = 576; c.n_heads = H; c.kv_lora_rank = r; c.qk_nope_head_dim = dn; c.qk_rope_head_dim = m; c.v_head_dim = dv;
+    memset(&w, 0, sizeof w);
+    w.w_kvb = rnd((size_t)H * (dn + dv) * r, 0.1f);
+    ss = mla__slot_layout(H, r + m, r, NULL, NULL);
+    slots = (float *)malloc(sizeof(float) * MLA_MAX_THREADS * ss);
+    if (mla_pool_init(&pool, type, NL, r, m, bs, nbs, NULL) != MLA_OK) { printf("pool: out of memory\n"); exit(1); }
+    rb = mla_pool_row_bytes(&pool);
+    lb = rb * bs;
+    blk = (char *)pool.data;
+    for (i = 0; i < bs; i++) {
+        int u;
+        for (u = 0; u < r + m; u++) row[u] = frand() * 2.0f;
+        mla__store_row(blk + i * rb, type, row, r, m);
+    }
+    for (i = 1; i < nbs * NL; i++) memcpy(blk + i * lb, blk, lb);
+    mla_seq_init(&seq, table, nbs);
+    mla_seq_reserve(&pool, &seq, ctx);
+    seq.len = ctx - 1;
+    set_threads(threads);
+    for (it = 0; it < 4; it++) {
+        t = now();
+        for (l = 0; l < NL; l++) mla__attend_absorbed(&c, &w, &pool, &seq, l, ctx, q, o, slots, ss, threads);
+        t = now() - t;
+        if (it > 0 && t < best) best = t;
+    }
+    mla_pool_free(&pool);
+    free(table); free(q); free(o); free(row); free(slots); free((void *)w.w_kvb);
+    return best / NL;
+}
+
+int main(int argc, char **argv) {
+    machine mc;
+    int th, ci, quick = argc > 1 && !strcmp(argv[1], "--quick");
+    static const int ctxs[] = {1024, 4096, 16384, 32768};
+    printf("mla.h bench; kernels: %s; MLA_MAX_THREADS %d\n", mla_kernel_name(), MLA_MAX_THREADS);
+    printf("\n1. machine (measured now)\n");
+    for (th = 1; th <= 2; th++) {
+        mc.bw[th] = triad_gbs(th);
+        mc.fma[th] = peak_gflops(0, th);
+        mc.madd[th] = peak_gflops(1, th);
+        printf("  %d thread%s: triad %.1f GB/s, fp32 FMA %.1f GFLOP/s, int16 madd %.1f GOP/s (2 per multiply-add)\n", th,
+               th > 1 ? "s" : " ", mc.bw[th], mc.fma[th], mc.madd[th]);
+    }
+    if (mc.fma[1] <= 0) {
+        printf("  (no AVX2/FMA in this build: peaks not measured; roofline columns meaningless)\n");
+        mc.fma[1] = mc.fma[2] = mc.madd[1] = mc.madd[2] = 1e9;
+    }
+    printf("\n2. absorbed attention kernel; roof = roofline time / measured (C: compute-bound, M: memory-bound)\n");
+    if (!quick) kernel_table(&mc, "DeepSeek-V3 shape", 128, 512, 64);
+    kernel_table(&mc, "converted SmolLM2 shape", 9, 128, 64);
+    printf("\n3. one layer's decode attention, 30-layer working set, SmolLM2 shapes (us per layer)\n");
+    printf("%6s %2s | %10s | %10s %6s | %10s %6s | KV bytes/token/layer\n", "ctx", "th", "GQA bf16", "MLA bf16", "vs GQA",
+           "MLA int8", "vs GQA");
+    for (ci = 0; ci < 4; ci++)
+        for (th = 1; th <= 2; th++) {
+            double g = time_gqa(ctxs[ci], th), mb = time_mla(ctxs[ci], th, MLA_BF16), mi = time_mla(ctxs[ci], th, MLA_I8);
+            printf("%6d %2d | %10.1f | %10.1f %5.2fx | %10.1f %5.2fx | GQA 768, MLA bf16 384 (2.00x), int8 %d (%.2fx)\n",
+                   ctxs[ci], th, g * 1e6, mb * 1e6, g / mb, mi * 1e6, g / mi, (int)mla__row_bytes(MLA_I8, 128, 64),
+                   768.0 / mla__row_bytes(MLA_I8, 128, 64));
+            fflush(stdout);
+        }
+    printf("(vs GQA: GQA time / MLA time, > 1 means MLA is faster)\n");
     return 0;
 }
