@@ -24,7 +24,7 @@ COMMON_SRC = examples/common/gguf.c examples/common/tokenizer.c examples/common/
 COMMON_HDR = mla.h examples/common/gguf.h examples/common/tokenizer.h examples/common/model.h \
              examples/common/run.h examples/common/unicode_tab.h examples/common/convert.h \
              examples/common/svg.h examples/common/tradeoff.h
-TEST_SRC = tests/run_tests.c tests/harness.c tests/test_core.c tests/test_gguf.c tests/test_model.c tests/test_convert.c tests/test_cuda.c tests/mlav.c \
+TEST_SRC = tests/run_tests.c tests/harness.c tests/test_core.c tests/test_kernel.c tests/test_gguf.c tests/test_model.c tests/test_convert.c tests/test_cuda.c tests/mlav.c \
            tests/impl.c $(COMMON_SRC)
 TEST_HDR = $(COMMON_HDR) tests/harness.h tests/mlav.h mla_cuda.h
 MODEL    = models/SmolLM2-135M-Instruct.Q4_1.gguf
@@ -64,8 +64,15 @@ $(BIN)/cblas_impl.o: tests/cblas_impl.c mla.h | $(BIN)
 $(BIN)/mla_cuda_cpu.o: mla_cuda.cu mla_cuda.h mla.h | $(BIN)
 	$(CC) $(CFLAGS) -x c -c -o $@ mla_cuda.cu
 
-$(BIN)/run_tests: $(TEST_SRC) $(TEST_HDR) $(BIN)/cblas_impl.o $(BIN)/mla_cuda_cpu.o
-	$(CC) $(CFLAGS) -g -I. -o $@ $(TEST_SRC) $(BIN)/cblas_impl.o $(BIN)/mla_cuda_cpu.o $(CBLAS_LIB) $(LDLIBS)
+# the library again, built plain (MLA_NO_SIMD) and with OpenMP, so the tests compare the builds
+$(BIN)/variant_plain.o: tests/variant.c mla.h | $(BIN)
+	$(CC) $(CFLAGS) -DMLA_NO_SIMD -DVARIANT_PREFIX=plain_ -c -o $@ $<
+$(BIN)/variant_omp.o: tests/variant.c mla.h | $(BIN)
+	$(CC) $(CFLAGS) $(OMP) -DVARIANT_PREFIX=omp_ -c -o $@ $<
+VARIANTS = $(BIN)/cblas_impl.o $(BIN)/mla_cuda_cpu.o $(BIN)/variant_plain.o $(BIN)/variant_omp.o
+
+$(BIN)/run_tests: $(TEST_SRC) $(TEST_HDR) $(VARIANTS)
+	$(CC) $(CFLAGS) $(OMP) -g -I. -o $@ $(TEST_SRC) $(VARIANTS) $(CBLAS_LIB) $(LDLIBS)
 
 demo: $(BIN)/demo $(MODEL)
 	./$(BIN)/demo $(MODEL)
@@ -90,6 +97,13 @@ headercheck: | $(BIN)
 	else echo "clang not installed: skipped"; fi
 	$(CC) -std=c99 -Wall -Wextra -pedantic -Werror -O2 -fopenmp -I. -c -o $(BIN)/hc_omp.o $(BIN)/hc.c
 	$(CC) -std=c99 -Wall -Wextra -pedantic -Werror -O2 -DMLA_STATIC -I. -c -o $(BIN)/hc_static.o $(BIN)/hc.c
+	$(CC) -std=c99 -Wall -Wextra -pedantic -Werror -O2 -mavx2 -mfma -mf16c -fopenmp -I. -c -o $(BIN)/hc_avx2.o $(BIN)/hc.c
+	g++ -x c++ -Wall -Wextra -pedantic -Werror -O2 -mavx2 -mfma -mf16c -fopenmp -I. -c -o $(BIN)/hc_cpp_avx2.o $(BIN)/hc.c
+	$(CC) -std=c99 -Wall -Wextra -pedantic -Werror -O2 -mavx2 -mfma -DMLA_NO_SIMD -I. -c -o $(BIN)/hc_nosimd.o $(BIN)/hc.c
+	@if command -v clang >/dev/null 2>&1; then \
+	  echo clang -std=c99 -Wall -Wextra -pedantic -Werror -mavx2 -mfma -mf16c; \
+	  clang -std=c99 -Wall -Wextra -pedantic -Werror -O2 -mavx2 -mfma -mf16c -I. -c -o $(BIN)/hc_clang_avx2.o $(BIN)/hc.c; \
+	fi
 
 test: headercheck cuda-build $(BIN)/run_tests $(MODEL)
 	./$(BIN)/run_tests
@@ -131,7 +145,10 @@ SAN = -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-fra
 sanitize: $(MODEL) | $(BIN)
 	$(CC) $(WARN) -O1 -g $(SAN) $(CBLAS_FLAGS) -c -o $(BIN)/cblas_impl_san.o tests/cblas_impl.c
 	$(CC) $(WARN) -O1 -g $(SAN) -x c -c -o $(BIN)/mla_cuda_cpu_san.o mla_cuda.cu
-	$(CC) $(WARN) -O1 -g $(SAN) -I. -o $(BIN)/run_tests_san $(TEST_SRC) $(BIN)/cblas_impl_san.o $(BIN)/mla_cuda_cpu_san.o $(CBLAS_LIB) $(LDLIBS)
+	$(CC) $(WARN) -O1 -g $(ARCH) $(SAN) -DMLA_NO_SIMD -DVARIANT_PREFIX=plain_ -c -o $(BIN)/variant_plain_san.o tests/variant.c
+	$(CC) $(WARN) -O1 -g $(ARCH) $(SAN) $(OMP) -DVARIANT_PREFIX=omp_ -c -o $(BIN)/variant_omp_san.o tests/variant.c
+	$(CC) $(WARN) -O1 -g $(ARCH) $(SAN) $(OMP) -I. -o $(BIN)/run_tests_san $(TEST_SRC) $(BIN)/cblas_impl_san.o $(BIN)/mla_cuda_cpu_san.o \
+	  $(BIN)/variant_plain_san.o $(BIN)/variant_omp_san.o $(CBLAS_LIB) $(LDLIBS)
 	ASAN_OPTIONS=detect_leaks=1 ./$(BIN)/run_tests_san
 
 clean:

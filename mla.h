@@ -96,8 +96,12 @@ typedef enum {
     MLA_ROPE_HALF_SPLIT = 1   /* pairs (x[i], x[i+m/2]): HF rotate_half/NEOX */
 } mla_rope_layout;
 
-/* Cache storage. MLA_I8: per row, c and k_pe as int8, each part with its own
-   f32 scale (absmax / 127), quantized when the row is written. */
+/* Cache storage. MLA_I8 (quantized when a row is written): a row is
+   [c as int8 (r) | k_pe as int8 (m) | 0 pad to 4 bytes | f32 scale of c |
+   f32 scale of k_pe], scale = absmax / 127 (0 for an all-zero part), value =
+   round(x / scale); 200 bytes at r = 128, m = 64 (bf16: 384). The attention
+   kernel reads it with the query rounded to int16 per head and part (a step
+   of at most 2^-13 of that part's largest |q|). */
 typedef enum { MLA_F32 = 0, MLA_F16 = 1, MLA_BF16 = 2, MLA_I8 = 3 } mla_dtype;
 
 /* Every zero field means its documented default. Names follow DeepSeek-V2. */
@@ -1261,8 +1265,9 @@ static void mla__scores_i16(const int16_t *qi, size_t ldq, int H, const int16_t 
 /* o[j][0..dv) += sum_t p[j][t] v_t for j < Hp (pad rows of p are 0); v rows vs floats apart,
    p rows MLA__PST apart */
 static void mla__pv_f32(float *o, int Hp, int dv, const float *p, const float *v, size_t vs, int n) {
-    int j0, d = 0, t, j;
+    int d = 0, t, j;
 #ifdef MLA__AVX2
+    int j0;
     for (j0 = 0; j0 < Hp; j0 += 3) {
         const float *p0 = p + (size_t)j0 * MLA__PST, *p1 = p0 + MLA__PST, *p2 = p1 + MLA__PST;
         float *o0 = o + (size_t)j0 * dv, *o1 = o0 + dv, *o2 = o1 + dv;

@@ -25,6 +25,7 @@ double th_relerr_d(const double *a, const double *b, size_t n);
 
 /* suites */
 void suite_core(void);
+void suite_kernel(void);
 void suite_gguf(void);
 void suite_model(void);
 void suite_convert(void);

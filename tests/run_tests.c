@@ -6,6 +6,7 @@
 int main(int argc, char **argv) {
     const char *only = argc > 1 ? argv[1] : NULL;
     if (!only || !strcmp(only, "core")) suite_core();
+    if (!only || !strcmp(only, "kernel")) suite_kernel();
     if (!only || !strcmp(only, "gguf")) suite_gguf();
     if (!only || !strcmp(only, "convert")) suite_convert();
     if (!only || !strcmp(only, "cuda")) suite_cuda();
