@@ -8,12 +8,13 @@
 static void usage(void) {
     fprintf(stderr,
             "usage: mla-run --model F [--prompt TEXT | --chat TEXT] [-n N] [--ppl FILE --ctx N]\n"
-            "               [--threads N] [--temp T] [--top-p P] [--seed S] [--cache f32|f16|bf16]\n"
+            "               [--threads N] [--temp T] [--top-p P] [--seed S] [--cache f32|f16|bf16|i8]\n"
             "               [--naive] [--absorbed]\n"
             "  --prompt  raw text continuation      --chat  one user turn in the model's chat template\n"
             "  --ppl     perplexity of a text file in non-overlapping windows of --ctx tokens (default 512)\n"
             "  --naive     MLA models: decode with decompressed K/V (reference path) instead of absorbed\n"
-            "  --absorbed  MLA models: prefill with the absorbed path too (default: naive prefill)\n");
+            "  --absorbed  MLA models: prefill with the absorbed path too (default: naive prefill)\n"
+            "  --cache     KV cache storage (default f32; i8: MLA models only, int8 latent rows)\n");
 }
 
 int main(int argc, char **argv) {
@@ -24,6 +25,7 @@ int main(int argc, char **argv) {
     model m;
     tokenizer *tk;
     double t0;
+    mla_dtype ct;
     for (i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--naive")) { naive = 1; continue; }
@@ -44,6 +46,11 @@ int main(int argc, char **argv) {
         i++;
     }
     if (!path || (!prompt && !chat && !ppl_file) || ctx < 2 || n_new < 0) { usage(); return 2; }
+    if (strcmp(cache, "f32") && strcmp(cache, "f16") && strcmp(cache, "bf16") && strcmp(cache, "i8")) {
+        fprintf(stderr, "mla-run: --cache %s: expected f32, f16, bf16 or i8\n", cache);
+        return 2;
+    }
+    ct = !strcmp(cache, "bf16") ? MLA_BF16 : !strcmp(cache, "f16") ? MLA_F16 : !strcmp(cache, "i8") ? MLA_I8 : MLA_F32;
     set_threads(threads);
     t0 = now_s();
     if (gguf_read(&f, path) || model_load(&m, &f)) {
@@ -57,11 +64,14 @@ int main(int argc, char **argv) {
     }
     fprintf(stderr, "loaded %s (%s, %d layers, D=%d, %d heads, %d kv heads) in %.1f s; KV cache %ld values/token\n", path,
             m.arch, m.n_layers, m.dim, m.n_heads, m.n_kv_heads, now_s() - t0, model_kv_values_per_token(&m));
+    if (ct != MLA_F32 && !m.is_mla) {
+        fprintf(stderr, "mla-run: --cache %s: the GQA runner's cache is f32 (convert the model to MLA first)\n", cache);
+        return 2;
+    }
     if (prompt || chat) {
         int *toks = (int *)malloc(sizeof(int) * 8192), n;
         model_state st;
         double pf = 0, dc = 0;
-        mla_dtype ct = !strcmp(cache, "bf16") ? MLA_BF16 : !strcmp(cache, "f16") ? MLA_F16 : MLA_F32;
         n = chat ? chat_tokens(tk, chat, toks, 8192) : tok_encode(tk, prompt, strlen(prompt), 1, toks, 8192);
         if (n <= 0) { fprintf(stderr, "mla-run: empty or too long prompt\n"); return 1; }
         if (model_state_init(&st, &m, n + n_new + 1, 64, ct)) { fprintf(stderr, "mla-run: out of memory\n"); return 1; }
@@ -85,9 +95,10 @@ int main(int argc, char **argv) {
         if (!toks) { fprintf(stderr, "mla-run: cannot read %s\n", ppl_file); return 1; }
         if (n < ctx) { fprintf(stderr, "mla-run: %s has %d tokens, fewer than --ctx %d\n", ppl_file, n, ctx); return 1; }
         t1 = now_s();
-        ppl = perplexity(&m, toks, n, ctx, 1, &scored);
-        printf("perplexity %.4f over %ld tokens (%d windows of %d) of %s; %.1f tok/s\n", ppl, scored, n / ctx, ctx,
-               ppl_file, (n / ctx) * ctx / (now_s() - t1));
+        ppl = perplexity_with(&m, toks, n, ctx, 1, &scored, ct, absorbed);
+        printf("perplexity %.4f over %ld tokens (%d windows of %d) of %s; %s cache, %s prefill; %.1f tok/s\n", ppl,
+               scored, n / ctx, ctx, ppl_file, cache, m.is_mla && absorbed ? "absorbed" : "naive",
+               (n / ctx) * ctx / (now_s() - t1));
         free(toks);
     }
     tok_free(tk);

@@ -78,6 +78,11 @@ int *tokenize_files(const tokenizer *tk, const char *paths, int *n) {
 }
 
 double perplexity(const model *m, const int *toks, int n, int ctx, int progress, long *scored) {
+    return perplexity_with(m, toks, n, ctx, progress, scored, MLA_F32, 0);
+}
+
+double perplexity_with(const model *m, const int *toks, int n, int ctx, int progress, long *scored, mla_dtype cache,
+                       int absorbed) {
     model_state st;
     int chunk = ctx < 512 ? ctx : 512, w, n_win = n / ctx;
     float *hidden = (float *)malloc(sizeof(float) * (size_t)chunk * m->dim);
@@ -86,7 +91,8 @@ double perplexity(const model *m, const int *toks, int n, int ctx, int progress,
     long cnt = 0;
     double t0 = now_s();
     fflush(stdout); /* progress goes to stderr: keep the order on a shared terminal */
-    if (!hidden || !logits || model_state_init(&st, m, ctx, chunk, MLA_F32)) { free(hidden); free(logits); return NAN; }
+    if (!hidden || !logits || model_state_init(&st, m, ctx, chunk, cache)) { free(hidden); free(logits); return NAN; }
+    if (absorbed) st.prefill_mode = MLA_ABSORBED;
     for (w = 0; w < n_win; w++) {
         const int *wt = toks + (size_t)w * ctx;
         int off;

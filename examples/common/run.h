@@ -26,7 +26,11 @@ int ensure_dir(const char *path); /* mkdir unless it exists; 0 on success */
 /* Perplexity over non-overlapping windows of ctx tokens: each window starts
    from an empty cache; every token after the first of a window is scored.
    Returns exp(mean NLL); *scored gets the number of scored tokens. */
+/* cache: the KV cache's storage; absorbed: MLA models prefill with the
+   absorbed kernel (every token through the decode path) instead of naive */
 double perplexity(const model *m, const int *toks, int n, int ctx, int progress, long *scored);
+double perplexity_with(const model *m, const int *toks, int n, int ctx, int progress, long *scored, mla_dtype cache,
+                       int absorbed);
 
 typedef struct {
     float temp;   /* 0 = greedy */
