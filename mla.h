@@ -190,7 +190,8 @@ typedef struct {
     int *block_table; /* caller memory [max_blocks]                          */
 } mla_seq;
 
-/* Bytes mla_pool_init needs (data + free list). block_size 0 -> 64. */
+/* Bytes mla_pool_init needs (data + free list). block_size 0 -> 64.
+   0 for bad arguments or a size past what can exist (never wraps). */
 MLAPI size_t mla_pool_bytes(mla_dtype type, int n_layers, int kv_lora_rank,
                             int qk_rope_head_dim, int block_size, int n_blocks);
 /* mem: caller memory of mla_pool_bytes() bytes (aligned for float), or NULL
@@ -239,7 +240,10 @@ typedef enum {
 } mla_mode;
 
 /* Scratch bytes for up to max_tokens tokens per call (T of mla_forward, B of
-   mla_decode) over contexts of up to max_ctx tokens. */
+   mla_decode) over contexts of up to max_ctx tokens (the context length of
+   the call: cached + new tokens). MLA_ABSORBED needs nothing per context
+   token; a workspace sized for MLA_NAIVE serves MLA_ABSORBED and mla_decode
+   with the same max_tokens and max_ctx too. */
 MLAPI size_t mla_workspace_bytes(const mla_config *cfg, int max_tokens, int max_ctx,
                                  mla_mode mode);
 
@@ -475,6 +479,14 @@ MLAPI void mla_rmsnorm(float *y, const float *x, const float *w, int n, float ep
 #endif
 
 #define MLA__MAX_POS (1 << 30)
+#define MLA__MAX_DIM (1 << 24)      /* any one size field, and r + m             */
+#define MLA__HUGE ((size_t)1 << 60) /* sizes at or past this are overflow (0)    */
+
+/* a * b, or MLA__HUGE when it reaches MLA__HUGE (sizes never wrap) */
+static size_t mla__mul(size_t a, size_t b) {
+    if (a && b > (MLA__HUGE - 1) / a) return MLA__HUGE;
+    return a * b;
+}
 
 MLADEF const char *mla_result_string(mla_result r) {
     switch (r) {
@@ -662,8 +674,15 @@ MLADEF mla_result mla_config_validate(const mla_config *c, const char **bad_fiel
     if (c->kv_lora_rank <= 0) MLA__BAD("kv_lora_rank");
     if (c->qk_nope_head_dim < 0) MLA__BAD("qk_nope_head_dim");
     if (c->qk_rope_head_dim < 0 || c->qk_rope_head_dim % 2) MLA__BAD("qk_rope_head_dim");
-    if (mla__qk_dim(c) <= 0) MLA__BAD("qk_nope_head_dim");
+    if ((long)c->qk_nope_head_dim + c->qk_rope_head_dim <= 0) MLA__BAD("qk_nope_head_dim");
     if (c->v_head_dim <= 0) MLA__BAD("v_head_dim");
+    /* sizes: each field, and every product the layer indexes with, well inside int */
+    if (c->dim > MLA__MAX_DIM) MLA__BAD("dim");
+    if (c->q_lora_rank > MLA__MAX_DIM) MLA__BAD("q_lora_rank");
+    if ((long)c->kv_lora_rank + c->qk_rope_head_dim > MLA__MAX_DIM) MLA__BAD("kv_lora_rank");
+    if ((long)c->qk_nope_head_dim + c->qk_rope_head_dim + c->v_head_dim > MLA__MAX_DIM) MLA__BAD("qk_nope_head_dim");
+    if ((double)c->n_heads * ((double)c->qk_nope_head_dim + c->qk_rope_head_dim + c->v_head_dim) > MLA__MAX_DIM)
+        MLA__BAD("n_heads");
     if (c->rms_eps < 0 || c->rms_eps != c->rms_eps) MLA__BAD("rms_eps");
     if (c->kv_norm != 0 && c->kv_norm != 1) MLA__BAD("kv_norm");
     if (c->q_norm != 0 && c->q_norm != 1) MLA__BAD("q_norm");
@@ -909,13 +928,17 @@ static const float *mla__load_row(const void *src, mla_dtype t, float *buf, int 
 }
 
 static size_t mla__pool_data_bytes(mla_dtype type, int n_layers, int r, int m, int bs, int nb) {
-    return (size_t)nb * (size_t)n_layers * (size_t)bs * mla__row_bytes(type, r, m);
+    return mla__mul(mla__mul(mla__mul((size_t)nb, (size_t)n_layers), (size_t)bs), mla__row_bytes(type, r, m));
 }
 
 MLADEF size_t mla_pool_bytes(mla_dtype type, int n_layers, int r, int m, int bs, int nb) {
     size_t d;
     if (bs == 0) bs = 64;
+    if (n_layers <= 0 || r <= 0 || m < 0 || bs < 0 || nb <= 0 || (long)r + m > MLA__MAX_DIM ||
+        (type != MLA_F32 && type != MLA_F16 && type != MLA_BF16 && type != MLA_I8))
+        return 0;
     d = mla__pool_data_bytes(type, n_layers, r, m, bs, nb);
+    if (d >= MLA__HUGE) return 0;
     d = (d + 15) & ~(size_t)15;
     return d + sizeof(int) * (size_t)nb;
 }
@@ -927,10 +950,8 @@ MLADEF mla_result mla_pool_init(mla_pool *p, mla_dtype type, int n_layers, int r
     if (!p) return MLA_ERR_INVALID_ARG;
     memset(p, 0, sizeof *p);
     if (bs == 0) bs = 64;
-    if (n_layers <= 0 || r <= 0 || m < 0 || bs < 0 || nb <= 0 ||
-        (type != MLA_F32 && type != MLA_F16 && type != MLA_BF16 && type != MLA_I8))
-        return MLA_ERR_INVALID_ARG;
     bytes = mla_pool_bytes(type, n_layers, r, m, bs, nb);
+    if (!bytes) return MLA_ERR_INVALID_ARG; /* a bad argument, or more bytes than can exist */
     data = bytes - sizeof(int) * (size_t)nb;
     if (!mem) {
         mem = MLA_MALLOC(bytes);
@@ -1017,7 +1038,7 @@ MLADEF void mla_cache_free(mla_cache *c) {
    size is computed. */
 static float *mla__carve(float *base, size_t *off, size_t n) {
     float *p = base ? base + *off : NULL;
-    *off += (n + 15) & ~(size_t)15;
+    *off = n >= MLA__HUGE || *off >= MLA__HUGE - n - 16 ? MLA__HUGE : *off + ((n + 15) & ~(size_t)15);
     return p;
 }
 
@@ -1109,7 +1130,7 @@ static size_t mla__slot_layout(int H, int dk, int dv, float *base, mla__slot *s)
 }
 
 MLADEF size_t mla_attend_scratch_bytes(int H, int r, int m) {
-    if (H <= 0 || r <= 0 || m < 0) return 0;
+    if (H <= 0 || r <= 0 || m < 0 || (double)H * ((double)r + m) > MLA__MAX_DIM) return 0;
     return sizeof(float) * MLA_MAX_THREADS * mla__slot_layout(H, r + m, r, NULL, NULL);
 }
 
@@ -1580,8 +1601,10 @@ static size_t mla__scratch_layout(const mla_config *c, int T, int ctx, mla_mode 
 }
 
 MLADEF size_t mla_workspace_bytes(const mla_config *c, int max_tokens, int max_ctx, mla_mode mode) {
+    size_t n;
     if (!c || mla_config_validate(c, NULL) != MLA_OK || max_tokens <= 0 || max_ctx <= 0) return 0;
-    return sizeof(float) * mla__scratch_layout(c, max_tokens, max_ctx, mode, NULL, NULL);
+    n = mla__scratch_layout(c, max_tokens, max_ctx, mode, NULL, NULL);
+    return n >= MLA__HUGE / sizeof(float) ? 0 : sizeof(float) * n;
 }
 
 /* Checks of mla_attend_latent(_partial); the job for rows 0..t1-1. */
@@ -1594,6 +1617,7 @@ static mla_result mla__latent_setup(const mla_pool *pool, const mla_seq *seq, in
     if (m > 0 && !q_pe) return MLA_ERR_INVALID_ARG;
     if (layer < 0 || layer >= pool->n_layers) return MLA_ERR_INVALID_ARG;
     if ((long)t1 > (long)seq->n_blocks * pool->block_size) return MLA_ERR_INVALID_ARG;
+    if (!mla_attend_scratch_bytes(H, r, m)) return MLA_ERR_SHAPE;
     if (scratch_bytes < mla_attend_scratch_bytes(H, r, m)) return MLA_ERR_WORKSPACE;
     memset(jb, 0, sizeof *jb);
     jb->qa = q_lat; jb->lda = (size_t)r; jb->qb = q_pe; jb->ldb = (size_t)m;
@@ -1657,7 +1681,11 @@ static mla_result mla__check_call(const mla_config *c, const mla_layer_weights *
         if ((long)seqs[i].len + chunk > ctx) ctx = (long)seqs[i].len + chunk;
     }
     *max_ctx = (int)ctx;
-    if (ws_bytes < mla_workspace_bytes(c, n_seq * chunk, (int)ctx, mode)) return MLA_ERR_WORKSPACE;
+    {
+        size_t wb = mla_workspace_bytes(c, n_seq * chunk, (int)ctx, mode);
+        if (!wb) return MLA_ERR_SHAPE; /* sizes past what can exist */
+        if (ws_bytes < wb) return MLA_ERR_WORKSPACE;
+    }
     if (!mla__all_finite(x, (size_t)n_seq * chunk * (size_t)c->dim)) return MLA_ERR_NONFINITE;
     for (i = 0; i < n_seq; i++) {
         int nb = mla__blocks_needed(pool, &seqs[i], chunk);
@@ -1832,6 +1860,8 @@ MLADEF mla_result mla_gqa_config_validate(const mla_gqa_config *c, const char **
     if (c->n_heads <= 0) MLA__BAD("n_heads");
     if (c->n_kv_heads <= 0 || c->n_heads % c->n_kv_heads) MLA__BAD("n_kv_heads");
     if (c->head_dim <= 0 || c->head_dim % 2) MLA__BAD("head_dim");
+    if (c->dim > MLA__MAX_DIM) MLA__BAD("dim");
+    if ((double)c->n_heads * c->head_dim > MLA__MAX_DIM) MLA__BAD("n_heads");
     if (c->rope_theta < 0 || c->rope_theta == 1.0f || c->rope_theta != c->rope_theta) MLA__BAD("rope_theta");
     if (c->rope_layout != MLA_ROPE_INTERLEAVED && c->rope_layout != MLA_ROPE_HALF_SPLIT) MLA__BAD("rope_layout");
     if (c->softmax_scale < 0 || c->softmax_scale != c->softmax_scale) MLA__BAD("softmax_scale");
@@ -1845,7 +1875,9 @@ MLADEF mla_result mla_gqa_cache_init(mla_gqa_cache *c, int n_layers, int capacit
     if (!c) return MLA_ERR_INVALID_ARG;
     memset(c, 0, sizeof *c);
     if (n_layers <= 0 || capacity <= 0 || kv_dim <= 0) return MLA_ERR_INVALID_ARG;
-    n = (size_t)n_layers * capacity * kv_dim;
+    n = mla__mul(mla__mul(mla__mul((size_t)n_layers, (size_t)capacity), (size_t)kv_dim), sizeof(float));
+    if (n >= MLA__HUGE) return MLA_ERR_INVALID_ARG;
+    n /= sizeof(float);
     c->k = (float *)MLA_MALLOC(sizeof(float) * n);
     c->v = (float *)MLA_MALLOC(sizeof(float) * n);
     if (!c->k || !c->v) {
@@ -1924,8 +1956,10 @@ static void mla__gqa_attend(int H, int G, int d, const float *q, int T, int len0
 
 MLADEF size_t mla_gqa_workspace_bytes(const mla_gqa_config *c, int max_tokens, int max_ctx) {
     float *q, *k, *v, *o, *f, *p;
+    size_t n;
     if (!c || mla_gqa_config_validate(c, NULL) != MLA_OK || max_tokens <= 0 || max_ctx <= 0) return 0;
-    return sizeof(float) * mla__gqa_layout(c, max_tokens, max_ctx, NULL, &q, &k, &v, &o, &f, &p);
+    n = mla__gqa_layout(c, max_tokens, max_ctx, NULL, &q, &k, &v, &o, &f, &p);
+    return n >= MLA__HUGE / sizeof(float) ? 0 : sizeof(float) * n;
 }
 
 MLADEF mla_result mla_gqa_forward(const mla_gqa_config *c, const mla_gqa_weights *w,
@@ -1945,7 +1979,8 @@ MLADEF mla_result mla_gqa_forward(const mla_gqa_config *c, const mla_gqa_weights
     if (kc->kv_dim != L) return MLA_ERR_SHAPE;
     if (kc->len < 0) return MLA_ERR_INVALID_ARG;
     if ((long)kc->len + T > mla__max_pos(c->max_seq_len)) return MLA_ERR_POSITION;
-    if (kc->len + T > kc->capacity) return MLA_ERR_CACHE_FULL;
+    if ((long)kc->len + T > kc->capacity) return MLA_ERR_CACHE_FULL;
+    if (!mla_gqa_workspace_bytes(c, T, kc->len + T)) return MLA_ERR_SHAPE;
     if (ws_bytes < mla_gqa_workspace_bytes(c, T, kc->len + T)) return MLA_ERR_WORKSPACE;
     if (!mla__all_finite(x, (size_t)T * c->dim)) return MLA_ERR_NONFINITE;
     mla__gqa_layout(c, T, kc->len + T, (float *)ws, &q, &k, &v, &o, &freq, &p);

@@ -232,70 +232,78 @@ static void kernel_table(const machine *mc, const char *name, int H, int r, int 
 
 /* ---- 3. MLA vs GQA, 30 layers ---- */
 #define NL 30
-static double time_gqa(int ctx, int threads) {
-    const int H = 9, G = 3, d = 64, L = G * d;
-    size_t per = (size_t)ctx * L, i;
-    uint16_t *k = (uint16_t *)malloc(2 * per * NL), *v = (uint16_t *)malloc(2 * per * NL);
-    float *q = rnd((size_t)H * d, 1.0f), *o = (float *)malloc(sizeof(float) * H * d);
-    float *slots = (float *)malloc(sizeof(float) * MLA_MAX_THREADS * mla__slot_layout(H / G, d, d, NULL, NULL));
-    double best = 1e30, t;
-    int it, l;
-    for (i = 0; i < per; i++) k[i] = mla_f32_to_bf16(frand() * 4), v[i] = mla_f32_to_bf16(frand() * 4);
-    for (l = 1; l < NL; l++) memcpy(k + l * per, k, 2 * per), memcpy(v + l * per, v, 2 * per);
-    set_threads(threads);
-    for (it = 0; it < 4; it++) {
-        t = now();
-        for (l = 0; l < NL; l++)
-            mla__gqa_attend(H, G, d, q, 1, ctx - 1, MLA_BF16, (const char *)(k + l * per), (const char *)(v + l * per),
-                            2 * (size_t)L, 0.125f, slots, o);
-        t = now() - t;
-        if (it > 0 && t < best) best = t;
-    }
-    free(k); free(v); free(q); free(o); free(slots);
-    return best / NL;
-}
-
-static double time_mla(int ctx, int threads, mla_dtype type) {
-    const int H = 9, r = 128, m = 64, dn = 64, dv = 64, bs = 64, nbs = (ctx + bs - 1) / bs;
+typedef struct { /* one layer's GQA bf16 cache x NL, and MLA pools (bf16, int8) x NL */
+    int ctx;
+    uint16_t *k, *v;
+    float *q, *o, *slots, *qm, *om;
+    size_t per, ss;
     mla_config c;
     mla_layer_weights w;
-    mla_pool pool;
-    mla_seq seq;
-    int *table = (int *)malloc(sizeof(int) * nbs), it, l, i;
-    float *q = rnd((size_t)H * (dn + m), 1.0f), *o = (float *)malloc(sizeof(float) * H * dv), *row = rnd(r + m, 2.0f);
-    size_t ss, rb, lb;
-    float *slots;
-    double best = 1e30, t;
-    char *blk;
-    memset(&c, 0, sizeof c);
-    c.dim = 576; c.n_heads = H; c.kv_lora_rank = r; c.qk_nope_head_dim = dn; c.qk_rope_head_dim = m; c.v_head_dim = dv;
-    memset(&w, 0, sizeof w);
-    w.w_kvb = rnd((size_t)H * (dn + dv) * r, 0.1f);
-    ss = mla__slot_layout(H, r + m, r, NULL, NULL);
-    slots = (float *)malloc(sizeof(float) * MLA_MAX_THREADS * ss);
-    if (mla_pool_init(&pool, type, NL, r, m, bs, nbs, NULL) != MLA_OK) { printf("pool: out of memory\n"); exit(1); }
-    rb = mla_pool_row_bytes(&pool);
-    lb = rb * bs;
-    blk = (char *)pool.data;
-    for (i = 0; i < bs; i++) {
-        int u;
-        for (u = 0; u < r + m; u++) row[u] = frand() * 2.0f;
-        mla__store_row(blk + i * rb, type, row, r, m);
+    mla_pool pool[2];
+    mla_seq seq[2];
+    int *table[2];
+} ab;
+
+static void ab_init(ab *a, int ctx) {
+    const int H = 9, G = 3, d = 64, L = G * d, r = 128, m = 64, bs = 64, nbs = (ctx + bs - 1) / bs;
+    size_t i;
+    int l, p;
+    memset(a, 0, sizeof *a);
+    a->ctx = ctx;
+    a->per = (size_t)ctx * L;
+    a->k = (uint16_t *)malloc(2 * a->per * NL); a->v = (uint16_t *)malloc(2 * a->per * NL);
+    for (i = 0; i < a->per; i++) a->k[i] = mla_f32_to_bf16(frand() * 4), a->v[i] = mla_f32_to_bf16(frand() * 4);
+    for (l = 1; l < NL; l++) memcpy(a->k + l * a->per, a->k, 2 * a->per), memcpy(a->v + l * a->per, a->v, 2 * a->per);
+    a->q = rnd((size_t)H * d, 1.0f);
+    a->o = (float *)malloc(sizeof(float) * H * d);
+    a->ss = mla__slot_layout(H, r + m, r, NULL, NULL); /* the larger of the two slot sizes */
+    a->slots = (float *)malloc(sizeof(float) * MLA_MAX_THREADS * a->ss);
+    a->c.dim = 576; a->c.n_heads = H; a->c.kv_lora_rank = r; a->c.qk_nope_head_dim = 64; a->c.qk_rope_head_dim = m;
+    a->c.v_head_dim = 64;
+    a->w.w_kvb = rnd((size_t)H * 128 * r, 0.1f);
+    a->qm = rnd((size_t)H * 128, 1.0f);
+    a->om = (float *)malloc(sizeof(float) * H * 64);
+    for (p = 0; p < 2; p++) {
+        mla_dtype t = p ? MLA_I8 : MLA_BF16;
+        size_t rb, lb;
+        char *blk;
+        float row[192];
+        if (mla_pool_init(&a->pool[p], t, NL, r, m, bs, nbs, NULL) != MLA_OK) { printf("pool: out of memory\n"); exit(1); }
+        rb = mla_pool_row_bytes(&a->pool[p]);
+        lb = rb * bs;
+        blk = (char *)a->pool[p].data;
+        for (i = 0; i < (size_t)bs; i++) {
+            int u;
+            for (u = 0; u < r + m; u++) row[u] = frand() * 2.0f;
+            mla__store_row(blk + i * rb, t, row, r, m);
+        }
+        for (i = 1; i < (size_t)nbs * NL; i++) memcpy(blk + i * lb, blk, lb);
+        a->table[p] = (int *)malloc(sizeof(int) * nbs);
+        mla_seq_init(&a->seq[p], a->table[p], nbs);
+        mla_seq_reserve(&a->pool[p], &a->seq[p], ctx);
+        a->seq[p].len = ctx - 1;
     }
-    for (i = 1; i < nbs * NL; i++) memcpy(blk + i * lb, blk, lb);
-    mla_seq_init(&seq, table, nbs);
-    mla_seq_reserve(&pool, &seq, ctx);
-    seq.len = ctx - 1;
-    set_threads(threads);
-    for (it = 0; it < 4; it++) {
-        t = now();
-        for (l = 0; l < NL; l++) mla__attend_absorbed(&c, &w, &pool, &seq, l, ctx, q, o, slots, ss, threads);
-        t = now() - t;
-        if (it > 0 && t < best) best = t;
+}
+
+static void ab_free(ab *a) {
+    free(a->k); free(a->v); free(a->q); free(a->o); free(a->slots); free((void *)a->w.w_kvb); free(a->qm); free(a->om);
+    mla_pool_free(&a->pool[0]); mla_pool_free(&a->pool[1]);
+    free(a->table[0]); free(a->table[1]);
+}
+
+/* seconds per layer: which 0 = GQA bf16, 1 = MLA bf16, 2 = MLA int8 */
+static double ab_time(ab *a, int which, int threads) {
+    double t = now();
+    int l;
+    for (l = 0; l < NL; l++) {
+        if (which == 0)
+            mla__gqa_attend(9, 3, 64, a->q, 1, a->ctx - 1, MLA_BF16, (const char *)(a->k + l * a->per),
+                            (const char *)(a->v + l * a->per), 2 * 192, 0.125f, a->slots, a->o);
+        else
+            mla__attend_absorbed(&a->c, &a->w, &a->pool[which - 1], &a->seq[which - 1], l, a->ctx, a->qm, a->om,
+                                 a->slots, a->ss, threads);
     }
-    mla_pool_free(&pool);
-    free(table); free(q); free(o); free(row); free(slots); free((void *)w.w_kvb);
-    return best / NL;
+    return (now() - t) / NL;
 }
 
 int main(int argc, char **argv) {
@@ -321,14 +329,25 @@ int main(int argc, char **argv) {
     printf("\n3. one layer's decode attention, 30-layer working set, SmolLM2 shapes (us per layer)\n");
     printf("%6s %2s | %10s | %10s %6s | %10s %6s | KV bytes/token/layer\n", "ctx", "th", "GQA bf16", "MLA bf16", "vs GQA",
            "MLA int8", "vs GQA");
-    for (ci = 0; ci < 4; ci++)
+    for (ci = 0; ci < 4; ci++) {
+        ab a;
+        ab_init(&a, ctxs[ci]);
         for (th = 1; th <= 2; th++) {
-            double g = time_gqa(ctxs[ci], th), mb = time_mla(ctxs[ci], th, MLA_BF16), mi = time_mla(ctxs[ci], th, MLA_I8);
+            double best[3] = {1e30, 1e30, 1e30};
+            int rep, wh;
+            set_threads(th);
+            for (rep = 0; rep < 6; rep++) /* A/B/C alternated, best of 5 after a warm-up */
+                for (wh = 0; wh < 3; wh++) {
+                    double t = ab_time(&a, wh, th);
+                    if (rep > 0 && t < best[wh]) best[wh] = t;
+                }
             printf("%6d %2d | %10.1f | %10.1f %5.2fx | %10.1f %5.2fx | GQA 768, MLA bf16 384 (2.00x), int8 %d (%.2fx)\n",
-                   ctxs[ci], th, g * 1e6, mb * 1e6, g / mb, mi * 1e6, g / mi, (int)mla__row_bytes(MLA_I8, 128, 64),
-                   768.0 / mla__row_bytes(MLA_I8, 128, 64));
+                   ctxs[ci], th, best[0] * 1e6, best[1] * 1e6, best[0] / best[1], best[2] * 1e6, best[0] / best[2],
+                   (int)mla__row_bytes(MLA_I8, 128, 64), 768.0 / mla__row_bytes(MLA_I8, 128, 64));
             fflush(stdout);
         }
+        ab_free(&a);
+    }
     printf("(vs GQA: GQA time / MLA time, > 1 means MLA is faster)\n");
     return 0;
 }

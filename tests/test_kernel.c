@@ -435,7 +435,66 @@ static void test_threads(void) {
     free(mem); free(x); free(o1); free(o2); free(o3); free(ws);
 }
 
+/* sizes that would wrap are refused, never rounded into small buffers
+   (issue: 2^20 layers x 2^20 tokens x 2^22 values gave 4 bytes and MLA_OK) */
+static void test_size_overflow(void) {
+    mla_pool p;
+    mla_cache c;
+    mla_config cfg;
+    mla_gqa_config g;
+    mla_gqa_cache gc;
+    const char *bad = NULL;
+    CHECK(mla_pool_bytes(MLA_F32, 1 << 20, 1 << 21, 1 << 21, 1 << 20, 1) == 0);
+    CHECK(mla_pool_bytes(MLA_F32, 1 << 20, 1 << 20, 64, 1 << 20, 1 << 20) == 0);
+    CHECK(mla_pool_bytes(MLA_BF16, 0x7fffffff, 0x7fffffff, 0x7fffffff, 0x7fffffff, 0x7fffffff) == 0);
+    CHECK(mla_pool_init(&p, MLA_F32, 1 << 20, 1 << 20, 64, 1 << 20, 1, NULL) == MLA_ERR_INVALID_ARG);
+    CHECK(mla_cache_init(&c, MLA_F32, 1 << 20, 1 << 21, 1 << 21, 1 << 20, NULL) == MLA_ERR_INVALID_ARG);
+    CHECK(mla_pool_bytes(MLA_F32, 2, 16, 8, 4, 3) > 0); /* small ones still fine */
+    CHECK(mla_gqa_cache_init(&gc, 1 << 20, 1 << 20, 1 << 22) == MLA_ERR_INVALID_ARG);
+    CHECK(mla_attend_scratch_bytes(0x7fffffff, 0x7fffffff, 2) == 0);
+    memset(&cfg, 0, sizeof cfg); /* d_nope + m overflowing int must not pass (it was UB, folded away at -O2) */
+    cfg.dim = 64; cfg.n_heads = 2; cfg.kv_lora_rank = 16; cfg.v_head_dim = 8;
+    cfg.qk_nope_head_dim = 0x7fffffff - 1; cfg.qk_rope_head_dim = 64;
+    CHECK(mla_config_validate(&cfg, &bad) == MLA_ERR_BAD_CONFIG && bad);
+    CHECK(mla_workspace_bytes(&cfg, 1, 16, MLA_ABSORBED) == 0);
+    cfg.qk_nope_head_dim = 1 << 20; cfg.n_heads = 1 << 10; /* each fine, the product not */
+    CHECK(mla_config_validate(&cfg, &bad) == MLA_ERR_BAD_CONFIG && bad && !strcmp(bad, "n_heads"));
+    cfg.qk_nope_head_dim = 16; cfg.n_heads = 2;
+    CHECK(mla_config_validate(&cfg, NULL) == MLA_OK);
+    CHECK(mla_workspace_bytes(&cfg, 1 << 30, 1 << 30, MLA_NAIVE) > (size_t)1 << 39); /* huge, not wrapped */
+    memset(&g, 0, sizeof g);
+    g.dim = 64; g.n_heads = 1 << 20; g.n_kv_heads = 1; g.head_dim = 1 << 20;
+    CHECK(mla_gqa_config_validate(&g, &bad) == MLA_ERR_BAD_CONFIG);
+}
+
+/* mla_gqa_forward with a negative cache length wrote before the cache */
+static void test_gqa_negative_len(void) {
+    mla_gqa_config g;
+    mla_gqa_weights w;
+    mla_gqa_cache kc;
+    float *mem = (float *)calloc(4 * 16 * 16, sizeof(float)), x[16] = {0}, out[16];
+    size_t wb;
+    void *ws;
+    memset(&g, 0, sizeof g);
+    g.dim = 16; g.n_heads = 2; g.n_kv_heads = 1; g.head_dim = 8;
+    memset(&w, 0, sizeof w);
+    w.w_q = mem; w.w_k = mem + 256; w.w_v = mem + 512; w.w_o = mem + 768;
+    CHECK(mla_gqa_cache_init(&kc, 1, 8, 8) == MLA_OK);
+    wb = mla_gqa_workspace_bytes(&g, 1, 8);
+    ws = malloc(wb);
+    kc.len = -3;
+    CHECK(mla_gqa_forward(&g, &w, &kc, 0, x, 1, out, ws, wb) == MLA_ERR_INVALID_ARG);
+    kc.len = 0x7fffffff;
+    CHECK(mla_gqa_forward(&g, &w, &kc, 0, x, 1, out, ws, wb) != MLA_OK);
+    kc.len = 0;
+    CHECK(mla_gqa_forward(&g, &w, &kc, 0, x, 1, out, ws, wb) == MLA_OK);
+    mla_gqa_cache_free(&kc);
+    free(mem); free(ws);
+}
+
 void suite_kernel(void) {
+    RUN(test_size_overflow);
+    RUN(test_gqa_negative_len);
     RUN(test_kernel_shapes);
     RUN(test_partial_merge);
     RUN(test_int8_cache);
