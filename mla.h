@@ -1096,7 +1096,7 @@ typedef struct {
     float *p;           /* [Hp][PST] scores, then probabilities (pad rows 0)       */
     float *kb, *vb;     /* [TILE][dk], [TILE][dv] rows converted to f32            */
     int16_t *qi, *ki;   /* int8 rows: [H][r16+m16] query, [TILE][r16+m16] rows     */
-    float *qs, *rs;     /* int8 rows: [2][H] query scales, [2][TILE] row scales    */
+    float *qs, *rs;     /* int8 rows: [2][H] query scales, [2][PST] row scales     */
 } mla__att;
 
 /* One thread's scratch: the absorbed query/output of one token and a state. */
@@ -1125,7 +1125,7 @@ static size_t mla__slot_layout(int H, int dk, int dv, float *base, mla__slot *s)
     s->a.qi = (int16_t *)mla__carve(base, &off, (size_t)H * (r16 + m16) / 2);
     s->a.ki = (int16_t *)mla__carve(base, &off, T * (r16 + m16) / 2);
     s->a.qs = mla__carve(base, &off, 2 * (size_t)H);
-    s->a.rs = mla__carve(base, &off, 2 * T);
+    s->a.rs = mla__carve(base, &off, 2 * MLA__PST);
     return off;
 }
 
@@ -1274,12 +1274,10 @@ static void mla__scores_i16(const int16_t *qi, size_t ldq, int H, const int16_t 
                 o[j] = acc;
             }
 #endif
-            for (j = 0; j < 3; j++)
-                for (t = 0; t < 3; t++) {
-                    float v = qs[mla__imin(j0 + j, H - 1)] * rs[mla__imin(t0 + t, n - 1)] * (float)o[j * 3 + t];
-                    float *d = s + (size_t)(j0 + j) * MLA__PST + t0 + t;
-                    *d = add ? *d + v : v;
-                }
+            for (j = 0; j < 3; j++) { /* s and rs have room past n (MLA__PST) */
+                float qsj = qs[mla__imin(j0 + j, H - 1)], *d = s + (size_t)(j0 + j) * MLA__PST + t0;
+                for (t = 0; t < 3; t++) d[t] = (add ? d[t] : 0.0f) + qsj * rs[t0 + t] * (float)o[j * 3 + t];
+            }
         }
 }
 
@@ -1379,10 +1377,10 @@ static void mla__att_tile(mla__att *a, mla_dtype type, const char *k, size_t ks,
         int w = a->r16 + a->m16;
         for (t = 0; t < n; t++)
             mla__i8_row((const int8_t *)(k + (size_t)t * ks), dv, dk - dv, a->r16, a->ki + (size_t)t * w,
-                        a->rs + t, a->rs + MLA__TILE + t, a->vb + (size_t)t * dv);
+                        a->rs + t, a->rs + MLA__PST + t, a->vb + (size_t)t * dv);
         mla__scores_i16(a->qi, (size_t)w, H, a->ki, (size_t)w, n, 0, a->r16, a->qs, a->rs, 0, a->p);
         if (a->m16)
-            mla__scores_i16(a->qi, (size_t)w, H, a->ki, (size_t)w, n, a->r16, a->m16, a->qs + H, a->rs + MLA__TILE, 1, a->p);
+            mla__scores_i16(a->qi, (size_t)w, H, a->ki, (size_t)w, n, a->r16, a->m16, a->qs + H, a->rs + MLA__PST, 1, a->p);
         vf = a->vb; vst = (size_t)dv;
     } else if (type == MLA_F32) {
         mla__scores_f32(a->q, H, dk, (const float *)k, ks / 4, n, a->p);
@@ -1446,6 +1444,7 @@ static void mla__att_run(mla__att *a, const mla__rows *src, int t0, int t1, floa
     int H = a->H, dv = a->dv, j, t, n, u;
     memset(a->o, 0, sizeof(float) * (size_t)a->Hp * dv);
     memset(a->p, 0, sizeof(float) * (size_t)a->Hp * MLA__PST);
+    memset(a->rs, 0, sizeof(float) * 2 * MLA__PST);
     for (j = 0; j < H; j++) { a->mx[j] = -INFINITY; a->l[j] = 0.0f; }
     for (t = t0; t < t1; t += n) {
         const char *k, *v;
