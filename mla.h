@@ -32,7 +32,9 @@
      1. config       mla_config, defaults, validation, RoPE + YaRN
      2. weights      mla_layer_weights (non-owning f32 pointers)
      3. cache        latent KV cache: paged pool, sequences, contiguous cache
-     4. attention    naive and absorbed forward, batched decode, core latent
+     4. attention    the kernel (tiles of cached rows read once for all
+                     heads, online softmax, split over threads), naive and
+                     absorbed forward, batched decode, core latent
                      attention, and a plain GQA/MHA reference beside it
      5. conversion   GQA -> MLA (see the section's own comment)
 
