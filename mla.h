@@ -1011,7 +1011,7 @@ MLADEF void mla_seq_release(mla_pool *p, mla_seq *s) {
 MLADEF void *mla_seq_row(const mla_pool *p, const mla_seq *s, int layer, int t) {
     int b, i;
     size_t row;
-    if (t < 0 || layer < 0 || layer >= p->n_layers) return NULL;
+    if (!p || !s || !s->block_table || t < 0 || layer < 0 || layer >= p->n_layers) return NULL;
     b = t / p->block_size; i = t % p->block_size;
     if (b >= s->n_blocks) return NULL;
     row = ((size_t)s->block_table[b] * p->n_layers + layer) * p->block_size + i;
