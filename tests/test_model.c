@@ -37,7 +37,7 @@ static void test_tokenizer_vs_hf(void) {
     char *data;
     size_t n;
     char *line, *next;
-    int cases = 0, equal = 0, roundtrip = 0;
+    int cases = 0, equal = 0, roundtrip = 0, dropped = 0;
     CHECK(load_model());
     if (g_loaded != 1) return;
     data = read_text("tests/data/tok_cases.txt", &n);
@@ -74,12 +74,38 @@ static void test_tokenizer_vs_hf(void) {
             int l = tok_decode(g_tok, got[i], dec + dl, (int)sizeof dec - dl);
             if (l > 0) dl += l;
         }
-        roundtrip += dl == len && !memcmp(dec, text, (size_t)len);
+        { /* decode gives the text back, less the bytes that have no token (dropped) */
+            char kept[4096];
+            int kl = 0, one[4];
+            for (i = 0; i < len; i++)
+                if (tok_encode(g_tok, text + i, 1, 0, one, 4) > 0) kept[kl++] = text[i];
+            if (kl < len) dropped++;
+            roundtrip += dl == kl && !memcmp(dec, kept, (size_t)kl);
+        }
         cases++;
     }
     free(data);
-    th_note("tokenizer: %d/%d cases equal to HF tokenizers, %d/%d decode back to the text", equal, cases, roundtrip, cases);
+    th_note("tokenizer: %d/%d cases equal to HF tokenizers, %d/%d decode back to the text (%d less bytes without a token)",
+            equal, cases, roundtrip, cases, dropped);
     CHECK(cases >= 300);
+    CHECK(dropped >= 3);
+    { /* every byte value, alone and in a run (invalid UTF-8 too): only ids inside the vocabulary
+         (bytes without a token gave id -1, which reached tok_embd[-1] in mla-convert --calib) */
+        char all[512];
+        int ids[1024], nid, i, bad = 0, n_single = 0;
+        for (i = 0; i < 512; i++) all[i] = (char)(i & 255);
+        nid = tok_encode(g_tok, all, 512, 0, ids, 1024);
+        for (i = 0; i < nid; i++) bad += ids[i] < 0 || ids[i] >= tok_n_vocab(g_tok);
+        for (i = 0; i < 256; i++) {
+            int one[4], k, r = tok_encode(g_tok, all + i, 1, 0, one, 4);
+            n_single += r == 0;
+            for (k = 0; k < r; k++) bad += one[k] < 0 || one[k] >= tok_n_vocab(g_tok);
+        }
+        th_note("all 256 byte values: %d ids, %d outside the vocabulary; %d bytes have no token (dropped)", nid, bad,
+                n_single);
+        CHECK(nid > 0 && bad == 0);
+        CHECK(n_single == 21); /* SmolLM2's vocabulary lacks 21 byte symbols */
+    }
     CHECK(equal == cases);
     CHECK(roundtrip == cases);
 }
@@ -187,6 +213,34 @@ static void test_loader_errors(void) {
     CHECK(gguf_read(&f, "build/test_nohead.gguf") == 0);
     CHECK(tok_load(&f) == NULL && strstr(f.err, "tokenizer.ggml.model"));
     gguf_close(&f);
+    { /* crafted llama-mla: d_nope = 2^30 with 2 heads made H*(d_nope+m) wrap in int, the
+         shape check pass and mla_weights_validate read far past a 4 KB tensor */
+        static float big[1024];
+        uint64_t ne2[2] = {32, 32};
+        int c;
+        for (c = 0; c < 2; c++) {
+            w = gguf_writer_new();
+            gguf_w_str(w, "general.architecture", "llama-mla");
+            gguf_w_u32(w, "llama-mla.block_count", c ? 0x80000001u : 1);
+            gguf_w_u32(w, "llama-mla.embedding_length", 32);
+            gguf_w_u32(w, "llama-mla.feed_forward_length", 32);
+            gguf_w_u32(w, "llama-mla.attention.head_count", 2);
+            gguf_w_u32(w, "llama-mla.mla.kv_lora_rank", 16);
+            gguf_w_u32(w, "llama-mla.mla.qk_nope_head_dim", 1u << 30);
+            gguf_w_u32(w, "llama-mla.mla.qk_rope_head_dim", 8);
+            gguf_w_u32(w, "llama-mla.mla.v_head_dim", 8);
+            gguf_w_tensor_f32(w, "token_embd.weight", big, 2, ne2);
+            gguf_w_tensor_f32(w, "output_norm.weight", big, 1, ne2);
+            gguf_w_tensor_f32(w, "blk.0.attn_q.weight", big, 2, ne2);
+            gguf_writer_save(w, "build/test_mla_wrap.gguf", err, sizeof err);
+            gguf_writer_free(w);
+            CHECK(gguf_read(&f, "build/test_mla_wrap.gguf") == 0);
+            CHECK(model_load(&m, &f) != 0);
+            th_note("crafted llama-mla (%s): \"%s\"", c ? "block_count 2^31+1" : "d_nope 2^30", f.err);
+            CHECK(strstr(f.err, c ? "out of range" : "qk_nope_head_dim") != NULL);
+            gguf_close(&f);
+        }
+    }
 }
 
 /* logits of every position of the three reference prompts: prefill in one

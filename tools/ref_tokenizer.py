@@ -36,6 +36,9 @@ def main():
         with open('/usr/share/common-licenses/' + lic, encoding='utf-8') as f:
             cases += [l.rstrip('\n') for l in f if l.strip()][:150]
     cases += [
+        # bytes whose byte-level symbol is not in SmolLM2's vocabulary (0x04 0x06 0x13 0x14 0x16 0x1d,
+        # and the lead byte 0xf1 of U+40000..): HF drops them (no unk token)
+        "a\x04b\x06c\x13d\x14e\x16f\x1dg", "\x04\x06\x13", "x \x1d y", "\U00040000 and \U00080001z",
         "Hello, world! It's 2026; we'll see what you've done.",
         "Numbers: 3.14159, 1,000,000 and 007 -- also ½ and ² and ٣٤٥.",
         "Unicode: café naïve Zürich Ελληνικά русский 日本語 한국어 emoji 😀👍🏽 done",

@@ -22,7 +22,14 @@ static int calib_pass(const model *src, const model *through, const int *toks, i
     double t0 = now_s();
     fflush(stdout); /* progress goes to stderr */
     if (!H || !xb) { snprintf(err, errlen, "out of memory for %d calibration tokens", n_win * window); rc = -1; goto done; }
-    for (t = 0; t < n_win * window; t++) memcpy(H + t * D, src->tok_embd + (size_t)toks[t] * D, sizeof(float) * D);
+    for (t = 0; t < n_win * window; t++) {
+        if (toks[t] < 0 || toks[t] >= src->vocab) { /* no id outside the vocabulary reaches the embedding */
+            snprintf(err, errlen, "calibration token %d has id %d, outside the vocabulary (%d)", t, toks[t], src->vocab);
+            rc = -1;
+            goto done;
+        }
+        memcpy(H + t * D, src->tok_embd + (size_t)toks[t] * D, sizeof(float) * D);
+    }
     for (l = 0; l < src->n_layers; l++) {
         mla_calib cal, *c = keep ? &keep[l] : &cal;
         if (mla_calib_init(c, src->dim)) { snprintf(err, errlen, "out of memory"); rc = -1; goto done; }

@@ -12,7 +12,12 @@ static int get_i(gguf_file *f, const char *arch, const char *key, int64_t *v, in
         *v = dflt;
         return 0;
     }
-    return gguf_get_int(f, k, v);
+    if (gguf_get_int(f, k, v)) return -1;
+    if (*v < -2147483647 || *v > 2147483647) { /* every field lands in an int */
+        snprintf(f->err, sizeof f->err, "metadata %s = %lld is out of range", k, (long long)*v);
+        return -1;
+    }
+    return 0;
 }
 
 static int get_f(gguf_file *f, const char *arch, const char *key, double *v, double dflt) {
@@ -127,6 +132,8 @@ int model_load(model *m, gguf_file *f) {
         }
         if (mla_config_validate(c, &bad) != MLA_OK) {
             snprintf(f->err, sizeof f->err, "bad MLA hyper-parameter %s", bad ? bad : "?");
+            free(m->mla_rope_freqs);
+            m->mla_rope_freqs = NULL;
             return -1;
         }
     }

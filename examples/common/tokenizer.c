@@ -157,6 +157,7 @@ static int bpe_piece(const tokenizer *t, const unsigned char *s, size_t n, int *
         for (k = 0; k < n; k++) {
             char c[3];
             int l = utf8_put(c, t->byte2cp[s[k]]), id = smap_get(&t->vocab, c, l);
+            if (id < 0) continue; /* a byte without a token is dropped, as HF tokenizers and llama.cpp do */
             if (cnt >= max_out) return -1;
             out[cnt++] = id;
         }
@@ -190,10 +191,11 @@ static int bpe_piece(const tokenizer *t, const unsigned char *s, size_t n, int *
             while (j < sym_start[i] + sym_len[i]) {
                 int cp, l = utf8_next((const unsigned char *)buf, (size_t)len, (size_t)j, &cp);
                 char c[3];
-                int cl = utf8_put(c, cp);
-                if (cnt >= max_out) { cnt = -1; goto done; }
-                out[cnt++] = smap_get(&t->vocab, c, cl);
+                int cl = utf8_put(c, cp), bid = smap_get(&t->vocab, c, cl);
                 j += l;
+                if (bid < 0) continue; /* a byte without a token is dropped (HF tokenizers, llama.cpp) */
+                if (cnt >= max_out) { cnt = -1; goto done; }
+                out[cnt++] = bid;
             }
             continue;
         }
