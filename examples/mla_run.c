@@ -100,6 +100,10 @@ int main(int argc, char **argv) {
                scored, n / ctx, ctx, ppl_file, cache, m.is_mla && absorbed ? "absorbed" : "naive",
                (n / ctx) * ctx / (now_s() - t1));
         free(toks);
+        if (!(ppl == ppl) || ppl <= 0) { /* nan: the evaluation failed, say so in the exit code */
+            fprintf(stderr, "mla-run: perplexity evaluation failed\n");
+            return 1;
+        }
     }
     tok_free(tk);
     model_free(&m);
