@@ -580,17 +580,16 @@ static void mla__dot4x4(const float *x, size_t ldx, const float *w, size_t ldw, 
 
 /* y[t][i] (row stride ldy) = x_t . W_i for T rows of x (stride ldx) and n
    rows of W (stride ldw), k long: the one matrix-product kernel. With
-   `parallel` and OpenMP, blocks of W rows go to threads. */
+   OpenMP, blocks of W rows go to threads. */
 #endif /* !MLA_USE_CBLAS */
 static void mla__gemm_nt(float *y, size_t ldy, const float *x, size_t ldx, const float *W, size_t ldw,
-                         int T, int n, int k, int parallel) {
+                         int T, int n, int k) {
 #ifdef MLA_USE_CBLAS
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, n, k, 1.0f, x, (int)ldx, W, (int)ldw, 0.0f, y, (int)ldy);
-    (void)parallel;
 #else
     int ib;
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) if (parallel && (long)n * k * T > 65536)
+#pragma omp parallel for schedule(static) if ((long)n * k * T > 65536)
 #endif
     for (ib = 0; ib < (n + 3) / 4; ib++) { /* 4 weight rows, read once for all T rows of x */
         int i0 = ib * 4, t0, t, i;
@@ -607,14 +606,13 @@ static void mla__gemm_nt(float *y, size_t ldy, const float *x, size_t ldx, const
             }
         }
     }
-    (void)parallel;
 #endif
 }
 
 MLADEF void mla_matmul(float *y, const float *x, const float *W, const float *b,
                        int T, int n, int k) {
     int t, i;
-    mla__gemm_nt(y, (size_t)n, x, (size_t)k, W, (size_t)k, T, n, k, 1);
+    mla__gemm_nt(y, (size_t)n, x, (size_t)k, W, (size_t)k, T, n, k);
     if (b)
         for (t = 0; t < T; t++)
             for (i = 0; i < n; i++) y[(size_t)t * n + i] += b[i];
