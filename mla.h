@@ -193,7 +193,8 @@ typedef struct {
 } mla_seq;
 
 /* Bytes mla_pool_init needs (data + free list). block_size 0 -> 64.
-   0 for bad arguments or a size past what can exist (never wraps). */
+   0 for bad arguments (qk_rope_head_dim must be even, as in mla_config) or a
+   size past what can exist (never wraps). */
 MLAPI size_t mla_pool_bytes(mla_dtype type, int n_layers, int kv_lora_rank,
                             int qk_rope_head_dim, int block_size, int n_blocks);
 /* mem: caller memory of mla_pool_bytes() bytes (aligned for float), or NULL
@@ -934,7 +935,7 @@ static size_t mla__pool_data_bytes(mla_dtype type, int n_layers, int r, int m, i
 MLADEF size_t mla_pool_bytes(mla_dtype type, int n_layers, int r, int m, int bs, int nb) {
     size_t d;
     if (bs == 0) bs = 64;
-    if (n_layers <= 0 || r <= 0 || m < 0 || bs < 0 || nb <= 0 || (long)r + m > MLA__MAX_DIM ||
+    if (n_layers <= 0 || r <= 0 || m < 0 || m % 2 || bs < 0 || nb <= 0 || (long)r + m > MLA__MAX_DIM ||
         (type != MLA_F32 && type != MLA_F16 && type != MLA_BF16 && type != MLA_I8))
         return 0;
     d = mla__pool_data_bytes(type, n_layers, r, m, bs, nb);

@@ -21,7 +21,8 @@ static void chat(const model *m, const tokenizer *tk) {
     printf("user: %s\nassistant: ", CHAT_PROMPT);
     if (n <= 0 || model_state_init(&st, m, n + 121, 64, MLA_BF16)) { printf("(failed)\n"); return; }
     if (generate(m, &st, tk, toks, n, 120, &sp, stdout, NULL, 0, &pf, &dc) < 0) printf("(failed)");
-    printf("\n[%s, bf16 cache: prefill %.1f tok/s, decode %.1f tok/s]\n", m->is_mla ? "MLA absorbed decode" : "GQA", pf, dc);
+    printf("\n[%s: prefill %.1f tok/s, decode %.1f tok/s]\n",
+           m->is_mla ? "MLA absorbed decode, bf16 latent cache" : "GQA, f32 cache", pf, dc);
     fflush(stdout);
     model_state_free(&st);
 }

@@ -451,6 +451,7 @@ static void test_size_overflow(void) {
     CHECK(mla_cache_init(&c, MLA_F32, 1 << 20, 1 << 21, 1 << 21, 1 << 20, NULL) == MLA_ERR_INVALID_ARG);
     CHECK(mla_pool_bytes(MLA_F32, 2, 16, 8, 4, 3) > 0); /* small ones still fine */
     CHECK(mla_seq_row(NULL, NULL, 0, 0) == NULL);   /* and NULLs are refused, not dereferenced */
+    CHECK(mla_cache_init(&c, MLA_BF16, 1, 16, 7, 8, NULL) == MLA_ERR_INVALID_ARG); /* odd m, as the config */
     CHECK(mla_gqa_cache_init(&gc, 1 << 20, 1 << 20, 1 << 22) == MLA_ERR_INVALID_ARG);
     CHECK(mla_attend_scratch_bytes(0x7fffffff, 0x7fffffff, 2) == 0);
     memset(&cfg, 0, sizeof cfg); /* d_nope + m overflowing int must not pass (it was UB, folded away at -O2) */
