@@ -524,8 +524,12 @@ static float mla__dot(const float *a, const float *b, int n) {
 }
 
 static void mla__axpy(float *y, float a, const float *x, int n) {
-    int i;
-    for (i = 0; i < n; i++) y[i] += a * x[i];
+    int i = 0;
+#ifdef MLA__AVX2
+    __m256 va = _mm256_set1_ps(a);
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+#endif
+    for (; i < n; i++) y[i] += a * x[i];
 }
 
 static int mla__all_finite(const float *x, size_t n) {
@@ -1322,7 +1326,7 @@ static void mla__pv_f32(float *o, int Hp, int dv, const float *p, const float *v
         }
     }
 #endif
-    for (j = 0; j < Hp; j++) /* the rest (all of it in the plain build) */
+    for (j = 0; j < Hp && d < dv; j++) /* the rest (all of it in the plain build) */
         for (t = 0; t < n; t++) {
             float pj = p[(size_t)j * MLA__PST + t], *oj = o + (size_t)j * dv;
             const float *vt = v + (size_t)t * vs;
@@ -1399,7 +1403,18 @@ static void mla__att_tile(mla__att *a, mla_dtype type, const char *k, size_t ks,
     for (j = H; j < a->Hp; j++) memset(a->p + (size_t)j * MLA__PST, 0, sizeof(float) * (size_t)n); /* pad heads */
     for (j = 0; j < H; j++) { /* online softmax: rescale what came before when the max grows */
         float *pj = a->p + (size_t)j * MLA__PST, mt = pj[0];
-        for (t = 1; t < n; t++) mt = pj[t] > mt ? pj[t] : mt;
+        t = 1;
+#ifdef MLA__AVX2
+        if (n >= 8) {
+            __m256 vm = _mm256_loadu_ps(pj);
+            float part[8];
+            int u;
+            for (t = 8; t + 8 <= n; t += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(pj + t));
+            _mm256_storeu_ps(part, vm);
+            for (u = 0; u < 8; u++) mt = part[u] > mt ? part[u] : mt;
+        }
+#endif
+        for (; t < n; t++) mt = pj[t] > mt ? pj[t] : mt;
         if (mt > a->mx[j]) {
             float alpha = expf(a->mx[j] - mt), *oj = a->o + (size_t)j * dv;
             int u;
