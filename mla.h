@@ -1106,7 +1106,7 @@ typedef struct {
 
 /* One thread's scratch: the absorbed query/output of one token and a state. */
 typedef struct {
-    float *qlat, *qpe, *olat, *lse; /* [H][dv], [H][dk-dv], [H][dv], [H] */
+    float *qlat, *olat, *lse; /* [H][dv], [H][dv], [H] (q_pe is read in place) */
     mla__att a;
 } mla__slot;
 
@@ -1116,7 +1116,6 @@ static size_t mla__slot_layout(int H, int dk, int dv, float *base, mla__slot *s)
     mla__slot tmp;
     if (!s) s = &tmp;
     s->qlat = mla__carve(base, &off, (size_t)H * dv);
-    s->qpe = mla__carve(base, &off, (size_t)H * (dk - dv));
     s->olat = mla__carve(base, &off, (size_t)H * dv);
     s->lse = mla__carve(base, &off, (size_t)H);
     s->a.H = H; s->a.Hp = (int)Hp; s->a.dk = dk; s->a.dv = dv; s->a.r16 = r16; s->a.m16 = m16;
