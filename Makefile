@@ -19,12 +19,12 @@ ifneq ($(CBLAS_LIB),)
 CBLAS_FLAGS = -DHAVE_CBLAS
 endif
 
-COMMON_SRC = examples/common/gguf.c examples/common/tokenizer.c examples/common/model.c examples/common/run.c \
+COMMON_SRC = examples/common/gguf.c examples/common/outfile.c examples/common/tokenizer.c examples/common/model.c examples/common/run.c \
              examples/common/convert.c examples/common/svg.c examples/common/tradeoff.c
-COMMON_HDR = mla.h examples/common/gguf.h examples/common/tokenizer.h examples/common/model.h \
+COMMON_HDR = mla.h examples/common/gguf.h examples/common/outfile.h examples/common/tokenizer.h examples/common/model.h \
              examples/common/run.h examples/common/unicode_tab.h examples/common/convert.h \
              examples/common/svg.h examples/common/tradeoff.h
-TEST_SRC = tests/run_tests.c tests/harness.c tests/test_core.c tests/test_kernel.c tests/test_gguf.c tests/test_model.c tests/test_convert.c tests/test_cuda.c tests/mlav.c \
+TEST_SRC = tests/run_tests.c tests/harness.c tests/test_core.c tests/test_kernel.c tests/test_gguf.c tests/test_model.c tests/test_convert.c tests/test_cuda.c tests/test_cli.c tests/mlav.c \
            tests/impl.c $(COMMON_SRC)
 TEST_HDR = $(COMMON_HDR) tests/harness.h tests/mlav.h mla_cuda.h
 MODEL    = models/SmolLM2-135M-Instruct.Q4_1.gguf
@@ -105,7 +105,8 @@ headercheck: | $(BIN)
 	  clang -std=c99 -Wall -Wextra -pedantic -Werror -O2 -mavx2 -mfma -mf16c -I. -c -o $(BIN)/hc_clang_avx2.o $(BIN)/hc.c; \
 	fi
 
-test: headercheck cuda-build $(BIN)/run_tests $(MODEL)
+CLI_BIN = $(BIN)/mla-run $(BIN)/mla-convert $(BIN)/mla-tradeoff
+test: headercheck cuda-build $(BIN)/run_tests $(CLI_BIN) $(MODEL)
 	./$(BIN)/run_tests
 
 # ---- CUDA: sm_80 and sm_90 code, PTX for newer GPUs ----
@@ -142,7 +143,7 @@ endif
 cuda: $(BIN)/test_cuda_gpu $(BIN)/bench_cuda
 
 SAN = -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
-sanitize: $(MODEL) | $(BIN)
+sanitize: $(CLI_BIN) $(MODEL) | $(BIN)
 	$(CC) $(WARN) -O1 -g $(SAN) $(CBLAS_FLAGS) -c -o $(BIN)/cblas_impl_san.o tests/cblas_impl.c
 	$(CC) $(WARN) -O1 -g $(SAN) -x c -c -o $(BIN)/mla_cuda_cpu_san.o mla_cuda.cu
 	$(CC) $(WARN) -O1 -g $(ARCH) $(SAN) -DMLA_NO_SIMD -DVARIANT_PREFIX=plain_ -c -o $(BIN)/variant_plain_san.o tests/variant.c

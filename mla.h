@@ -190,6 +190,7 @@ typedef struct {
     int n_blocks;     /* blocks held                                         */
     int max_blocks;   /* room in block_table                                 */
     int *block_table; /* caller memory [max_blocks]                          */
+    int capacity;     /* tokens the held blocks cover (n_blocks * block_size) */
 } mla_seq;
 
 /* Bytes mla_pool_init needs (data + free list). block_size 0 -> 64.
@@ -206,11 +207,13 @@ MLAPI void mla_pool_free(mla_pool *pool);
 MLAPI size_t mla_pool_row_bytes(const mla_pool *pool); /* one token, one layer */
 
 MLAPI void mla_seq_init(mla_seq *seq, int *block_table, int max_blocks);
-/* Makes room for n_tokens more tokens (takes free blocks). All or nothing:
-   MLA_ERR_CACHE_FULL leaves pool and seq unchanged. mla_forward/mla_decode
-   call it themselves. */
+/* Makes room for n_tokens more tokens (takes free blocks and zeroes them:
+   a row never written reads as zeros, never as another sequence's data).
+   All or nothing: MLA_ERR_CACHE_FULL leaves pool and seq unchanged.
+   mla_forward/mla_decode call it themselves. */
 MLAPI mla_result mla_seq_reserve(mla_pool *pool, mla_seq *seq, int n_tokens);
-/* seq->len += n once every layer has written its rows. */
+/* seq->len += n once every layer has written its rows. MLA_ERR_INVALID_ARG
+   (seq unchanged) if n < 0 or len + n passes the reserved rows. */
 MLAPI mla_result mla_seq_advance(mla_seq *seq, int n);
 /* Returns all blocks of seq to the pool; seq becomes empty. */
 MLAPI void mla_seq_release(mla_pool *pool, mla_seq *seq);
@@ -983,7 +986,7 @@ MLADEF size_t mla_pool_row_bytes(const mla_pool *p) {
 }
 
 MLADEF void mla_seq_init(mla_seq *s, int *table, int max_blocks) {
-    s->len = 0; s->n_blocks = 0; s->max_blocks = max_blocks; s->block_table = table;
+    s->len = 0; s->n_blocks = 0; s->max_blocks = max_blocks; s->block_table = table; s->capacity = 0;
 }
 
 static int mla__blocks_needed(const mla_pool *p, const mla_seq *s, int n_tokens) {
@@ -996,12 +999,18 @@ MLADEF mla_result mla_seq_reserve(mla_pool *p, mla_seq *s, int n_tokens) {
     if (!p || !s || n_tokens < 0) return MLA_ERR_INVALID_ARG;
     need = mla__blocks_needed(p, s, n_tokens);
     if (need > p->n_free || s->n_blocks + need > s->max_blocks) return MLA_ERR_CACHE_FULL;
-    for (i = 0; i < need; i++) s->block_table[s->n_blocks++] = p->free_list[--p->n_free];
+    for (i = 0; i < need; i++) { /* a block is all layers' rows of block_size tokens, contiguous */
+        size_t block = (size_t)p->n_layers * p->block_size * mla_pool_row_bytes(p);
+        int b = p->free_list[--p->n_free];
+        memset((char *)p->data + (size_t)b * block, 0, block);
+        s->block_table[s->n_blocks++] = b;
+    }
+    s->capacity = (long)s->n_blocks * p->block_size > 0x7fffffff ? 0x7fffffff : s->n_blocks * p->block_size;
     return MLA_OK;
 }
 
 MLADEF mla_result mla_seq_advance(mla_seq *s, int n) {
-    if (!s || n < 0) return MLA_ERR_INVALID_ARG;
+    if (!s || n < 0 || n > s->capacity - s->len) return MLA_ERR_INVALID_ARG;
     s->len += n;
     return MLA_OK;
 }
@@ -1009,6 +1018,7 @@ MLADEF mla_result mla_seq_advance(mla_seq *s, int n) {
 MLADEF void mla_seq_release(mla_pool *p, mla_seq *s) {
     while (s->n_blocks > 0) p->free_list[p->n_free++] = s->block_table[--s->n_blocks];
     s->len = 0;
+    s->capacity = 0;
 }
 
 MLADEF void *mla_seq_row(const mla_pool *p, const mla_seq *s, int layer, int t) {

@@ -87,10 +87,12 @@ int main(int argc, char **argv) {
     banner("3. trade-off: perplexity vs KV cache, TransMLA vs query-aware (first 2048 eval tokens)");
     memset(&to, 0, sizeof to);
     to.ranks = ranks; to.n_ranks = 4; to.rope_dim = m.head_dim; to.freqfold = 2;
-    if (ensure_dir("demo-out")) fprintf(stderr, "demo: cannot create demo-out/\n");
-    tsv = fopen("demo-out/tradeoff.tsv", "w");
+    if (ensure_dir("demo-out") || !(tsv = fopen("demo-out/tradeoff.tsv", "w"))) {
+        fprintf(stderr, "demo: cannot write demo-out/tradeoff.tsv\n");
+        return 1;
+    }
     if (run_tradeoff(&m, pre, eval, n_eval < 2048 ? n_eval : 2048, 512, &to, tsv, "demo-out/tradeoff.svg")) return 1;
-    if (tsv) fclose(tsv);
+    if (fclose(tsv)) { fprintf(stderr, "demo: write error on demo-out/tradeoff.tsv\n"); return 1; }
     printf("\ndone in %.1f s\n", now_s() - t_start);
     calib_free_all(pre, m.n_layers);
     free(eval); free(calib);

@@ -1,7 +1,9 @@
 /* mla-convert: a LLaMA-architecture GQA GGUF in, an MLA (llama-mla) GGUF out
    that mla-run runs with mla.h's absorbed path and latent cache. */
 #include "common/convert.h"
+#include "common/outfile.h"
 #include "common/run.h"
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,7 +30,8 @@ static void usage(void) {
 
 int main(int argc, char **argv) {
     const char *in = NULL, *out = NULL, *calib_files = CALIB_TEXTS, *eval_file = NULL, *ff = NULL;
-    int i, calib_max = 0, weight_only = 0, ctx = 512, threads = 0, n_calib = 0;
+    static const char *P = "mla-convert";
+    int i, calib_max = 0, weight_only = 0, ctx = 512, threads = 0, n_calib = 0, bad = 0;
     convert_opts o;
     gguf_file f;
     model src, dst;
@@ -48,24 +51,32 @@ int main(int argc, char **argv) {
         if (!v) { usage(); return 2; }
         if (!strcmp(a, "--model")) in = v;
         else if (!strcmp(a, "--out")) out = v;
-        else if (!strcmp(a, "--rank")) o.rank = atoi(v);
-        else if (!strcmp(a, "--rope-dim")) o.rope_dim = atoi(v);
-        else if (!strcmp(a, "--freqfold")) ff = v;
-        else if (!strcmp(a, "--method")) {
+        else if (!strcmp(a, "--rank")) bad = arg_int(P, a, v, 1, 1 << 20, &o.rank);
+        else if (!strcmp(a, "--rope-dim")) bad = arg_int(P, a, v, 2, 1 << 16, &o.rope_dim);
+        else if (!strcmp(a, "--freqfold")) {
+            ff = v;
+            if (strcmp(v, "auto")) bad = arg_int(P, a, v, 1, 1 << 15, &o.freqfold);
+        } else if (!strcmp(a, "--method")) {
             if (!strcmp(v, "transmla")) o.method = MLA_CONVERT_TRANSMLA;
             else if (!strcmp(v, "qaware")) o.method = MLA_CONVERT_QAWARE;
             else { fprintf(stderr, "mla-convert: unknown method %s (transmla or qaware)\n", v); return 2; }
         } else if (!strcmp(a, "--calib")) calib_files = v;
-        else if (!strcmp(a, "--calib-tokens")) calib_max = atoi(v);
+        else if (!strcmp(a, "--calib-tokens")) bad = arg_int(P, a, v, CALIB_WINDOW, INT_MAX, &calib_max);
         else if (!strcmp(a, "--eval")) eval_file = v;
-        else if (!strcmp(a, "--ctx")) ctx = atoi(v);
-        else if (!strcmp(a, "--threads")) threads = atoi(v);
-        else if (!strcmp(a, "--q-rank")) o.q_rank = atoi(v);
-        else if (!strcmp(a, "--key-weight")) o.key_weight = atof(v);
+        else if (!strcmp(a, "--ctx")) bad = arg_int(P, a, v, 2, 1 << 20, &ctx);
+        else if (!strcmp(a, "--threads")) bad = arg_int(P, a, v, 0, 1024, &threads);
+        else if (!strcmp(a, "--q-rank")) bad = arg_int(P, a, v, 0, 1 << 20, &o.q_rank);
+        else if (!strcmp(a, "--key-weight")) bad = arg_num(P, a, v, 1e-6, 1e6, &o.key_weight);
         else { usage(); return 2; }
+        if (bad) return 2;
         i++;
     }
     if (!in || !out) { usage(); return 2; }
+    if (same_file(in, out)) { /* the write is atomic, but replacing the source is never what was meant */
+        fprintf(stderr, "mla-convert: --out %s is the source model; choose another path\n", out);
+        return 2;
+    }
+    if (outfile_check(out, err, sizeof err)) { fprintf(stderr, "mla-convert: %s\n", err); return 1; }
     set_threads(threads);
     t0 = now_s();
     if (gguf_read(&f, in) || model_load(&src, &f) || !(tk = tok_load(&f))) {
@@ -76,19 +87,35 @@ int main(int argc, char **argv) {
     {
         int L = src.n_kv_heads * src.head_dim;
         if (!o.rope_dim) o.rope_dim = o.lossless ? L : src.head_dim;
+        if (o.rope_dim > L) {
+            fprintf(stderr, "mla-convert: --rope-dim %d: at most the GQA key width L = %d\n", o.rope_dim, L);
+            return 2;
+        }
         if (o.rank < 0) o.rank = o.lossless ? 0 : L - o.rope_dim; /* r + m = L: half the GQA cache */
-        if (o.rank <= 0 && !o.lossless) o.rank = 0;
+        if (!o.lossless && (o.rank < 1 || o.rank > 2 * L - o.rope_dim)) {
+            fprintf(stderr, "mla-convert: --rank %d: expected 1 to 2L - m = %d (the full K and V width)\n", o.rank,
+                    2 * L - o.rope_dim);
+            return 2;
+        }
+        if (o.q_rank > src.dim) {
+            fprintf(stderr, "mla-convert: --q-rank %d: at most the model width %d\n", o.q_rank, src.dim);
+            return 2;
+        }
         if (!ff) { /* 2c measured best on SmolLM2 (README); c = d/m is the smallest valid */
-            static char buf[16];
             int c = o.rope_dim <= src.head_dim ? src.head_dim / o.rope_dim : 1;
-            snprintf(buf, sizeof buf, "%d", (src.head_dim / 2) % (2 * c) == 0 ? 2 * c : c);
-            ff = buf;
+            o.freqfold = (src.head_dim / 2) % (2 * c) == 0 ? 2 * c : c;
+            ff = "default";
         }
     }
     if (!weight_only && !o.lossless) {
         calib = tokenize_files(tk, calib_files, &n_calib);
         if (!calib) { fprintf(stderr, "mla-convert: cannot read calibration text %s\n", calib_files); return 1; }
         if (calib_max > 0 && n_calib > calib_max) n_calib = calib_max;
+        if (n_calib < CALIB_WINDOW) {
+            fprintf(stderr, "mla-convert: %s gives %d tokens; calibration needs at least %d (or --weight-only)\n",
+                    calib_files, n_calib, CALIB_WINDOW);
+            return 1;
+        }
         fprintf(stderr, "calibration: %d tokens from %s\n", n_calib, calib_files);
     } else if (!o.lossless) {
         fprintf(stderr, "calibration: NONE (--weight-only): statistics from the weights alone, expect worse quality\n");
@@ -119,8 +146,6 @@ int main(int argc, char **argv) {
             }
             o.freqfold = best_f;
             fprintf(stderr, "freqfold auto: %d\n", best_f);
-        } else {
-            o.freqfold = atoi(ff);
         }
         if (convert_model(&src, calib, n_calib - n_hold, pre, &o, &dst, err, sizeof err)) {
             fprintf(stderr, "mla-convert: %s\n", err);

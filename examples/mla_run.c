@@ -1,6 +1,7 @@
 /* mla-run: run a LLaMA GGUF (GQA) or a converted llama-mla GGUF (MLA):
    generate text, chat, or measure perplexity. */
 #include "common/run.h"
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,7 +20,10 @@ static void usage(void) {
 
 int main(int argc, char **argv) {
     const char *path = NULL, *prompt = NULL, *chat = NULL, *ppl_file = NULL, *cache = "f32";
-    int n_new = 128, ctx = 512, threads = 0, i, naive = 0, absorbed = 0;
+    static const char *P = "mla-run";
+    int n_new = 128, ctx = 512, threads = 0, i, naive = 0, absorbed = 0, bad = 0;
+    long long seed = 0;
+    double x = 0;
     sampler sp = {0.0f, 0.95f, 42};
     gguf_file f;
     model m;
@@ -34,18 +38,19 @@ int main(int argc, char **argv) {
         if (!strcmp(a, "--model")) path = v;
         else if (!strcmp(a, "--prompt")) prompt = v;
         else if (!strcmp(a, "--chat")) chat = v;
-        else if (!strcmp(a, "-n")) n_new = atoi(v);
+        else if (!strcmp(a, "-n")) bad = arg_int(P, a, v, 0, 1 << 20, &n_new);
         else if (!strcmp(a, "--ppl")) ppl_file = v;
-        else if (!strcmp(a, "--ctx")) ctx = atoi(v);
-        else if (!strcmp(a, "--threads")) threads = atoi(v);
-        else if (!strcmp(a, "--temp")) sp.temp = (float)atof(v);
-        else if (!strcmp(a, "--top-p")) sp.top_p = (float)atof(v);
-        else if (!strcmp(a, "--seed")) sp.rng = strtoull(v, NULL, 10) * 2654435761ULL + 1;
+        else if (!strcmp(a, "--ctx")) bad = arg_int(P, a, v, 2, 1 << 20, &ctx);
+        else if (!strcmp(a, "--threads")) bad = arg_int(P, a, v, 0, 1024, &threads);
+        else if (!strcmp(a, "--temp")) { bad = arg_num(P, a, v, 0, 100, &x); sp.temp = (float)x; }
+        else if (!strcmp(a, "--top-p")) { bad = arg_num(P, a, v, 1e-6, 1, &x); sp.top_p = (float)x; }
+        else if (!strcmp(a, "--seed")) { bad = arg_ll(P, a, v, 0, LLONG_MAX, &seed); sp.rng = (unsigned long long)seed * 2654435761ULL + 1; }
         else if (!strcmp(a, "--cache")) cache = v;
         else { usage(); return 2; }
+        if (bad) return 2;
         i++;
     }
-    if (!path || (!prompt && !chat && !ppl_file) || ctx < 2 || n_new < 0) { usage(); return 2; }
+    if (!path || (!prompt && !chat && !ppl_file) ) { usage(); return 2; }
     if (strcmp(cache, "f32") && strcmp(cache, "f16") && strcmp(cache, "bf16") && strcmp(cache, "i8")) {
         fprintf(stderr, "mla-run: --cache %s: expected f32, f16, bf16 or i8\n", cache);
         return 2;
@@ -72,6 +77,7 @@ int main(int argc, char **argv) {
         int *toks = (int *)malloc(sizeof(int) * 8192), n;
         model_state st;
         double pf = 0, dc = 0;
+        if (!toks) { fprintf(stderr, "mla-run: out of memory\n"); return 1; }
         n = chat ? chat_tokens(tk, chat, toks, 8192) : tok_encode(tk, prompt, strlen(prompt), 1, toks, 8192);
         if (n <= 0) { fprintf(stderr, "mla-run: empty or too long prompt\n"); return 1; }
         if (model_state_init(&st, &m, n + n_new + 1, 64, ct)) { fprintf(stderr, "mla-run: out of memory\n"); return 1; }

@@ -1,7 +1,9 @@
 /* mla-tradeoff: the README's results table and chart. Calibrates once, then
    converts SmolLM2 at many ranks with each method and measures perplexity. */
 #include "common/tradeoff.h"
+#include "common/outfile.h"
 #include "common/run.h"
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,7 +11,8 @@
 int main(int argc, char **argv) {
     const char *path = "models/SmolLM2-135M-Instruct.Q4_1.gguf", *svg = "demo-out/tradeoff.svg";
     const char *tsv_path = "demo-out/tradeoff.tsv";
-    int ranks[16], n_ranks = 0, i, eval_tokens = 0, n_eval, n_calib, threads = 0;
+    static const char *P = "mla-tradeoff";
+    int ranks[16], n_ranks = 0, i, eval_tokens = 0, n_eval, n_calib, threads = 0, bad = 0;
     const char *rank_list = "320,256,192,128,64";
     tradeoff_opts o;
     gguf_file f;
@@ -38,21 +41,34 @@ int main(int argc, char **argv) {
         }
         if (!strcmp(a, "--model")) path = v;
         else if (!strcmp(a, "--ranks")) rank_list = v;
-        else if (!strcmp(a, "--rope-dim")) o.rope_dim = atoi(v);
-        else if (!strcmp(a, "--freqfold")) o.freqfold = atoi(v);
-        else if (!strcmp(a, "--eval-tokens")) eval_tokens = atoi(v);
+        else if (!strcmp(a, "--rope-dim")) bad = arg_int(P, a, v, 2, 1 << 16, &o.rope_dim);
+        else if (!strcmp(a, "--freqfold")) bad = arg_int(P, a, v, 1, 1 << 15, &o.freqfold);
+        else if (!strcmp(a, "--eval-tokens")) bad = arg_int(P, a, v, 2, INT_MAX, &eval_tokens);
         else if (!strcmp(a, "--svg")) svg = v;
         else if (!strcmp(a, "--tsv")) tsv_path = v;
-        else if (!strcmp(a, "--threads")) threads = atoi(v);
-        else if (!strcmp(a, "--key-weight")) o.key_weight = atof(v);
+        else if (!strcmp(a, "--threads")) bad = arg_int(P, a, v, 0, 1024, &threads);
+        else if (!strcmp(a, "--key-weight")) bad = arg_num(P, a, v, 1e-6, 1e6, &o.key_weight);
         else { fprintf(stderr, "mla-tradeoff: unknown option %s\n", a); return 2; }
+        if (bad) return 2;
         i++;
     }
-    for (const char *p = rank_list; *p && n_ranks < 16;) {
-        ranks[n_ranks++] = atoi(p);
-        p += strcspn(p, ",");
+    for (const char *p = rank_list; *p;) { /* comma-separated ranks */
+        char one[32];
+        size_t len = strcspn(p, ",");
+        if (n_ranks == 16) { fprintf(stderr, "mla-tradeoff: --ranks: at most 16\n"); return 2; }
+        snprintf(one, sizeof one, "%.*s", (int)(len < sizeof one ? len : sizeof one - 1), p);
+        if (arg_int(P, "--ranks", one, 1, 1 << 20, &ranks[n_ranks++])) return 2;
+        p += len;
         if (*p == ',') p++;
     }
+    if (!n_ranks) { fprintf(stderr, "mla-tradeoff: --ranks: empty list\n"); return 2; }
+    /* outputs checked before minutes of work; the default ones go to demo-out/ */
+    if ((!strncmp(tsv_path, "demo-out/", 9) || !strncmp(svg, "demo-out/", 9)) && ensure_dir("demo-out")) {
+        fprintf(stderr, "mla-tradeoff: cannot create demo-out/\n");
+        return 1;
+    }
+    if (!(tsv = fopen(tsv_path, "w"))) { fprintf(stderr, "mla-tradeoff: cannot write %s\n", tsv_path); return 1; }
+    if (outfile_check(svg, err, sizeof err)) { fprintf(stderr, "mla-tradeoff: %s\n", err); return 1; }
     set_threads(threads);
     if (gguf_read(&f, path) || model_load(&m, &f) || !(tk = tok_load(&f))) { fprintf(stderr, "%s: %s\n", path, f.err); return 1; }
     eval = tokenize_file(tk, EVAL_TEXT, &n_eval);
@@ -64,10 +80,8 @@ int main(int argc, char **argv) {
     pre = calib_collect(&m, calib, n_calib, 0, 1, err, sizeof err);
     if (!pre) { fprintf(stderr, "%s\n", err); return 1; }
     o.ranks = ranks; o.n_ranks = n_ranks; o.calib = calib; o.n_calib = n_calib;
-    if (ensure_dir("demo-out")) fprintf(stderr, "mla-tradeoff: cannot create demo-out/\n");
-    tsv = fopen(tsv_path, "w");
     if (run_tradeoff(&m, pre, eval, n_eval, 512, &o, tsv, svg)) return 1;
-    if (tsv) fclose(tsv);
+    if (fclose(tsv)) { fprintf(stderr, "mla-tradeoff: write error on %s\n", tsv_path); return 1; }
     calib_free_all(pre, m.n_layers);
     free(eval); free(calib);
     tok_free(tk);

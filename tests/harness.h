@@ -30,4 +30,5 @@ void suite_gguf(void);
 void suite_model(void);
 void suite_convert(void);
 void suite_cuda(void);
+void suite_cli(void);
 #endif

@@ -11,5 +11,6 @@ int main(int argc, char **argv) {
     if (!only || !strcmp(only, "convert")) suite_convert();
     if (!only || !strcmp(only, "cuda")) suite_cuda();
     if (!only || !strcmp(only, "model")) suite_model();
+    if (!only || !strcmp(only, "cli")) suite_cli();
     return th_summary();
 }

@@ -510,6 +510,21 @@ static void test_call_errors(void) {
     CHECK(mla_pool_init(&other, MLA_F32, 0, 16, 8, 2, 2, NULL) == MLA_ERR_INVALID_ARG);
     CHECK(mla_pool_init(&other, (mla_dtype)9, 1, 16, 8, 2, 2, NULL) == MLA_ERR_INVALID_ARG);
     CHECK(mla_seq_row(&pool, &seq, 0, 99) == NULL); /* past the sequence's blocks */
+    /* advancing past the reserved rows is refused; a block handed out again
+       comes back zeroed (never uninitialised memory or another sequence's rows) */
+    CHECK(seq.len == 4 && seq.capacity == 4);
+    CHECK(mla_seq_advance(&seq, 1) == MLA_ERR_INVALID_ARG && seq.len == 4);
+    CHECK(mla_seq_advance(&seq, -1) == MLA_ERR_INVALID_ARG && mla_seq_advance(&seq, 0x7fffffff) == MLA_ERR_INVALID_ARG);
+    CHECK(((float *)mla_seq_row(&pool, &seq, 0, 3))[0] != 0.0f); /* written above */
+    mla_seq_release(&pool, &seq);
+    CHECK(seq.capacity == 0 && mla_seq_advance(&seq, 1) == MLA_ERR_INVALID_ARG);
+    CHECK(mla_seq_reserve(&pool, &seq, 4) == MLA_OK && seq.capacity == 4);
+    {
+        int k, t, zero = 1;
+        for (t = 0; t < 4; t++)
+            for (k = 0; k < 24; k++) zero &= ((float *)mla_seq_row(&pool, &seq, 0, t))[k] == 0.0f;
+        CHECK(zero);
+    }
 #undef UNCHANGED
     mla_pool_free(&pool);
     free(snap); free(x); free(out); free(ws);

@@ -243,6 +243,63 @@ static void test_loader_errors(void) {
     }
 }
 
+/* A tiny valid llama file (D 32, 2 heads, 1 kv head, ffn 64, vocab 32,
+   1 layer) with one tensor poisoned by a NaN; "" poisons nothing. */
+static int tiny_llama(const char *path, const char *poison, int with_bias) {
+    static float buf[64 * 32];
+    static const struct { const char *name; int rows, cols; } t[] = {
+        {"token_embd.weight", 32, 32},      {"output_norm.weight", 1, 32},   {"blk.0.attn_norm.weight", 1, 32},
+        {"blk.0.ffn_norm.weight", 1, 32},   {"blk.0.ffn_gate.weight", 64, 32}, {"blk.0.ffn_up.weight", 64, 32},
+        {"blk.0.ffn_down.weight", 32, 64},  {"blk.0.attn_q.weight", 32, 32}, {"blk.0.attn_k.weight", 16, 32},
+        {"blk.0.attn_v.weight", 16, 32},    {"blk.0.attn_output.weight", 32, 32},
+        {"blk.0.attn_q.bias", 1, 32},       {"blk.0.attn_k.bias", 1, 16},    {"blk.0.attn_v.bias", 1, 16}};
+    gguf_writer *w = gguf_writer_new();
+    char err[128];
+    size_t i, k;
+    int rc;
+    gguf_w_str(w, "general.architecture", "llama");
+    gguf_w_u32(w, "llama.block_count", 1);
+    gguf_w_u32(w, "llama.embedding_length", 32);
+    gguf_w_u32(w, "llama.feed_forward_length", 64);
+    gguf_w_u32(w, "llama.attention.head_count", 2);
+    gguf_w_u32(w, "llama.attention.head_count_kv", 1);
+    for (i = 0; i < sizeof t / sizeof t[0]; i++) {
+        uint64_t ne[2];
+        if (i >= 11 && !with_bias) break;
+        ne[0] = (uint64_t)t[i].cols; ne[1] = (uint64_t)t[i].rows;
+        for (k = 0; k < (size_t)t[i].rows * t[i].cols; k++) buf[k] = 0.01f * (float)(k % 7) + 0.5f;
+        if (!strcmp(t[i].name, poison)) buf[t[i].cols / 2] = NAN;
+        gguf_w_tensor_f32(w, t[i].name, buf, t[i].rows == 1 ? 1 : 2, ne);
+    }
+    rc = gguf_writer_save(w, path, err, sizeof err);
+    gguf_writer_free(w);
+    return rc;
+}
+
+/* NaN anywhere in the weights -- norms and optional biases included -- is a
+   load error naming the tensor, not a model that prints end-of-text forever */
+static void test_loader_nan_weights(void) {
+    static const char *poison[] = {"", "output_norm.weight", "blk.0.attn_norm.weight", "blk.0.ffn_norm.weight",
+                                   "token_embd.weight", "blk.0.ffn_down.weight", "blk.0.attn_k.weight",
+                                   "blk.0.attn_v.bias"};
+    size_t i;
+    for (i = 0; i < sizeof poison / sizeof poison[0]; i++) {
+        gguf_file f;
+        model m;
+        int rc;
+        CHECK(tiny_llama("build/test_tiny.gguf", poison[i], 1) == 0);
+        CHECK(gguf_read(&f, "build/test_tiny.gguf") == 0);
+        rc = model_load(&m, &f);
+        if (!*poison[i]) {
+            CHECK(rc == 0 && m.gqa.attn_bias == 1);
+            if (!rc) model_free(&m);
+        } else {
+            CHECK(rc != 0 && strstr(f.err, poison[i]) && strstr(f.err, "NaN"));
+        }
+        gguf_close(&f);
+    }
+}
+
 /* logits of every position of the three reference prompts: prefill in one
    call (naive for MLA) or token by token (absorbed decode for MLA) */
 static float *prompt_logits(const model *m, int p, int one_by_one, int *n_out) {
@@ -329,6 +386,8 @@ static void test_compressed_smollm2(void) {
     if (!calib) return;
     memset(&o, 0, sizeof o);
     o.rank = 128; o.rope_dim = 64; o.method = MLA_CONVERT_QAWARE;
+    /* fewer tokens than one calibration window: an error, not a silent weight-only conversion */
+    CHECK(convert_model(&g_model, calib, 10, NULL, &o, &mla, err, sizeof err) != 0 && strstr(err, "calibration"));
     CHECK(convert_model(&g_model, calib, 2048, NULL, &o, &mla, err, sizeof err) == 0);
     CHECK(model_kv_values_per_token(&mla) * 2 == model_kv_values_per_token(&g_model));
     n = chat_tokens(g_tok, "What is the capital of France?", toks, 256);
@@ -352,6 +411,7 @@ void suite_model(void) {
     RUN(test_logits_vs_reference);
     RUN(test_chat_and_generation);
     RUN(test_loader_errors);
+    RUN(test_loader_nan_weights);
     RUN(test_lossless_smollm2);
     RUN(test_compressed_smollm2);
 }

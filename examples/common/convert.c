@@ -72,7 +72,7 @@ done:
 
 mla_calib *calib_collect(const model *src, const int *toks, int n, int window, int progress, char *err, size_t errlen) {
     mla_calib *cal = (mla_calib *)calloc((size_t)src->n_layers, sizeof(mla_calib));
-    if (window <= 0) window = 256;
+    if (window <= 0) window = CALIB_WINDOW;
     if (!cal) { snprintf(err, errlen, "out of memory"); return NULL; }
     if (n / window < 1) { snprintf(err, errlen, "calibration text shorter than one window (%d tokens)", window); free(cal); return NULL; }
     if (calib_pass(src, src, toks, n, window, cal, NULL, NULL, progress, err, errlen)) {
@@ -119,10 +119,14 @@ static int convert_one(void *p, int l, const mla_calib *cal, char *err, size_t e
 
 int convert_model(const model *src, const int *calib, int n_calib, const mla_calib *pre, const convert_opts *o,
                   model *dst, char *err, size_t errlen) {
-    int window = o->window > 0 ? o->window : 256, l, rc = 0;
+    int window = o->window > 0 ? o->window : CALIB_WINDOW, l, rc = 0;
     convert_ctx ctx;
     double t0 = now_s();
     if (src->is_mla) { snprintf(err, errlen, "the source model is already MLA"); return -1; }
+    if (!o->lossless && !pre && calib && n_calib < window) {
+        snprintf(err, errlen, "%d calibration tokens: at least one window of %d is needed", n_calib, window);
+        return -1;
+    }
     *dst = *src;
     dst->is_mla = 1;
     snprintf(dst->arch, sizeof dst->arch, "llama-mla");
@@ -134,7 +138,7 @@ int convert_model(const model *src, const int *calib, int n_calib, const mla_cal
         memset(&dst->layers[l].gqa, 0, sizeof dst->layers[l].gqa);
     }
     ctx.src = src; ctx.dst = dst; ctx.o = o;
-    if (o->lossless || (!pre && (!calib || n_calib < window))) { /* no statistics needed / weight-only */
+    if (o->lossless || (!pre && !calib)) { /* no statistics needed / weight-only */
         for (l = 0; l < src->n_layers && !rc; l++) rc = convert_one(&ctx, l, NULL, err, errlen);
     } else if (o->sequential) { /* GPTQ-style: layer l sees what the converted layers before it produce */
         rc = calib_pass(src, dst, calib, n_calib, window, NULL, convert_one, &ctx, o->progress, err, errlen);

@@ -5,6 +5,8 @@
 #define CONVERT_H
 #include "model.h"
 
+#define CALIB_WINDOW 256 /* default calibration window in tokens (and the fewest tokens calibration takes) */
+
 typedef struct {
     int rank;                  /* r; 0 = 2L - m (no compression)                      */
     int rope_dim;              /* m; 0 = L                                             */
@@ -14,7 +16,7 @@ typedef struct {
     double key_weight;         /* QAWARE key vs value error weight (0 -> 1)            */
     mla_convert_method method; /* MLA_CONVERT_TRANSMLA or MLA_CONVERT_QAWARE           */
     int sequential;            /* layer l calibrated on the converted layers' outputs  */
-    int window;                /* calibration window in tokens; 0 -> 256               */
+    int window;                /* calibration window in tokens; 0 -> CALIB_WINDOW      */
     int progress;              /* print progress to stderr                             */
 } convert_opts;
 
@@ -26,7 +28,8 @@ void calib_free_all(mla_calib *cal, int n_layers);
 /* dst borrows src's embeddings, norms and FFN (free dst before src).
    Statistics: `pre` (from calib_collect, reused across conversions), else
    computed from calib tokens (sequentially if o->sequential), else none
-   (weight-only). Returns 0, or -1 with err set. */
+   (weight-only: calib NULL). Fewer calibration tokens than one window is an
+   error, not a silent weight-only conversion. Returns 0, or -1 with err set. */
 int convert_model(const model *src, const int *calib, int n_calib, const mla_calib *pre, const convert_opts *o,
                   model *dst, char *err, size_t errlen);
 /* Writes dst as a llama-mla GGUF: metadata and tokenizer copied from the

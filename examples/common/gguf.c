@@ -1,6 +1,7 @@
 /* GGUF reader/writer, see gguf.h and shared notes in README. */
 #include "gguf.h"
 #include "../../mla.h" /* f16/bf16 conversions */
+#include "outfile.h"
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -386,6 +387,7 @@ typedef struct { char *name; int n_dims; uint64_t ne[4]; uint32_t type; uint8_t 
 struct gguf_writer {
     wkv *kv; size_t n_kv, cap_kv;
     wtensor *t; size_t n_t, cap_t;
+    int oom; /* an allocation failed: save refuses (nothing half-built is written) */
 };
 
 gguf_writer *gguf_writer_new(void) { return (gguf_writer *)calloc(1, sizeof(gguf_writer)); }
@@ -398,25 +400,36 @@ void gguf_writer_free(gguf_writer *w) {
     free(w->kv); free(w->t); free(w);
 }
 
-static char *dupstr(const char *s, size_t n) {
-    char *d = (char *)malloc(n + 1);
-    memcpy(d, s, n);
+/* copy of n bytes plus a NUL (so names come out as C strings) */
+static void *copy_bytes(const void *p, size_t n) {
+    uint8_t *d = (uint8_t *)malloc(n + 1);
+    if (!d) return NULL;
+    memcpy(d, p, n);
     d[n] = 0;
     return d;
 }
 
+/* room for one more element in a growing array; 0 or -1 (w->oom set) */
+static int grow(gguf_writer *w, void **arr, size_t n, size_t *cap, size_t elem, size_t first) {
+    void *p;
+    if (w->oom) return -1;
+    if (n < *cap) return 0;
+    p = realloc(*arr, elem * (*cap ? 2 * *cap : first));
+    if (!p) { w->oom = 1; return -1; }
+    *arr = p;
+    *cap = *cap ? 2 * *cap : first;
+    return 0;
+}
+
 static void add_kv(gguf_writer *w, const char *key, size_t keyn, uint32_t type, const void *val, size_t n) {
     wkv *k;
-    if (w->n_kv == w->cap_kv) {
-        w->cap_kv = w->cap_kv ? 2 * w->cap_kv : 32;
-        w->kv = (wkv *)realloc(w->kv, sizeof(wkv) * w->cap_kv);
-    }
+    if (grow(w, (void **)&w->kv, w->n_kv, &w->cap_kv, sizeof(wkv), 32)) return;
     k = &w->kv[w->n_kv++];
-    k->key = dupstr(key, keyn);
+    k->key = (char *)copy_bytes(key, keyn);
     k->type = type;
-    k->val = (uint8_t *)malloc(n ? n : 1);
-    memcpy(k->val, val, n);
+    k->val = (uint8_t *)copy_bytes(val, n);
     k->n = n;
+    if (!k->key || !k->val) w->oom = 1;
 }
 
 void gguf_w_u32(gguf_writer *w, const char *key, uint32_t v) { add_kv(w, key, strlen(key), GGUF_T_U32, &v, 4); }
@@ -425,6 +438,7 @@ void gguf_w_bool(gguf_writer *w, const char *key, int v) { uint8_t b = (uint8_t)
 void gguf_w_str(gguf_writer *w, const char *key, const char *v) {
     uint64_t n = strlen(v);
     uint8_t *buf = (uint8_t *)malloc(8 + n);
+    if (!buf) { w->oom = 1; return; }
     memcpy(buf, &n, 8);
     memcpy(buf + 8, v, n);
     add_kv(w, key, strlen(key), GGUF_T_STRING, buf, 8 + n);
@@ -445,19 +459,16 @@ void gguf_w_tensor_raw(gguf_writer *w, const char *name, uint32_t type, const vo
     int d, blk = 1, bb = 4;
     uint64_t n = 1;
     ggml_type_info(type, &blk, &bb);
-    if (w->n_t == w->cap_t) {
-        w->cap_t = w->cap_t ? 2 * w->cap_t : 64;
-        w->t = (wtensor *)realloc(w->t, sizeof(wtensor) * w->cap_t);
-    }
+    if (grow(w, (void **)&w->t, w->n_t, &w->cap_t, sizeof(wtensor), 64)) return;
     t = &w->t[w->n_t++];
-    t->name = dupstr(name, strlen(name));
+    t->name = (char *)copy_bytes(name, strlen(name));
     t->n_dims = n_dims;
     t->type = type;
     for (d = 0; d < 4; d++) t->ne[d] = d < n_dims ? ne[d] : 1;
     for (d = 0; d < n_dims; d++) n *= ne[d];
     t->nbytes = n / (uint64_t)blk * (uint64_t)bb;
-    t->data = (uint8_t *)malloc(t->nbytes ? t->nbytes : 1);
-    memcpy(t->data, data, t->nbytes);
+    t->data = (uint8_t *)copy_bytes(data, (size_t)t->nbytes);
+    if (!t->name || !t->data) w->oom = 1;
 }
 
 void gguf_w_tensor_f32(gguf_writer *w, const char *name, const float *data, int n_dims, const uint64_t *ne) {
@@ -474,13 +485,16 @@ static int pad(FILE *fp, long *pos, int align) {
 }
 
 int gguf_writer_save(gguf_writer *w, const char *path, char *err, size_t errlen) {
-    FILE *fp = fopen(path, "wb");
+    outfile out;
+    FILE *fp;
     uint32_t u;
     uint64_t q, off = 0;
     size_t i;
     long pos = 0;
     int rc = 0, d;
-    if (!fp) { snprintf(err, errlen, "cannot write %s", path); return -1; }
+    if (w->oom) { snprintf(err, errlen, "out of memory while building %s", path); return -1; }
+    if (outfile_open(&out, path, err, errlen)) return -1;
+    fp = out.fp;
     rc |= wr(fp, "GGUF", 4); u = 3; rc |= wr(fp, &u, 4);
     q = w->n_t; rc |= wr(fp, &q, 8);
     q = w->n_kv; rc |= wr(fp, &q, 8);
@@ -507,6 +521,10 @@ int gguf_writer_save(gguf_writer *w, const char *path, char *err, size_t errlen)
         pos += (long)w->t[i].nbytes;
         rc |= pad(fp, &pos, 32);
     }
-    if (fclose(fp) || rc) { snprintf(err, errlen, "write error on %s", path); return -1; }
-    return 0;
+    if (rc) {
+        outfile_abort(&out);
+        snprintf(err, errlen, "write error on %s (nothing written)", path);
+        return -1;
+    }
+    return outfile_commit(&out, err, errlen);
 }

@@ -88,5 +88,6 @@ void gguf_w_tensor_raw(gguf_writer *w, const char *name, uint32_t type, const vo
                        const uint64_t *ne);
 /* f32 tensor; ne = {cols, rows} for a matrix; data copied */
 void gguf_w_tensor_f32(gguf_writer *w, const char *name, const float *data, int n_dims, const uint64_t *ne);
+/* writes the file atomically (outfile.h): whole or not at all; 0 or -1 with err */
 int gguf_writer_save(gguf_writer *w, const char *path, char *err, size_t errlen);
 #endif

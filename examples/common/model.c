@@ -27,19 +27,38 @@ static int get_f(gguf_file *f, const char *arch, const char *key, double *v, dou
     return gguf_get_float(f, k, v);
 }
 
-/* tensor "blk.<l>.<name>" as an f32 [rows][cols] matrix (rows 1 = vector) */
-static float *layer_tensor(gguf_file *f, int l, const char *name, int64_t rows, int64_t cols, int optional) {
-    char k[128];
-    snprintf(k, sizeof k, "blk.%d.%s", l, name);
-    if (optional && !gguf_tensor_find(f, k)) return NULL;
-    return gguf_tensor_f32(f, k, rows, cols);
-}
-
 static int all_finite(const float *p, size_t n) {
     size_t i;
     for (i = 0; i < n; i++)
         if (!(p[i] - p[i] == 0.0f)) return 0;
     return 1;
+}
+
+/* tensor `name` as an f32 [rows][cols] matrix (rows 1 = vector); NaN or Inf
+   anywhere is a load error (a NaN norm weight makes every logit NaN) */
+static float *tensor(gguf_file *f, const char *name, int64_t rows, int64_t cols) {
+    float *p = gguf_tensor_f32(f, name, rows, cols);
+    if (p && !all_finite(p, (size_t)rows * (size_t)cols)) {
+        snprintf(f->err, sizeof f->err, "tensor %s has NaN or Inf values", name);
+        free(p);
+        return NULL;
+    }
+    return p;
+}
+
+/* tensor "blk.<l>.<name>" */
+static float *layer_tensor(gguf_file *f, int l, const char *name, int64_t rows, int64_t cols) {
+    char k[128];
+    snprintf(k, sizeof k, "blk.%d.%s", l, name);
+    return tensor(f, k, rows, cols);
+}
+
+/* an optional layer tensor: *out NULL if absent; -1 if present but bad */
+static int optional_tensor(gguf_file *f, int l, const char *name, int64_t rows, int64_t cols, const float **out) {
+    char k[128];
+    snprintf(k, sizeof k, "blk.%d.%s", l, name);
+    *out = gguf_tensor_find(f, k) ? tensor(f, k, rows, cols) : NULL;
+    return *out || !gguf_tensor_find(f, k) ? 0 : -1;
 }
 
 #define LOAD(dst, expr)                \
@@ -127,7 +146,7 @@ int model_load(model *m, gguf_file *f) {
         c->dim = m->dim; c->n_heads = m->n_heads; c->rms_eps = m->eps; c->rope_theta = m->rope_theta;
         c->rope_layout = MLA_ROPE_INTERLEAVED;
         if (gguf_tensor_find(f, "mla_rope_freqs.weight")) {
-            LOAD(m->mla_rope_freqs, gguf_tensor_f32(f, "mla_rope_freqs.weight", 1, c->qk_rope_head_dim / 2));
+            LOAD(m->mla_rope_freqs, tensor(f, "mla_rope_freqs.weight", 1, c->qk_rope_head_dim / 2));
             c->rope_freqs = m->mla_rope_freqs;
         }
         if (mla_config_validate(c, &bad) != MLA_OK) {
@@ -137,28 +156,29 @@ int model_load(model *m, gguf_file *f) {
             return -1;
         }
     }
-    LOAD(m->tok_embd, gguf_tensor_f32(f, "token_embd.weight", m->vocab, m->dim));
-    LOAD(m->out_norm, gguf_tensor_f32(f, "output_norm.weight", 1, m->dim));
-    if (gguf_tensor_find(f, "output.weight")) LOAD(m->output, gguf_tensor_f32(f, "output.weight", m->vocab, m->dim));
+    LOAD(m->tok_embd, tensor(f, "token_embd.weight", m->vocab, m->dim));
+    LOAD(m->out_norm, tensor(f, "output_norm.weight", 1, m->dim));
+    if (gguf_tensor_find(f, "output.weight")) LOAD(m->output, tensor(f, "output.weight", m->vocab, m->dim));
     else m->output = m->tok_embd;
     m->layers = (model_layer *)calloc((size_t)m->n_layers, sizeof(model_layer));
     if (!m->layers) goto bad;
     for (l = 0; l < m->n_layers; l++) {
         model_layer *L = &m->layers[l];
         int D = m->dim, H = m->n_heads, hd = m->head_dim, kvd = m->n_kv_heads * m->head_dim;
-        LOAD(L->attn_norm, layer_tensor(f, l, "attn_norm.weight", 1, D, 0));
-        LOAD(L->ffn_norm, layer_tensor(f, l, "ffn_norm.weight", 1, D, 0));
-        LOAD(L->gate, layer_tensor(f, l, "ffn_gate.weight", m->ffn_dim, D, 0));
-        LOAD(L->up, layer_tensor(f, l, "ffn_up.weight", m->ffn_dim, D, 0));
-        LOAD(L->down, layer_tensor(f, l, "ffn_down.weight", D, m->ffn_dim, 0));
+        LOAD(L->attn_norm, layer_tensor(f, l, "attn_norm.weight", 1, D));
+        LOAD(L->ffn_norm, layer_tensor(f, l, "ffn_norm.weight", 1, D));
+        LOAD(L->gate, layer_tensor(f, l, "ffn_gate.weight", m->ffn_dim, D));
+        LOAD(L->up, layer_tensor(f, l, "ffn_up.weight", m->ffn_dim, D));
+        LOAD(L->down, layer_tensor(f, l, "ffn_down.weight", D, m->ffn_dim));
         if (!m->is_mla) {
-            LOAD(L->gqa.w_q, layer_tensor(f, l, "attn_q.weight", H * hd, D, 0));
-            LOAD(L->gqa.w_k, layer_tensor(f, l, "attn_k.weight", kvd, D, 0));
-            LOAD(L->gqa.w_v, layer_tensor(f, l, "attn_v.weight", kvd, D, 0));
-            LOAD(L->gqa.w_o, layer_tensor(f, l, "attn_output.weight", D, H * hd, 0));
-            L->gqa.b_q = layer_tensor(f, l, "attn_q.bias", 1, H * hd, 1);
-            L->gqa.b_k = layer_tensor(f, l, "attn_k.bias", 1, kvd, 1);
-            L->gqa.b_v = layer_tensor(f, l, "attn_v.bias", 1, kvd, 1);
+            LOAD(L->gqa.w_q, layer_tensor(f, l, "attn_q.weight", H * hd, D));
+            LOAD(L->gqa.w_k, layer_tensor(f, l, "attn_k.weight", kvd, D));
+            LOAD(L->gqa.w_v, layer_tensor(f, l, "attn_v.weight", kvd, D));
+            LOAD(L->gqa.w_o, layer_tensor(f, l, "attn_output.weight", D, H * hd));
+            if (optional_tensor(f, l, "attn_q.bias", 1, H * hd, &L->gqa.b_q) ||
+                optional_tensor(f, l, "attn_k.bias", 1, kvd, &L->gqa.b_k) ||
+                optional_tensor(f, l, "attn_v.bias", 1, kvd, &L->gqa.b_v))
+                goto bad;
             if (L->gqa.b_q || L->gqa.b_k || L->gqa.b_v) {
                 if (!L->gqa.b_q || !L->gqa.b_k || !L->gqa.b_v) { snprintf(f->err, sizeof f->err, "layer %d: partial q/k/v biases", l); goto bad; }
                 m->gqa.attn_bias = 1;
@@ -169,33 +189,22 @@ int model_load(model *m, gguf_file *f) {
             int qd = c->qk_nope_head_dim + c->qk_rope_head_dim, r = c->kv_lora_rank, rm = r + c->qk_rope_head_dim;
             const char *bad = NULL;
             if (c->q_lora_rank) {
-                LOAD(w->w_qa, layer_tensor(f, l, "attn_q_a.weight", c->q_lora_rank, D, 0));
-                LOAD(w->w_qb, layer_tensor(f, l, "attn_q_b.weight", H * qd, c->q_lora_rank, 0));
-                if (c->attn_bias) LOAD(w->b_qa, layer_tensor(f, l, "attn_q_a.bias", 1, c->q_lora_rank, 0));
+                LOAD(w->w_qa, layer_tensor(f, l, "attn_q_a.weight", c->q_lora_rank, D));
+                LOAD(w->w_qb, layer_tensor(f, l, "attn_q_b.weight", H * qd, c->q_lora_rank));
+                if (c->attn_bias) LOAD(w->b_qa, layer_tensor(f, l, "attn_q_a.bias", 1, c->q_lora_rank));
             } else {
-                LOAD(w->w_q, layer_tensor(f, l, "attn_q.weight", H * qd, D, 0));
-                if (c->attn_bias) LOAD(w->b_q, layer_tensor(f, l, "attn_q.bias", 1, H * qd, 0));
+                LOAD(w->w_q, layer_tensor(f, l, "attn_q.weight", H * qd, D));
+                if (c->attn_bias) LOAD(w->b_q, layer_tensor(f, l, "attn_q.bias", 1, H * qd));
             }
-            LOAD(w->w_kva, layer_tensor(f, l, "attn_kv_a_mqa.weight", rm, D, 0));
-            if (c->attn_bias) LOAD(w->b_kva, layer_tensor(f, l, "attn_kv_a_mqa.bias", 1, rm, 0));
-            LOAD(w->w_kvb, layer_tensor(f, l, "attn_kv_b.weight", H * (c->qk_nope_head_dim + c->v_head_dim), r, 0));
-            LOAD(w->w_o, layer_tensor(f, l, "attn_output.weight", D, H * c->v_head_dim, 0));
+            LOAD(w->w_kva, layer_tensor(f, l, "attn_kv_a_mqa.weight", rm, D));
+            if (c->attn_bias) LOAD(w->b_kva, layer_tensor(f, l, "attn_kv_a_mqa.bias", 1, rm));
+            LOAD(w->w_kvb, layer_tensor(f, l, "attn_kv_b.weight", H * (c->qk_nope_head_dim + c->v_head_dim), r));
+            LOAD(w->w_o, layer_tensor(f, l, "attn_output.weight", D, H * c->v_head_dim));
             if (mla_weights_validate(c, w, 1, &bad) != MLA_OK) {
                 snprintf(f->err, sizeof f->err, "layer %d: bad MLA weight %s", l, bad ? bad : "?");
                 goto bad;
             }
         }
-        if (!all_finite(L->gate, (size_t)m->ffn_dim * D) || !all_finite(L->up, (size_t)m->ffn_dim * D) ||
-            !all_finite(L->down, (size_t)m->ffn_dim * D) ||
-            (!m->is_mla && (!all_finite(L->gqa.w_q, (size_t)H * hd * D) || !all_finite(L->gqa.w_k, (size_t)kvd * D) ||
-                            !all_finite(L->gqa.w_v, (size_t)kvd * D) || !all_finite(L->gqa.w_o, (size_t)D * H * hd)))) {
-            snprintf(f->err, sizeof f->err, "layer %d has NaN or Inf weights", l);
-            goto bad;
-        }
-    }
-    if (!all_finite(m->tok_embd, (size_t)m->vocab * m->dim)) {
-        snprintf(f->err, sizeof f->err, "token_embd has NaN or Inf values");
-        goto bad;
     }
     return 0;
 bad:

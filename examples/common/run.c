@@ -26,6 +26,37 @@ void set_threads(int n) {
 #endif
 }
 
+int arg_ll(const char *prog, const char *opt, const char *v, long long lo, long long hi, long long *out) {
+    char *end;
+    long long x;
+    errno = 0;
+    x = strtoll(v, &end, 10);
+    if (end == v || *end || errno || x < lo || x > hi) {
+        fprintf(stderr, "%s: %s %s: expected an integer from %lld to %lld\n", prog, opt, v, lo, hi);
+        return -1;
+    }
+    *out = x;
+    return 0;
+}
+
+int arg_int(const char *prog, const char *opt, const char *v, int lo, int hi, int *out) {
+    long long x;
+    if (arg_ll(prog, opt, v, lo, hi, &x)) return -1;
+    *out = (int)x;
+    return 0;
+}
+
+int arg_num(const char *prog, const char *opt, const char *v, double lo, double hi, double *out) {
+    char *end;
+    double x = strtod(v, &end);
+    if (end == v || *end || !(x >= lo && x <= hi)) { /* !(..) also rejects nan */
+        fprintf(stderr, "%s: %s %s: expected a number from %g to %g\n", prog, opt, v, lo, hi);
+        return -1;
+    }
+    *out = x;
+    return 0;
+}
+
 char *read_text(const char *path, size_t *n) {
     FILE *f = fopen(path, "rb");
     long len;

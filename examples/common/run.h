@@ -21,6 +21,13 @@ int *tokenize_file(const tokenizer *tk, const char *path, int *n);
 /* tokens of several comma-separated files, concatenated; caller frees */
 int *tokenize_files(const tokenizer *tk, const char *paths, int *n);
 void set_threads(int n);
+
+/* Command-line values: the whole string must be a number in [lo, hi] (a
+   finite one for arg_num); otherwise "<prog>: <opt> <v>: expected ..." on
+   stderr and -1. Callers exit 2 on -1. */
+int arg_ll(const char *prog, const char *opt, const char *v, long long lo, long long hi, long long *out);
+int arg_int(const char *prog, const char *opt, const char *v, int lo, int hi, int *out);
+int arg_num(const char *prog, const char *opt, const char *v, double lo, double hi, double *out);
 int ensure_dir(const char *path); /* mkdir unless it exists; 0 on success */
 
 /* Perplexity over non-overlapping windows of ctx tokens: each window starts

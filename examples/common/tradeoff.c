@@ -80,10 +80,11 @@ int run_tradeoff(const model *src, const mla_calib *pre, const int *eval, int n_
         snprintf(title, sizeof title, "SmolLM2-135M -> MLA: perplexity vs KV cache (m=%d, f=%d)", o->rope_dim, o->freqfold);
         snprintf(lab, sizeof lab, "GQA %.2f", ref);
         if (svg_chart(svg_path, title, "KV cache bytes per token (f16, all layers)", "perplexity (log scale)", ser,
-                      n_methods, ref, lab))
+                      n_methods, ref, lab)) {
             fprintf(stderr, "cannot write %s\n", svg_path);
-        else
-            printf("wrote %s\n", svg_path);
+            return -1;
+        }
+        printf("wrote %s\n", svg_path);
     }
     return 0;
 }
