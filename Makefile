@@ -29,7 +29,7 @@ TEST_SRC = tests/run_tests.c tests/harness.c tests/test_core.c tests/test_kernel
 TEST_HDR = $(COMMON_HDR) tests/harness.h tests/mlav.h mla_cuda.h
 MODEL    = models/SmolLM2-135M-Instruct.Q4_1.gguf
 
-.PHONY: all demo hello bench test cuda cuda-build sanitize bench cuda headercheck clean
+.PHONY: all demo hello bench test cuda cuda-build sanitize headercheck fuzz fuzz-seeds clean
 
 all: $(BIN)/hello_mla $(BIN)/mla-run $(BIN)/mla-convert $(BIN)/mla-tradeoff $(BIN)/demo $(BIN)/run_tests
 
@@ -106,7 +106,8 @@ headercheck: | $(BIN)
 	fi
 
 CLI_BIN = $(BIN)/mla-run $(BIN)/mla-convert $(BIN)/mla-tradeoff
-test: headercheck cuda-build $(BIN)/run_tests $(CLI_BIN) $(MODEL)
+REPLAY_BIN = $(BIN)/replay_gguf $(BIN)/replay_tokenizer $(BIN)/replay_api $(BIN)/replay_convert
+test: headercheck cuda-build $(BIN)/run_tests $(CLI_BIN) $(REPLAY_BIN) $(MODEL)
 	./$(BIN)/run_tests
 
 # ---- CUDA: sm_80 and sm_90 code, PTX for newer GPUs ----
@@ -144,6 +145,7 @@ cuda: $(BIN)/test_cuda_gpu $(BIN)/bench_cuda
 
 SAN = -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 sanitize: $(CLI_BIN) $(MODEL) | $(BIN)
+	$(MAKE) -B REPLAY_SAN="$(SAN)" $(REPLAY_BIN)
 	$(CC) $(WARN) -O1 -g $(SAN) $(CBLAS_FLAGS) -c -o $(BIN)/cblas_impl_san.o tests/cblas_impl.c
 	$(CC) $(WARN) -O1 -g $(SAN) -x c -c -o $(BIN)/mla_cuda_cpu_san.o mla_cuda.cu
 	$(CC) $(WARN) -O1 -g $(ARCH) $(SAN) -DMLA_NO_SIMD -DVARIANT_PREFIX=plain_ -c -o $(BIN)/variant_plain_san.o tests/variant.c
@@ -151,6 +153,29 @@ sanitize: $(CLI_BIN) $(MODEL) | $(BIN)
 	$(CC) $(WARN) -O1 -g $(ARCH) $(SAN) $(OMP) -I. -o $(BIN)/run_tests_san $(TEST_SRC) $(BIN)/cblas_impl_san.o $(BIN)/mla_cuda_cpu_san.o \
 	  $(BIN)/variant_plain_san.o $(BIN)/variant_omp_san.o $(CBLAS_LIB) $(LDLIBS)
 	ASAN_OPTIONS=detect_leaks=1 ./$(BIN)/run_tests_san
+
+# ---- fuzzing (clang's libFuzzer + ASan/UBSan): make fuzz FUZZ_SECONDS=N ----
+FUZZ_CC    ?= clang
+FUZZ_FLAGS  = -g -O1 $(ARCH) -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -I.
+FUZZ_LIB    = examples/common/gguf.c examples/common/outfile.c examples/common/tokenizer.c examples/common/model.c \
+              examples/common/mla_impl.c
+FUZZ_BIN    = $(BIN)/fuzz_gguf $(BIN)/fuzz_tokenizer $(BIN)/fuzz_api $(BIN)/fuzz_convert
+FUZZ_SECONDS ?= 60
+$(BIN)/fuzz_gguf $(BIN)/fuzz_tokenizer: $(BIN)/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz.h $(FUZZ_LIB) $(COMMON_HDR) | $(BIN)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $< $(FUZZ_LIB) -lm
+$(BIN)/fuzz_api $(BIN)/fuzz_convert: $(BIN)/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz.h mla.h | $(BIN)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $< -lm
+# the same targets without libFuzzer, replaying tests/corpus/ (make test runs them)
+$(BIN)/replay_gguf $(BIN)/replay_tokenizer: $(BIN)/replay_%: tests/fuzz/fuzz_%.c tests/fuzz/replay.c tests/fuzz/fuzz.h $(FUZZ_LIB) $(COMMON_HDR) | $(BIN)
+	$(CC) $(WARN) -g $(OPT) $(ARCH) $(REPLAY_SAN) -I. -o $@ $< tests/fuzz/replay.c $(FUZZ_LIB) -lm
+$(BIN)/replay_api $(BIN)/replay_convert: $(BIN)/replay_%: tests/fuzz/fuzz_%.c tests/fuzz/replay.c tests/fuzz/fuzz.h mla.h | $(BIN)
+	$(CC) $(WARN) -g $(OPT) $(ARCH) $(REPLAY_SAN) -I. -o $@ $< tests/fuzz/replay.c -lm
+fuzz: $(FUZZ_BIN)
+	tools/fuzz.sh $(BIN)
+# the committed seed corpora (tests/corpus/) from the project's own writer
+fuzz-seeds: | $(BIN)
+	$(CC) $(WARN) -O1 -I. -o $(BIN)/make_seeds tests/fuzz/make_seeds.c $(COMMON_SRC) examples/common/mla_impl.c -lm
+	./$(BIN)/make_seeds
 
 clean:
 	rm -rf $(BIN)

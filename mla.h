@@ -673,6 +673,10 @@ static int mla__qk_dim(const mla_config *c) { return c->qk_nope_head_dim + c->qk
         return MLA_ERR_BAD_CONFIG;              \
     } while (0)
 
+static double mla__yarn_mscale(double factor, double mscale) {
+    return factor <= 1.0 ? 1.0 : 0.1 * mscale * log(factor) + 1.0;
+}
+
 MLADEF mla_result mla_config_validate(const mla_config *c, const char **bad_field) {
     if (bad_field) *bad_field = NULL;
     if (!c) return MLA_ERR_INVALID_ARG;
@@ -691,25 +695,31 @@ MLADEF mla_result mla_config_validate(const mla_config *c, const char **bad_fiel
     if ((long)c->qk_nope_head_dim + c->qk_rope_head_dim + c->v_head_dim > MLA__MAX_DIM) MLA__BAD("qk_nope_head_dim");
     if ((double)c->n_heads * ((double)c->qk_nope_head_dim + c->qk_rope_head_dim + c->v_head_dim) > MLA__MAX_DIM)
         MLA__BAD("n_heads");
-    if (c->rms_eps < 0 || c->rms_eps != c->rms_eps) MLA__BAD("rms_eps");
+    /* float fields: finite (x - x == 0 is false for NaN and Inf) and in range */
+    if (c->rms_eps < 0 || !(c->rms_eps - c->rms_eps == 0)) MLA__BAD("rms_eps");
     if (c->kv_norm != 0 && c->kv_norm != 1) MLA__BAD("kv_norm");
     if (c->q_norm != 0 && c->q_norm != 1) MLA__BAD("q_norm");
     if (c->q_norm && c->q_lora_rank == 0) MLA__BAD("q_norm");
     if (c->attn_bias != 0 && c->attn_bias != 1) MLA__BAD("attn_bias");
     if (c->max_seq_len < 0) MLA__BAD("max_seq_len");
-    if (c->rope_theta < 0 || c->rope_theta == 1.0f || c->rope_theta != c->rope_theta) MLA__BAD("rope_theta");
+    if (c->rope_theta < 0 || c->rope_theta == 1.0f || !(c->rope_theta - c->rope_theta == 0)) MLA__BAD("rope_theta");
     if (c->rope_layout != MLA_ROPE_INTERLEAVED && c->rope_layout != MLA_ROPE_HALF_SPLIT) MLA__BAD("rope_layout");
-    if (c->yarn_factor != c->yarn_factor || c->yarn_factor < 0) MLA__BAD("yarn_factor");
+    if (!(c->yarn_factor - c->yarn_factor == 0) || c->yarn_factor < 0) MLA__BAD("yarn_factor");
     if (c->yarn_factor > 1.0f && !c->rope_freqs) {
         if (c->yarn_original_max_pos <= 0) MLA__BAD("yarn_original_max_pos");
-        if (c->yarn_beta_fast < 0 || c->yarn_beta_slow < 0) MLA__BAD("yarn_beta_fast");
+        if (c->yarn_beta_fast < 0 || !(c->yarn_beta_fast - c->yarn_beta_fast == 0)) MLA__BAD("yarn_beta_fast");
+        if (c->yarn_beta_slow < 0 || !(c->yarn_beta_slow - c->yarn_beta_slow == 0)) MLA__BAD("yarn_beta_slow");
     }
-    if (c->softmax_scale < 0 || c->softmax_scale != c->softmax_scale) MLA__BAD("softmax_scale");
+    if (!(c->yarn_mscale - c->yarn_mscale == 0)) MLA__BAD("yarn_mscale");
+    if (!(c->yarn_mscale_all_dim - c->yarn_mscale_all_dim == 0)) MLA__BAD("yarn_mscale_all_dim");
+    if (c->softmax_scale < 0 || !(c->softmax_scale - c->softmax_scale == 0)) MLA__BAD("softmax_scale");
+    if (c->yarn_factor > 1.0f) { /* YaRN's factors: finite and positive (they scale cos/sin and the softmax) */
+        double a = mla__yarn_mscale(c->yarn_factor, c->yarn_mscale);
+        double b = mla__yarn_mscale(c->yarn_factor, c->yarn_mscale_all_dim);
+        if (!(a > 0 && a < 1e30)) MLA__BAD("yarn_mscale");
+        if (!(b > 0 && b < 1e15)) MLA__BAD("yarn_mscale_all_dim");
+    }
     return MLA_OK;
-}
-
-static double mla__yarn_mscale(double factor, double mscale) {
-    return factor <= 1.0 ? 1.0 : 0.1 * mscale * log(factor) + 1.0;
 }
 
 MLADEF float mla_softmax_scale(const mla_config *c) {
@@ -1886,9 +1896,9 @@ MLADEF mla_result mla_gqa_config_validate(const mla_gqa_config *c, const char **
     if (c->head_dim <= 0 || c->head_dim % 2) MLA__BAD("head_dim");
     if (c->dim > MLA__MAX_DIM) MLA__BAD("dim");
     if ((double)c->n_heads * c->head_dim > MLA__MAX_DIM) MLA__BAD("n_heads");
-    if (c->rope_theta < 0 || c->rope_theta == 1.0f || c->rope_theta != c->rope_theta) MLA__BAD("rope_theta");
+    if (c->rope_theta < 0 || c->rope_theta == 1.0f || !(c->rope_theta - c->rope_theta == 0)) MLA__BAD("rope_theta");
     if (c->rope_layout != MLA_ROPE_INTERLEAVED && c->rope_layout != MLA_ROPE_HALF_SPLIT) MLA__BAD("rope_layout");
-    if (c->softmax_scale < 0 || c->softmax_scale != c->softmax_scale) MLA__BAD("softmax_scale");
+    if (c->softmax_scale < 0 || !(c->softmax_scale - c->softmax_scale == 0)) MLA__BAD("softmax_scale");
     if (c->attn_bias != 0 && c->attn_bias != 1) MLA__BAD("attn_bias");
     if (c->max_seq_len < 0) MLA__BAD("max_seq_len");
     return MLA_OK;
@@ -2198,12 +2208,13 @@ static void mla__dmul(double *C, int ldc, const double *A, int lda, const double
 }
 
 /* A += damp * mean(diag A) * I: the damping every second moment gets before
-   an eigendecomposition (the tiny constant keeps an all-zero block invertible) */
+   an eigendecomposition. An all-zero block (no signal: a dead head, no
+   calibration tokens) becomes I, so its inverse square root stays finite. */
 static void mla__damp(double *A, int n, double damp) {
     double mean = 0.0;
     int i;
     for (i = 0; i < n; i++) mean += A[(size_t)i * n + i] / n;
-    for (i = 0; i < n; i++) A[(size_t)i * n + i] += damp * mean + 1e-300;
+    for (i = 0; i < n; i++) A[(size_t)i * n + i] += mean > 0 ? damp * mean : 1.0;
 }
 
 /* ---- calibration ---- */
@@ -2621,9 +2632,9 @@ static mla_result mla__sqrtm(int n, const double *M, double damp, double *sq, do
     if (rc == MLA_OK)
         for (i = 0; i < n; i++)
             for (j = 0; j < n; j++) {
-                double a = 0.0, b = 0.0;
+                double a = 0.0, b = 0.0, floor = w[0] > 0 ? w[0] * 1e-12 : 1.0; /* rounding below the damping */
                 for (k = 0; k < n; k++) {
-                    double ev = w[k] > 0 ? w[k] : 1e-300, vv = V[(size_t)i * n + k] * V[(size_t)j * n + k];
+                    double ev = w[k] > floor ? w[k] : floor, vv = V[(size_t)i * n + k] * V[(size_t)j * n + k];
                     a += vv * sqrt(ev);
                     b += vv / sqrt(ev);
                 }

@@ -188,9 +188,33 @@ static void test_cli_bad_values(void) {
     if (!have_model) th_note("model-loading CLI cases skipped: %s missing", MODEL_PATH);
 }
 
+/* every committed fuzz input (seeds, and the inputs of crashes found and
+   fixed) through its target again, built without libFuzzer (make fuzz runs
+   the fuzzers themselves) */
+static void test_fuzz_corpus_replay(void) {
+    static const char *targets[] = {"gguf", "api", "convert", "tokenizer"};
+    size_t i;
+    for (i = 0; i < sizeof targets / sizeof targets[0]; i++) {
+        char cmd[256], msg[512];
+        int rc;
+        FILE *fp;
+        if (!strcmp(targets[i], "tokenizer") && !(fp = fopen(MODEL_PATH, "rb"))) {
+            th_note("tokenizer corpus skipped: %s missing", MODEL_PATH);
+            continue;
+        } else if (!strcmp(targets[i], "tokenizer")) {
+            fclose(fp);
+        }
+        snprintf(cmd, sizeof cmd, "build/replay_%s tests/corpus/%s", targets[i], targets[i]);
+        rc = run_cmd(cmd, msg, sizeof msg);
+        th_check(rc == 0 && !strncmp(msg, "replayed ", 9) && atoi(msg + 9) > 0, targets[i], __FILE__, __LINE__);
+        th_note("fuzz_%s corpus: %.*s", targets[i], (int)strcspn(msg, "\n"), msg);
+    }
+}
+
 void suite_cli(void) {
     RUN(test_arg_parsing);
     RUN(test_outfile_atomic);
     RUN(test_svg_escaping_and_nan);
     RUN(test_cli_bad_values);
+    RUN(test_fuzz_corpus_replay);
 }

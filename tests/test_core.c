@@ -417,6 +417,16 @@ static void test_config_errors(void) {
     BAD(c.rope_layout = (mla_rope_layout)7, "rope_layout");
     BAD(c.yarn_factor = 4, "yarn_original_max_pos");
     BAD(c.softmax_scale = -1, "softmax_scale");
+    /* non-finite floats (found by fuzz_api: an Inf scale made every output NaN) */
+    BAD(c.softmax_scale = INFINITY, "softmax_scale");
+    BAD(c.softmax_scale = NAN, "softmax_scale");
+    BAD(c.rope_theta = INFINITY, "rope_theta");
+    BAD(c.rms_eps = INFINITY, "rms_eps");
+    BAD(c.yarn_factor = INFINITY, "yarn_factor");
+    BAD((c.yarn_factor = 4, c.yarn_original_max_pos = 64, c.yarn_beta_slow = NAN), "yarn_beta_slow");
+    BAD((c.yarn_factor = 4, c.yarn_original_max_pos = 64, c.yarn_mscale = -100), "yarn_mscale"); /* cos/sin scale <= 0 */
+    BAD((c.yarn_factor = 4, c.yarn_original_max_pos = 64, c.yarn_mscale_all_dim = 3e38f), "yarn_mscale_all_dim");
+    BAD(c.yarn_mscale_all_dim = NAN, "yarn_mscale_all_dim");
 #undef BAD
     CHECK(mla_config_validate(NULL, &f) == MLA_ERR_INVALID_ARG);
     CHECK(mla_workspace_bytes(&base, 0, 4, MLA_ABSORBED) == 0);

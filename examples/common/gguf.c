@@ -108,7 +108,7 @@ const char *ggml_type_name(uint32_t type) {
     }
 }
 
-int gguf_parse(gguf_file *f, const uint8_t *buf, size_t size) {
+static int parse(gguf_file *f, const uint8_t *buf, size_t size) {
     cursor c;
     uint64_t i, data_off, run = 0;
     uint32_t magic;
@@ -196,6 +196,14 @@ int gguf_parse(gguf_file *f, const uint8_t *buf, size_t size) {
     return 0;
 }
 
+int gguf_parse(gguf_file *f, const uint8_t *buf, size_t size) {
+    if (parse(f, buf, size) == 0) return 0;
+    free(f->kv); /* a failed parse holds nothing; the message stays in f->err */
+    free(f->tensors);
+    f->kv = NULL; f->tensors = NULL; f->n_kv = f->n_tensors = 0;
+    return -1;
+}
+
 int gguf_read(gguf_file *f, const char *path) {
     FILE *fp = fopen(path, "rb");
     long n;
@@ -214,7 +222,8 @@ int gguf_read(gguf_file *f, const char *path) {
     }
     fclose(fp);
     if (gguf_parse(f, buf, (size_t)n)) {
-        f->owns = 1; /* so gguf_close frees it; the error stays in f->err */
+        free(buf);
+        f->buf = NULL;
         return -1;
     }
     f->owns = 1;

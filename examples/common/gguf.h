@@ -46,7 +46,8 @@ typedef struct {
     char err[256];
 } gguf_file;
 
-/* 0 on success; on failure -1 and f->err says what is wrong. */
+/* 0 on success; on failure -1, f->err says what is wrong and nothing is held
+   (gguf_close is then optional and harmless). */
 int gguf_read(gguf_file *f, const char *path);
 int gguf_parse(gguf_file *f, const uint8_t *buf, size_t size); /* borrows buf */
 void gguf_close(gguf_file *f);
