@@ -23,7 +23,8 @@
        mla_forward(&cfg, &w, &cache.pool, &cache.seq, 0, x, T, out,
                    MLA_ABSORBED, ws, wsb);
        mla_seq_advance(&cache.seq, T);           // after all layers
-       mla_decode(&cfg, &w, &cache.pool, &cache.seq, 1, 0, x1, out1, ws, wsb);
+       mla_seq *batch[1] = {&cache.seq};         // decode takes pointers
+       mla_decode(&cfg, &w, &cache.pool, batch, 1, 0, x1, out1, ws, wsb);
        mla_seq_advance(&cache.seq, 1);
        mla_cache_free(&cache);
    Every call that can fail returns an mla_result; mla_result_string() names it.
@@ -263,10 +264,13 @@ MLAPI mla_result mla_forward(const mla_config *cfg, const mla_layer_weights *w,
                              void *ws, size_t ws_bytes);
 
 /* One decode step for B sequences (one new token each, absorbed):
-   x [B][D] -> out [B][D]; seqs[b] gets its row at position seqs[b].len.
-   Call mla_seq_advance(&seqs[b], 1) after the last layer. */
+   x [B][D] -> out [B][D]; *seqs[b] gets its row at position seqs[b]->len.
+   seqs holds pointers, so a batch is any subset of the live sequences, in
+   any order, with nothing to copy back (one sequence: &seq, B = 1; the same
+   sequence twice is MLA_ERR_INVALID_ARG). Call mla_seq_advance(seqs[b], 1)
+   after the last layer. */
 MLAPI mla_result mla_decode(const mla_config *cfg, const mla_layer_weights *w,
-                            mla_pool *pool, mla_seq *seqs, int B, int layer,
+                            mla_pool *pool, mla_seq *const *seqs, int B, int layer,
                             const float *x, float *out, void *ws, size_t ws_bytes);
 
 /* Core latent attention (absorbed form), for callers with their own
@@ -1694,7 +1698,7 @@ MLADEF mla_result mla_attend_latent_partial(const mla_pool *pool, const mla_seq 
 
 /* Checks shared by mla_forward and mla_decode; all before anything is written. */
 static mla_result mla__check_call(const mla_config *c, const mla_layer_weights *w,
-                                  const mla_pool *pool, const mla_seq *seqs, int n_seq,
+                                  const mla_pool *pool, mla_seq *const *seqs, int n_seq,
                                   int chunk, int layer, const float *x, const float *out,
                                   mla_mode mode, size_t ws_bytes, int *max_ctx) {
     mla_result rc = mla_weights_validate(c, w, 0, NULL);
@@ -1707,12 +1711,13 @@ static mla_result mla__check_call(const mla_config *c, const mla_layer_weights *
     if (pool->kv_lora_rank != c->kv_lora_rank || pool->qk_rope_head_dim != c->qk_rope_head_dim)
         return MLA_ERR_SHAPE;
     for (i = 0; i < n_seq; i++) {
-        if (!seqs[i].block_table && seqs[i].max_blocks > 0) return MLA_ERR_INVALID_ARG;
-        if (seqs[i].len < 0) return MLA_ERR_INVALID_ARG;
+        if (!seqs[i]->block_table && seqs[i]->max_blocks > 0) return MLA_ERR_INVALID_ARG;
+        if (seqs[i]->len < 0) return MLA_ERR_INVALID_ARG;
         for (k = 0; k < i; k++) /* one sequence twice in a batch would race on its rows */
-            if (seqs[k].block_table == seqs[i].block_table) return MLA_ERR_INVALID_ARG;
-        if ((long)seqs[i].len + chunk > mla__max_pos(c->max_seq_len)) return MLA_ERR_POSITION;
-        if ((long)seqs[i].len + chunk > ctx) ctx = (long)seqs[i].len + chunk;
+            if (seqs[k] == seqs[i] || (seqs[i]->block_table && seqs[k]->block_table == seqs[i]->block_table))
+                return MLA_ERR_INVALID_ARG;
+        if ((long)seqs[i]->len + chunk > mla__max_pos(c->max_seq_len)) return MLA_ERR_POSITION;
+        if ((long)seqs[i]->len + chunk > ctx) ctx = (long)seqs[i]->len + chunk;
     }
     *max_ctx = (int)ctx;
     {
@@ -1722,8 +1727,8 @@ static mla_result mla__check_call(const mla_config *c, const mla_layer_weights *
     }
     if (!mla__all_finite(x, (size_t)n_seq * chunk * (size_t)c->dim)) return MLA_ERR_NONFINITE;
     for (i = 0; i < n_seq; i++) {
-        int nb = mla__blocks_needed(pool, &seqs[i], chunk);
-        if (seqs[i].n_blocks + nb > seqs[i].max_blocks) return MLA_ERR_CACHE_FULL;
+        int nb = mla__blocks_needed(pool, seqs[i], chunk);
+        if (seqs[i]->n_blocks + nb > seqs[i]->max_blocks) return MLA_ERR_CACHE_FULL;
         need += nb;
     }
     if (need > pool->n_free) return MLA_ERR_CACHE_FULL;
@@ -1733,7 +1738,7 @@ static mla_result mla__check_call(const mla_config *c, const mla_layer_weights *
 /* Projections of T tokens: s->q (queries, pe part roped) and s->kv (latent
    rows: c normalised when kv_norm, k_pe roped). Token i is at position pos(i). */
 static void mla__project(const mla_config *c, const mla_layer_weights *w, const float *x,
-                         int T, const mla_seq *seqs, int chunk, mla__scratch *s) {
+                         int T, mla_seq *const *seqs, int chunk, mla__scratch *s) {
     int H = c->n_heads, r = c->kv_lora_rank, m = c->qk_rope_head_dim;
     int dn = c->qk_nope_head_dim, qd = mla__qk_dim(c), i, j;
     const float *bias_q = c->attn_bias ? w->b_q : NULL;
@@ -1751,7 +1756,7 @@ static void mla__project(const mla_config *c, const mla_layer_weights *w, const 
     mla_matmul(s->kv, x, w->w_kva, c->attn_bias ? w->b_kva : NULL, T, r + m, c->dim);
     mla_rope_freqs(c, s->freq, &cos_scale);
     for (i = 0; i < T; i++) {
-        int pos = seqs[i / chunk].len + i % chunk;
+        int pos = seqs[i / chunk]->len + i % chunk;
         float *kv = s->kv + (size_t)i * (r + m);
         if (c->kv_norm) mla_rmsnorm(kv, kv, w->kv_norm, r, mla__eps(c));
         mla_rope_apply(kv + r, m, pos, s->freq, cos_scale, c->rope_layout);
@@ -1823,7 +1828,7 @@ static void mla__attend_naive(const mla_config *c, const mla_layer_weights *w,
 
 /* n_seq sequences, `chunk` new tokens each (token i belongs to seqs[i/chunk]) */
 static mla_result mla__run(const mla_config *c, const mla_layer_weights *w, mla_pool *pool,
-                           mla_seq *seqs, int n_seq, int chunk, int layer, const float *x,
+                           mla_seq *const *seqs, int n_seq, int chunk, int layer, const float *x,
                            float *out, mla_mode mode, void *ws, size_t ws_bytes) {
     mla__scratch s;
     int T = n_seq * chunk, H, r, m, qd, dv, i, b, max_ctx = 0;
@@ -1832,21 +1837,21 @@ static mla_result mla__run(const mla_config *c, const mla_layer_weights *w, mla_
     rc = mla__check_call(c, w, pool, seqs, n_seq, chunk, layer, x, out, mode, ws_bytes, &max_ctx);
     if (rc != MLA_OK) return rc;
     for (b = 0; b < n_seq; b++) { /* cannot fail: checked above */
-        rc = mla_seq_reserve(pool, &seqs[b], chunk);
+        rc = mla_seq_reserve(pool, seqs[b], chunk);
         MLA_ASSERT(rc == MLA_OK);
     }
     H = c->n_heads; r = c->kv_lora_rank; m = c->qk_rope_head_dim; qd = mla__qk_dim(c); dv = c->v_head_dim;
     mla__scratch_layout(c, T, max_ctx, mode, (float *)ws, &s);
     mla__project(c, w, x, T, seqs, chunk, &s);
     for (i = 0; i < T; i++) {
-        const mla_seq *sq = &seqs[i / chunk];
+        const mla_seq *sq = seqs[i / chunk];
         mla__store_row(mla_seq_row(pool, sq, layer, sq->len + i % chunk), pool->type,
                        s.kv + (size_t)i * (r + m), r, m);
     }
     for (b = 0; b < n_seq; b++) {
         const float *q = s.q + (size_t)b * chunk * H * qd;
         float *o = s.o + (size_t)b * chunk * H * dv;
-        if (mode == MLA_NAIVE) mla__attend_naive(c, w, pool, &seqs[b], layer, chunk, q, o, &s);
+        if (mode == MLA_NAIVE) mla__attend_naive(c, w, pool, seqs[b], layer, chunk, q, o, &s);
     }
     if (mode == MLA_ABSORBED) {
         /* many tokens: one thread each; few: each token's context split over threads */
@@ -1860,7 +1865,7 @@ static mla_result mla__run(const mla_config *c, const mla_layer_weights *w, mla_
 #else
             int slot = 0;
 #endif
-            const mla_seq *sq = &seqs[i / chunk];
+            const mla_seq *sq = seqs[i / chunk];
             mla__attend_absorbed(c, w, pool, sq, layer, sq->len + i % chunk + 1, s.q + (size_t)i * H * qd,
                                  s.o + (size_t)i * H * dv, s.slots + slot * s.sstride, s.sstride,
                                  items ? 1 : threads);
@@ -1874,13 +1879,16 @@ MLADEF mla_result mla_forward(const mla_config *c, const mla_layer_weights *w, m
                               mla_seq *seq, int layer, const float *x, int T, float *out,
                               mla_mode mode, void *ws, size_t ws_bytes) {
     if (!seq || T <= 0) return MLA_ERR_INVALID_ARG;
-    return mla__run(c, w, pool, seq, 1, T, layer, x, out, mode, ws, ws_bytes);
+    return mla__run(c, w, pool, &seq, 1, T, layer, x, out, mode, ws, ws_bytes);
 }
 
 MLADEF mla_result mla_decode(const mla_config *c, const mla_layer_weights *w, mla_pool *pool,
-                             mla_seq *seqs, int B, int layer, const float *x, float *out,
+                             mla_seq *const *seqs, int B, int layer, const float *x, float *out,
                              void *ws, size_t ws_bytes) {
+    int i;
     if (!seqs || B <= 0) return MLA_ERR_INVALID_ARG;
+    for (i = 0; i < B; i++)
+        if (!seqs[i]) return MLA_ERR_INVALID_ARG;
     return mla__run(c, w, pool, seqs, B, 1, layer, x, out, MLA_ABSORBED, ws, ws_bytes);
 }
 

@@ -53,7 +53,9 @@ int main(void) {
     if (rc != MLA_OK) { fprintf(stderr, "prefill: %s\n", mla_result_string(rc)); return 1; }
     mla_seq_advance(&cache.seq, PROMPT);
     for (t = PROMPT; t < CTX; t++) {
-        rc = mla_decode(&cfg, &w, &cache.pool, &cache.seq, 1, 0, x + (size_t)t * cfg.dim,
+        mla_seq *batch[1];
+        batch[0] = &cache.seq; /* mla_decode batches sequences by pointer; here one */
+        rc = mla_decode(&cfg, &w, &cache.pool, batch, 1, 0, x + (size_t)t * cfg.dim,
                         out + (size_t)t * cfg.dim, ws, ws_bytes);
         if (rc != MLA_OK) { fprintf(stderr, "decode: %s\n", mla_result_string(rc)); return 1; }
         mla_seq_advance(&cache.seq, 1);

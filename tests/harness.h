@@ -22,6 +22,8 @@ double th_relerr_d(const double *a, const double *b, size_t n);
         if (!(th_v_ <= th_b_)) fprintf(stderr, "    value %.3g > bound %.3g\n", th_v_, th_b_); \
     } while (0)
 #define RUN(fn) th_run(#fn, fn)
+/* a one-sequence batch for mla_decode (which takes pointers) */
+#define SEQS1(p) ((mla_seq *[1]){p})
 
 /* suites */
 void suite_core(void);

@@ -152,7 +152,7 @@ static double compare(const gqa_layer *L, const mla_converted *cv, const float *
     CHECK(mla_forward(&cv->cfg, &cv->w, &mc.pool, &mc.seq, 0, x, P, om, MLA_ABSORBED, mw, mb) == MLA_OK);
     mla_seq_advance(&mc.seq, P);
     for (t = P; t < N; t++) {
-        CHECK(mla_decode(&cv->cfg, &cv->w, &mc.pool, &mc.seq, 1, 0, x + t * D, om + t * D, mw, mb) == MLA_OK);
+        CHECK(mla_decode(&cv->cfg, &cv->w, &mc.pool, SEQS1(&mc.seq), 1, 0, x + t * D, om + t * D, mw, mb) == MLA_OK);
         mla_seq_advance(&mc.seq, 1);
     }
     CHECK(mla_forward(&cv->cfg, &cv->w, &mn.pool, &mn.seq, 0, x, N, on, MLA_NAIVE, mw, mb) == MLA_OK);

@@ -89,7 +89,7 @@ static double run_case(const char *name, mla_dtype type, mla_mode mode, int bloc
     CHECK(mla_forward(&c, &w, &pool, &seq, 1, mlav_get(&v, "x", NULL), P, out, mode, ws, wsb) == MLA_OK);
     CHECK(mla_seq_advance(&seq, P) == MLA_OK);
     for (t = P; t < N; t++) {
-        CHECK(mla_decode(&c, &w, &pool, &seq, 1, 1, mlav_get(&v, "x", NULL) + (size_t)t * D,
+        CHECK(mla_decode(&c, &w, &pool, SEQS1(&seq), 1, 1, mlav_get(&v, "x", NULL) + (size_t)t * D,
                          out + (size_t)t * D, ws, wsb) == MLA_OK);
         CHECK(mla_seq_advance(&seq, 1) == MLA_OK);
     }
@@ -267,7 +267,7 @@ static void test_absorbed_equals_naive(void) {
     mla_seq_advance(&sa, P);
     mla_seq_advance(&sn, P);
     for (t = P; t < N; t++) {
-        CHECK(mla_decode(&L.c, &L.w, &pa, &sa, 1, 1, x + (size_t)t * D, oa + (size_t)t * D, ws, wsb) == MLA_OK);
+        CHECK(mla_decode(&L.c, &L.w, &pa, SEQS1(&sa), 1, 1, x + (size_t)t * D, oa + (size_t)t * D, ws, wsb) == MLA_OK);
         CHECK(mla_forward(&L.c, &L.w, &pn, &sn, 1, x + (size_t)t * D, 1, on + (size_t)t * D, MLA_NAIVE, ws, wsb) == MLA_OK);
         mla_seq_advance(&sa, 1);
         mla_seq_advance(&sn, 1);
@@ -370,9 +370,18 @@ static void test_pool_sequences(void) {
             mla_cache_free(&alone[1]);
             CHECK(mla_cache_init(&alone[1], MLA_BF16, 1, 24, 8, 64, NULL) == MLA_OK);
         }
-        CHECK(mla_decode(&L.c, &L.w, &pool, seqs, S, 0, xb, ob, ws, wsb) == MLA_OK);
+        { /* the batch by pointer, in an order that rotates every step: nothing to copy back */
+            mla_seq *ps[S];
+            float xr[S * 32], orot[S * 32];
+            for (i = 0; i < S; i++) {
+                ps[i] = &seqs[(i + t) % S];
+                memcpy(xr + i * D, xb + ((i + t) % S) * D, sizeof(float) * D);
+            }
+            CHECK(mla_decode(&L.c, &L.w, &pool, ps, S, 0, xr, orot, ws, wsb) == MLA_OK);
+            for (i = 0; i < S; i++) memcpy(ob + ((i + t) % S) * D, orot + i * D, sizeof(float) * D);
+        }
         for (i = 0; i < S; i++) {
-            CHECK(mla_decode(&L.c, &L.w, &alone[i].pool, &alone[i].seq, 1, 0, xb + i * D, oa + i * D, ws, wsb) == MLA_OK);
+            CHECK(mla_decode(&L.c, &L.w, &alone[i].pool, SEQS1(&alone[i].seq), 1, 0, xb + i * D, oa + i * D, ws, wsb) == MLA_OK);
             mla_seq_advance(&seqs[i], 1);
             mla_seq_advance(&alone[i].seq, 1);
         }
@@ -439,7 +448,7 @@ static void test_config_errors(void) {
 static void test_call_errors(void) {
     rand_layer L;
     mla_pool pool, other;
-    mla_seq seq, dup[2];
+    mla_seq seq, copy, *dup[2];
     int table[2], D;
     float *x, *out, saved;
     unsigned char *snap;
@@ -469,7 +478,7 @@ static void test_call_errors(void) {
     saved = x[5]; x[5] = NAN;
     CHECK(mla_forward(&L.c, &L.w, &pool, &seq, 0, x, 1, out, MLA_ABSORBED, ws, wsb) == MLA_ERR_NONFINITE);
     x[5] = INFINITY;
-    CHECK(mla_decode(&L.c, &L.w, &pool, &seq, 1, 0, x, out, ws, wsb) == MLA_ERR_NONFINITE);
+    CHECK(mla_decode(&L.c, &L.w, &pool, SEQS1(&seq), 1, 0, x, out, ws, wsb) == MLA_ERR_NONFINITE);
     x[5] = saved;
     UNCHANGED();
     /* position overflow */
@@ -508,13 +517,17 @@ static void test_call_errors(void) {
     CHECK(mla_forward(&L.c, &L.w, &pool, &seq, 1, x, 1, out, MLA_NAIVE, ws, wsb) == MLA_ERR_INVALID_ARG);
     CHECK(mla_forward(&L.c, &L.w, &pool, &seq, 0, x, 0, out, MLA_NAIVE, ws, wsb) == MLA_ERR_INVALID_ARG);
     CHECK(mla_forward(&L.c, &L.w, &pool, &seq, 0, x, 1, out, (mla_mode)5, ws, wsb) == MLA_ERR_INVALID_ARG);
-    dup[0] = seq; dup[1] = seq;
+    dup[0] = &seq; dup[1] = &seq; /* the same sequence twice */
+    CHECK(mla_decode(&L.c, &L.w, &pool, dup, 2, 0, x, out, ws, wsb) == MLA_ERR_INVALID_ARG);
+    copy = seq; dup[1] = &copy; /* a copy sharing its block table */
+    CHECK(mla_decode(&L.c, &L.w, &pool, dup, 2, 0, x, out, ws, wsb) == MLA_ERR_INVALID_ARG);
+    dup[1] = NULL;
     CHECK(mla_decode(&L.c, &L.w, &pool, dup, 2, 0, x, out, ws, wsb) == MLA_ERR_INVALID_ARG);
     UNCHANGED();
     /* the one token that still fits works; then full */
-    CHECK(mla_decode(&L.c, &L.w, &pool, &seq, 1, 0, x, out, ws, wsb) == MLA_OK);
+    CHECK(mla_decode(&L.c, &L.w, &pool, SEQS1(&seq), 1, 0, x, out, ws, wsb) == MLA_OK);
     mla_seq_advance(&seq, 1);
-    CHECK(mla_decode(&L.c, &L.w, &pool, &seq, 1, 0, x, out, ws, wsb) == MLA_ERR_CACHE_FULL);
+    CHECK(mla_decode(&L.c, &L.w, &pool, SEQS1(&seq), 1, 0, x, out, ws, wsb) == MLA_ERR_CACHE_FULL);
     CHECK(mla_seq_reserve(&pool, &seq, 1) == MLA_ERR_CACHE_FULL);
     /* pool/cache arguments */
     CHECK(mla_pool_init(&other, MLA_F32, 0, 16, 8, 2, 2, NULL) == MLA_ERR_INVALID_ARG);
@@ -559,12 +572,17 @@ static void test_decode_no_alloc(void) {
     out = (float *)malloc(sizeof(float) * 4 * 32);
     for (i = 0; i < 4; i++) mla_seq_init(&seqs[i], tabs[i], 8);
     before = test_alloc_count;
-    for (t = 0; t < 30; t++) {
-        CHECK(mla_decode(&L.c, &L.w, &pool, seqs, 4, 0, x, out, ws, wsb) == MLA_OK);
-        CHECK(mla_decode(&L.c, &L.w, &pool, seqs, 4, 1, out, x, ws, wsb) == MLA_OK);
-        for (i = 0; i < 4; i++) mla_seq_advance(&seqs[i], 1);
+    for (t = 0; t < 30; t++) { /* a different subset of the sequences each step */
+        mla_seq *ps[4];
+        int B = 1 + t % 4;
+        for (i = 0; i < B; i++) ps[i] = &seqs[(i + t) % 4];
+        CHECK(mla_decode(&L.c, &L.w, &pool, ps, B, 0, x, out, ws, wsb) == MLA_OK);
+        CHECK(mla_decode(&L.c, &L.w, &pool, ps, B, 1, out, x, ws, wsb) == MLA_OK);
+        for (i = 0; i < B; i++) mla_seq_advance(ps[i], 1);
     }
     CHECK(test_alloc_count == before);
+    for (i = 0, t = 0; i < 4; i++) t += seqs[i].len;
+    CHECK(t == 73); /* sum over the 30 steps of the batch size 1 + t % 4 */
     th_note("60 batched decode calls: %d heap allocations", (int)(test_alloc_count - before));
     mla_pool_free(&pool);
     free(pmem); free(ws); free(x); free(out);

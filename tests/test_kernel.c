@@ -15,7 +15,7 @@ mla_result plain_attend_latent(const mla_pool *pool, const mla_seq *seq, int lay
 int omp_set_threads(int n);
 mla_result omp_attend_latent(const mla_pool *pool, const mla_seq *seq, int layer, int H, int n_ctx, const float *q_lat,
                              const float *q_pe, float scale, float *o_lat, void *scratch, size_t scratch_bytes);
-mla_result omp_decode(const mla_config *c, const mla_layer_weights *w, mla_pool *pool, mla_seq *seqs, int B, int layer,
+mla_result omp_decode(const mla_config *c, const mla_layer_weights *w, mla_pool *pool, mla_seq *const *seqs, int B, int layer,
                       const float *x, float *out, void *ws, size_t ws_bytes);
 mla_result omp_gqa_forward(const mla_gqa_config *c, const mla_gqa_weights *w, mla_gqa_cache *kc, int layer,
                            const float *x, int T, float *out, void *ws, size_t ws_bytes);
@@ -377,12 +377,14 @@ static void test_threads(void) {
             ((uint16_t *)pa.data)[i] = ((uint16_t *)pb.data)[i] = mla_f32_to_bf16(urand());
         for (t = 0; t < 3; t++) {
             for (i = 0; i < B * D; i++) x[i] = urand();
-            CHECK(mla_decode(&c, &w, &pa, sa, B, 0, x, o1, ws, wsb) == MLA_OK);
+            mla_seq *pa_[8], *pb_[8];
+            for (i = 0; i < B; i++) pa_[i] = &sa[i], pb_[i] = &sb[i];
+            CHECK(mla_decode(&c, &w, &pa, pa_, B, 0, x, o1, ws, wsb) == MLA_OK);
             for (th = 1; th <= 2; th++) {
                 omp_set_threads(th);
-                CHECK(omp_decode(&c, &w, &pb, sb, B, 0, x, o2, ws, wsb) == MLA_OK);
+                CHECK(omp_decode(&c, &w, &pb, pb_, B, 0, x, o2, ws, wsb) == MLA_OK);
                 if (th == 2) {
-                    CHECK(omp_decode(&c, &w, &pb, sb, B, 0, x, o3, ws, wsb) == MLA_OK);
+                    CHECK(omp_decode(&c, &w, &pb, pb_, B, 0, x, o3, ws, wsb) == MLA_OK);
                     same &= !memcmp(o2, o3, sizeof(float) * B * D);
                 }
                 worst = th_relerr(o2, o1, (size_t)B * D) > worst ? th_relerr(o2, o1, (size_t)B * D) : worst;

@@ -16,7 +16,7 @@ int V(set_threads)(int n);
 size_t V(attend_scratch_bytes)(int H, int r, int m);
 mla_result V(attend_latent)(const mla_pool *pool, const mla_seq *seq, int layer, int H, int n_ctx, const float *q_lat,
                             const float *q_pe, float scale, float *o_lat, void *scratch, size_t scratch_bytes);
-mla_result V(decode)(const mla_config *c, const mla_layer_weights *w, mla_pool *pool, mla_seq *seqs, int B, int layer,
+mla_result V(decode)(const mla_config *c, const mla_layer_weights *w, mla_pool *pool, mla_seq *const *seqs, int B, int layer,
                      const float *x, float *out, void *ws, size_t ws_bytes);
 mla_result V(gqa_forward)(const mla_gqa_config *c, const mla_gqa_weights *w, mla_gqa_cache *kc, int layer,
                           const float *x, int T, float *out, void *ws, size_t ws_bytes);
@@ -37,7 +37,7 @@ mla_result V(attend_latent)(const mla_pool *pool, const mla_seq *seq, int layer,
                             const float *q_pe, float scale, float *o_lat, void *scratch, size_t scratch_bytes) {
     return mla_attend_latent(pool, seq, layer, H, n_ctx, q_lat, q_pe, scale, o_lat, scratch, scratch_bytes);
 }
-mla_result V(decode)(const mla_config *c, const mla_layer_weights *w, mla_pool *pool, mla_seq *seqs, int B, int layer,
+mla_result V(decode)(const mla_config *c, const mla_layer_weights *w, mla_pool *pool, mla_seq *const *seqs, int B, int layer,
                      const float *x, float *out, void *ws, size_t ws_bytes) {
     return mla_decode(c, w, pool, seqs, B, layer, x, out, ws, ws_bytes);
 }

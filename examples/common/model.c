@@ -290,10 +290,11 @@ int model_layer_forward(const model *m, model_state *s, int l, float *x, int T) 
     size_t D = (size_t)m->dim;
     const model_layer *L = &m->layers[l];
     int t, i, rc;
+    mla_seq *seq = &s->mla.seq;
     for (t = 0; t < T; t++) mla_rmsnorm(s->xb + t * D, x + t * D, L->attn_norm, m->dim, m->eps);
     if (m->is_mla)
         rc = T == 1 && s->mode == MLA_ABSORBED
-                 ? mla_decode(&m->mla, &L->mla, &s->mla.pool, &s->mla.seq, 1, l, s->xb, s->xc, s->ws, s->ws_bytes)
+                 ? mla_decode(&m->mla, &L->mla, &s->mla.pool, &seq, 1, l, s->xb, s->xc, s->ws, s->ws_bytes)
                  : mla_forward(&m->mla, &L->mla, &s->mla.pool, &s->mla.seq, l, s->xb, T, s->xc,
                                T > 1 ? s->prefill_mode : s->mode, s->ws, s->ws_bytes);
     else
