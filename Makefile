@@ -112,8 +112,14 @@ REPLAY_BIN = $(BIN)/replay_gguf $(BIN)/replay_tokenizer $(BIN)/replay_api $(BIN)
 # the core and conversion suites again with the portable kernels (MLA_NO_SIMD; OpenMP on, as in run_tests)
 $(BIN)/run_tests_nosimd: $(TEST_SRC) $(TEST_HDR) $(VARIANTS)
 	$(CC) $(WARN) $(OPT) $(ARCH) -DMLA_NO_SIMD -g -I. -o $@ $(TEST_SRC) $(VARIANTS) $(CBLAS_LIB) $(LDLIBS) $(OMP)
+# the README's Usage snippet, cut out of README.md and run (tests/readme_usage.c)
+$(BIN)/readme_usage: README.md tests/readme_usage.c mla.h | $(BIN)
+	awk '/^## Usage/{u=1} u && /^```c/{c=1; next} c && /^```/{exit} c' README.md > $(BIN)/readme_usage.c.txt
+	grep '^#' $(BIN)/readme_usage.c.txt > $(BIN)/readme_usage_head.inc
+	grep -v '^#' $(BIN)/readme_usage.c.txt > $(BIN)/readme_usage_body.inc
+	$(CC) $(WARN) $(OPT) $(ARCH) -I. -o $@ tests/readme_usage.c $(LDLIBS)
 # offline, the model tests are skipped and say why (CI sets MLA_REQUIRE_MODEL=1: there they must run)
-test: headercheck cuda-build $(BIN)/run_tests $(BIN)/run_tests_nosimd $(CLI_BIN) $(REPLAY_BIN)
+test: headercheck cuda-build $(BIN)/run_tests $(BIN)/run_tests_nosimd $(BIN)/readme_usage $(CLI_BIN) $(REPLAY_BIN)
 	@tools/fetch_model.sh >/dev/null || echo "note: the model could not be fetched; the tests that need it are skipped"
 	./$(BIN)/run_tests_nosimd core convert
 	./$(BIN)/run_tests
