@@ -214,7 +214,7 @@ static void test_fuzz_corpus_replay(void) {
 /* the README's Usage snippet, compiled as written (tests/readme_usage.c) */
 static void test_readme_snippet(void) {
     char msg[512];
-    int rc = run_cmd("build/readme_usage >&2", msg, sizeof msg);
+    int rc = run_cmd("(build/readme_usage 1>&2)", msg, sizeof msg);
     CHECK(rc == 0 && strstr(msg, "README snippet") != NULL);
     th_note("%.*s", (int)strcspn(msg, "\n"), msg);
 }
