@@ -137,6 +137,12 @@ typedef struct {
 
 /* MLA_OK, or MLA_ERR_BAD_CONFIG with *bad_field (if non-NULL) naming the field. */
 MLAPI mla_result mla_config_validate(const mla_config *cfg, const char **bad_field);
+/* The attention config of a published checkpoint, every field as its
+   config.json has it (both RMSNorms on, YaRN on, interleaved RoPE as the
+   weights are stored): "deepseek-v2-lite", "deepseek-v2", "deepseek-v3" (also
+   R1). The HF config.json key of each field is in docs/deepseek.md. MLA_OK,
+   or MLA_ERR_INVALID_ARG (cfg zeroed) for another name. */
+MLAPI mla_result mla_config_preset(mla_config *cfg, const char *name);
 /* The scale applied to q.k (default or override, YaRN included). */
 MLAPI float mla_softmax_scale(const mla_config *cfg);
 /* RoPE inverse frequencies [m/2] (caller table, or theta with YaRN) and the
@@ -726,6 +732,28 @@ MLADEF mla_result mla_config_validate(const mla_config *c, const char **bad_fiel
     return MLA_OK;
 }
 
+MLADEF mla_result mla_config_preset(mla_config *c, const char *name) {
+    /* hidden_size, num_attention_heads, q_lora_rank, mscale (= mscale_all_dim) */
+    static const struct { const char *name; int dim, heads, q_rank; float mscale; } k[] = {
+        {"deepseek-v2-lite", 2048, 16, 0, 0.707f},
+        {"deepseek-v2", 5120, 128, 1536, 0.707f},
+        {"deepseek-v3", 7168, 128, 1536, 1.0f}};
+    size_t i;
+    if (!c) return MLA_ERR_INVALID_ARG;
+    memset(c, 0, sizeof *c);
+    for (i = 0; name && i < sizeof k / sizeof k[0]; i++) {
+        if (strcmp(name, k[i].name)) continue;
+        c->dim = k[i].dim; c->n_heads = k[i].heads; c->q_lora_rank = k[i].q_rank;
+        c->kv_lora_rank = 512; c->qk_nope_head_dim = 128; c->qk_rope_head_dim = 64; c->v_head_dim = 128;
+        c->rms_eps = 1e-6f; c->kv_norm = 1; c->q_norm = k[i].q_rank > 0;
+        c->max_seq_len = 163840; c->rope_theta = 10000.0f; c->rope_layout = MLA_ROPE_INTERLEAVED;
+        c->yarn_factor = 40.0f; c->yarn_original_max_pos = 4096; c->yarn_beta_fast = 32.0f; c->yarn_beta_slow = 1.0f;
+        c->yarn_mscale = k[i].mscale; c->yarn_mscale_all_dim = k[i].mscale;
+        return MLA_OK;
+    }
+    return MLA_ERR_INVALID_ARG;
+}
+
 MLADEF float mla_softmax_scale(const mla_config *c) {
     double s;
     if (c->softmax_scale > 0) return c->softmax_scale;
@@ -829,6 +857,13 @@ MLADEF mla_result mla_weights_validate(const mla_config *c, const mla_layer_weig
     if (c->kv_norm) MLA__NEED(w->kv_norm, "kv_norm");
     MLA__NEED(w->w_kvb, "w_kvb");
     MLA__NEED(w->w_o, "w_o");
+    /* a weight given for a step the config switches off would be silently
+       ignored (a DeepSeek layer with q_norm = 0 is 33% off): refuse, naming the flag */
+    if ((w->b_q || w->b_qa || w->b_kva) && !c->attn_bias) MLA__BAD("attn_bias");
+    if (w->q_norm && !c->q_norm) MLA__BAD("q_norm");
+    if (w->kv_norm && !c->kv_norm) MLA__BAD("kv_norm");
+    if (rq == 0 && (w->w_qa || w->w_qb)) MLA__BAD("q_lora_rank");
+    if (rq > 0 && w->w_q) MLA__BAD("q_lora_rank");
     if (rq == 0) {
         MLA__FINITE(w->w_q, H * qd * D, "w_q");
         if (c->attn_bias) MLA__FINITE(w->b_q, H * qd, "b_q");

@@ -56,6 +56,16 @@ static void weights_from_mlav(const mlav *v, mla_layer_weights *w) {
     w->b_o = (int)mlav_num(v, "cfg.bias", 0) ? mlav_get(v, "b_o", NULL) : NULL;
 }
 
+/* the generator stores every tensor; pass only those the config uses
+   (mla_weights_validate refuses a weight its flag switches off) */
+static void weights_for_config(const mla_config *c, mla_layer_weights *w) {
+    if (!c->attn_bias) w->b_q = w->b_qa = w->b_kva = NULL;
+    if (!c->q_norm) w->q_norm = NULL;
+    if (!c->kv_norm) w->kv_norm = NULL;
+    if (c->q_lora_rank) w->w_q = NULL;
+    else w->w_qa = w->w_qb = NULL;
+}
+
 /* prefill P tokens with mla_forward(mode), then decode one by one with
    mla_decode; out [N][D]. Returns the relative error against the reference. */
 static double run_case(const char *name, mla_dtype type, mla_mode mode, int block_size, double *c_err) {
@@ -77,6 +87,7 @@ static double run_case(const char *name, mla_dtype type, mla_mode mode, int bloc
     }
     cfg_from_mlav(&v, &c);
     weights_from_mlav(&v, &w);
+    weights_for_config(&c, &w);
     P = (int)mlav_num(&v, "cfg.P", 0);
     N = (int)mlav_num(&v, "cfg.N", 0);
     D = c.dim;
@@ -234,6 +245,8 @@ static void rand_layer_init(rand_layer *L, int D, int H, int rq, int r, int dn, 
     L->w.kv_norm = L->mem[k++] = rand_vec((size_t)r, 1.0f);
     L->w.w_kvb = L->mem[k++] = rand_vec((size_t)H * (dn + dv) * r, 1.7f / sqrtf((float)r));
     L->w.w_o = L->mem[k++] = rand_vec((size_t)D * H * dv, 1.7f / sqrtf((float)(H * dv)));
+    if (!bias) L->w.b_q = L->w.b_qa = L->w.b_kva = NULL; /* allocated (mem indices stay put), not passed */
+    if (!kvnorm) L->w.kv_norm = NULL;
 }
 
 static void rand_layer_free(rand_layer *L) {
@@ -438,6 +451,22 @@ static void test_config_errors(void) {
     BAD(c.yarn_mscale_all_dim = NAN, "yarn_mscale_all_dim");
 #undef BAD
     CHECK(mla_config_validate(NULL, &f) == MLA_ERR_INVALID_ARG);
+    { /* presets: valid, with DeepSeek's published values */
+        static const char *names[] = {"deepseek-v2-lite", "deepseek-v2", "deepseek-v3"};
+        int i;
+        for (i = 0; i < 3; i++) {
+            CHECK(mla_config_preset(&c, names[i]) == MLA_OK && mla_config_validate(&c, &f) == MLA_OK);
+            CHECK(c.kv_norm == 1 && c.kv_lora_rank == 512 && c.qk_rope_head_dim == 64 && c.yarn_factor == 40.0f);
+            CHECK(c.q_norm == (c.q_lora_rank > 0));
+        }
+        /* V3: 192^-1/2 * (0.1 * 1.0 * ln 40 + 1)^2 = 0.0721688 * 1.368888^2 */
+        CHECK(fabs(mla_softmax_scale(&c) - 0.1352338) < 1e-6);
+        CHECK(mla_config_preset(&c, "deepseek-v2-lite") == MLA_OK && c.q_lora_rank == 0 && c.dim == 2048);
+        /* V2-Lite: mscale 0.707: 192^-1/2 * (0.1 * 0.707 * ln 40 + 1)^2 = 0.0721688 * 1.2608038^2 */
+        CHECK(fabs(mla_softmax_scale(&c) - 0.1147214) < 1e-6);
+        CHECK(mla_config_preset(&c, "llama") == MLA_ERR_INVALID_ARG && c.dim == 0);
+        CHECK(mla_config_preset(&c, NULL) == MLA_ERR_INVALID_ARG);
+    }
     CHECK(mla_workspace_bytes(&base, 0, 4, MLA_ABSORBED) == 0);
     {
         int i;
@@ -497,6 +526,20 @@ static void test_call_errors(void) {
     CHECK(mla_weights_validate(&L.c, &w2, 0, &f) == MLA_ERR_NULL_WEIGHT && !strcmp(f, "kv_norm"));
     w2 = L.w; w2.b_kva = NULL;
     CHECK(mla_weights_validate(&L.c, &w2, 0, &f) == MLA_ERR_NULL_WEIGHT && !strcmp(f, "b_kva"));
+    { /* a weight the config switches off is refused, naming the flag (the
+         DeepSeek footgun: q_norm given, cfg.q_norm left 0, 33% off) */
+        mla_config c2 = L.c;
+        float one[64] = {1};
+        c2.kv_norm = 0;
+        CHECK(mla_weights_validate(&c2, &L.w, 0, &f) == MLA_ERR_BAD_CONFIG && !strcmp(f, "kv_norm"));
+        c2 = L.c; c2.attn_bias = 0;
+        CHECK(mla_weights_validate(&c2, &L.w, 0, &f) == MLA_ERR_BAD_CONFIG && !strcmp(f, "attn_bias"));
+        CHECK(mla_forward(&c2, &L.w, &pool, &seq, 0, x, 1, out, MLA_NAIVE, ws, wsb) == MLA_ERR_BAD_CONFIG);
+        w2 = L.w; w2.q_norm = one; /* this layer has no q_lora_rank */
+        CHECK(mla_weights_validate(&L.c, &w2, 0, &f) == MLA_ERR_BAD_CONFIG && !strcmp(f, "q_norm"));
+        w2 = L.w; w2.w_qa = one;
+        CHECK(mla_weights_validate(&L.c, &w2, 0, &f) == MLA_ERR_BAD_CONFIG && !strcmp(f, "q_lora_rank"));
+    }
     /* NaN weights: found by the finite scan */
     w2 = L.w;
     saved = L.mem[2][7]; L.mem[2][7] = NAN; /* mem[2] = w_kva here (after w_q, b_q) */
