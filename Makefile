@@ -99,6 +99,8 @@ headercheck: | $(BIN)
 	else echo "clang not installed: skipped"; fi
 	$(CC) -std=c99 -Wall -Wextra -pedantic -Werror -O2 -fopenmp -I. -c -o $(BIN)/hc_omp.o $(BIN)/hc.c
 	$(CC) -std=c99 -Wall -Wextra -pedantic -Werror -O2 -DMLA_STATIC -I. -c -o $(BIN)/hc_static.o $(BIN)/hc.c
+	$(CC) -std=c99 -Wall -Wextra -pedantic -Werror -O2 -DMLA_NO_CONVERT '-DMLAPI=extern __attribute__((visibility("default")))' -I. -c -o $(BIN)/hc_noconv.o $(BIN)/hc.c
+	@if nm $(BIN)/hc_noconv.o | grep -q mla_convert_layer; then echo "MLA_NO_CONVERT left conversion in"; exit 1; fi
 	$(CC) -std=c99 -Wall -Wextra -pedantic -Werror -O2 -mavx2 -mfma -mf16c -fopenmp -I. -c -o $(BIN)/hc_avx2.o $(BIN)/hc.c
 	g++ -x c++ -Wall -Wextra -pedantic -Werror -O2 -mavx2 -mfma -mf16c -fopenmp -I. -c -o $(BIN)/hc_cpp_avx2.o $(BIN)/hc.c
 	$(CC) -std=c99 -Wall -Wextra -pedantic -Werror -O2 -mavx2 -mfma -DMLA_NO_SIMD -I. -c -o $(BIN)/hc_nosimd.o $(BIN)/hc.c

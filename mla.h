@@ -30,17 +30,23 @@
    Every call that can fail returns an mla_result; mla_result_string() names it.
 
    ------------------------------------------------------------- contents --
-     1. config       mla_config, defaults, validation, RoPE + YaRN
+     0. results      mla_result codes; helpers mla_matmul, mla_rmsnorm
+     1. config       mla_config, defaults, presets, validation, RoPE + YaRN
      2. weights      mla_layer_weights (non-owning f32 pointers)
      3. cache        latent KV cache: paged pool, sequences, contiguous cache
      4. attention    the kernel (tiles of cached rows read once for all
                      heads, online softmax, split over threads), naive and
                      absorbed forward, batched decode, core latent
                      attention, and a plain GQA/MHA reference beside it
-     5. conversion   GQA -> MLA (see the section's own comment)
+     5. conversion   GQA -> MLA: calibration, stage 1 lossless rewrite,
+                     2 RoRoPE, 3-4 latent PCA assembled, 5 low-rank query,
+                     the whole layer (compiled out with MLA_NO_CONVERT)
+   Declarations and implementation follow this order.
 
    -------------------------------------------------------------- options --
      MLA_STATIC        make every function static (private vendoring)
+     MLAPI             define it to set the functions' linkage yourself
+     MLA_NO_CONVERT    leave section 5 (conversion) out
      MLA_MALLOC/MLA_FREE/MLA_ASSERT   override before the implementation
      MLA_USE_CBLAS     matrix products through cblas_sgemm (link a BLAS)
      MLA_NO_SIMD       no SIMD: no vector extensions or intrinsics, plain C loops
@@ -61,10 +67,17 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#define MLA_VERSION_MAJOR 0
+#define MLA_VERSION_MINOR 5
+#define MLA_VERSION_PATCH 0
+#define MLA_VERSION "0.5.0"
+
+#ifndef MLAPI /* define it first to set the linkage yourself (e.g. __declspec(dllexport)) */
 #ifdef MLA_STATIC
 #define MLAPI static
 #else
 #define MLAPI extern
+#endif
 #endif
 
 #ifdef __cplusplus
@@ -72,7 +85,7 @@ extern "C" {
 #endif
 
 /* ====================================================================== */
-/* 0. results                                                               */
+/* 0. results and helpers                                                   */
 /* ====================================================================== */
 typedef enum {
     MLA_OK = 0,
@@ -90,6 +103,14 @@ typedef enum {
 } mla_result;
 
 MLAPI const char *mla_result_string(mla_result r);
+
+/* Two helpers the library is built on, public because model runners need
+   them too (the examples' runner does). */
+/* y[T][n] = x[T][k] W[n][k]^T (+ b[n]); with MLA_USE_CBLAS, cblas_sgemm */
+MLAPI void mla_matmul(float *y, const float *x, const float *W, const float *b,
+                      int T, int n, int k);
+/* y[n] = x[n] / sqrt(mean(x^2) + eps) * w[n] (w NULL = 1); y may equal x */
+MLAPI void mla_rmsnorm(float *y, const float *x, const float *w, int n, float eps);
 
 /* ====================================================================== */
 /* 1. config                                                                */
@@ -341,7 +362,9 @@ MLAPI mla_result mla_gqa_forward(const mla_gqa_config *c, const mla_gqa_weights 
 /* ====================================================================== */
 /* 5. conversion: GQA -> MLA (TransMLA, arXiv 2502.07864, and a query-aware  */
 /*    variant). Not a hot path: it allocates with MLA_MALLOC.               */
+/*    Define MLA_NO_CONVERT to leave it out (an engine that only runs MLA). */
 /* ====================================================================== */
+#ifndef MLA_NO_CONVERT
 /* Symmetric eigendecomposition in double (Householder tridiagonalisation +
    implicit QL). a [n][n] in: symmetric matrix; out: eigenvectors as columns
    (a[i*n+k] = component i of vector k), sorted by eigenvalue descending
@@ -359,7 +382,9 @@ typedef struct {
     double *sx;  /* [D]    sum of x          */
 } mla_calib;
 MLAPI mla_result mla_calib_init(mla_calib *c, int dim);
-MLAPI void mla_calib_add(mla_calib *c, const float *x, int T); /* x [T][D] */
+/* x [T][D]; MLA_ERR_NONFINITE (nothing added) if x holds NaN/Inf. Without
+   memory for its blocked f32 kernel it falls back to plain double loops. */
+MLAPI mla_result mla_calib_add(mla_calib *c, const float *x, int T);
 MLAPI void mla_calib_free(mla_calib *c);
 
 typedef enum {
@@ -435,12 +460,7 @@ MLAPI mla_result mla_convert_layer(const mla_gqa_config *g, const mla_gqa_weight
                                    const mla_calib *calib, const mla_convert_options *opt,
                                    mla_converted *out);
 
-/* small shared helpers (also used by the examples' model runner) */
-/* y[T][n] = x[T][k] W[n][k]^T (+ b[n]) */
-MLAPI void mla_matmul(float *y, const float *x, const float *W, const float *b,
-                      int T, int n, int k);
-/* y[n] = x[n] / sqrt(mean(x^2) + eps) * w[n] (w NULL = 1); y may equal x */
-MLAPI void mla_rmsnorm(float *y, const float *x, const float *w, int n, float eps);
+#endif /* MLA_NO_CONVERT */
 
 #ifdef __cplusplus
 }
@@ -504,6 +524,9 @@ static size_t mla__mul(size_t a, size_t b) {
     return a * b;
 }
 
+/* ====================================================================== */
+/* 0. results and helpers                                                   */
+/* ====================================================================== */
 MLADEF const char *mla_result_string(mla_result r) {
     switch (r) {
     case MLA_OK: return "ok";
@@ -521,9 +544,6 @@ MLADEF const char *mla_result_string(mla_result r) {
     }
 }
 
-/* ---------------------------------------------------------------------- */
-/* small numeric helpers                                                   */
-/* ---------------------------------------------------------------------- */
 static float mla__dot(const float *a, const float *b, int n) {
     float s[16] = {0};
     float t = 0.0f;
@@ -2088,6 +2108,7 @@ MLADEF mla_result mla_gqa_forward(const mla_gqa_config *c, const mla_gqa_weights
 /* ====================================================================== */
 /* 5. conversion                                                            */
 /* ====================================================================== */
+#ifndef MLA_NO_CONVERT
 /* ---- symmetric eigendecomposition: Householder to tridiagonal, then
    implicit QL with Wilkinson-style shifts (the EISPACK tred2/tql2 scheme) ---- */
 static void mla__tridiag(int n, double *V, double *d, double *e) {
@@ -2279,11 +2300,15 @@ MLADEF void mla_calib_free(mla_calib *c) {
     c->xx = c->sx = NULL;
 }
 
-MLADEF void mla_calib_add(mla_calib *c, const float *x, int T) {
+MLADEF mla_result mla_calib_add(mla_calib *c, const float *x, int T) {
     enum { BLK = 64 }; /* x^T x of 64 tokens in f32 with the fast kernel, summed in double */
-    int D = c->dim, t0, t, i;
-    float *xt = (float *)MLA_MALLOC(sizeof(float) * (size_t)D * BLK);
-    float *g = (float *)MLA_MALLOC(sizeof(float) * (size_t)D * D);
+    int D, t0, t, i;
+    float *xt, *g;
+    if (!c || !c->xx || !c->sx || T < 0 || (T > 0 && !x)) return MLA_ERR_INVALID_ARG;
+    D = c->dim;
+    if (!mla__all_finite(x, (size_t)T * D)) return MLA_ERR_NONFINITE; /* one NaN would spoil every moment */
+    xt = (float *)MLA_MALLOC(sizeof(float) * (size_t)D * BLK);
+    g = (float *)MLA_MALLOC(sizeof(float) * (size_t)D * D);
     if (!xt || !g) { /* fall back to the plain double loop */
         for (t = 0; t < T; t++)
             for (i = 0; i < D; i++) {
@@ -2304,6 +2329,7 @@ MLADEF void mla_calib_add(mla_calib *c, const float *x, int T) {
     c->n += T;
     if (xt) MLA_FREE(xt);
     if (g) MLA_FREE(g);
+    return MLA_OK;
 }
 
 /* C [n][n] = second moment of y = W x + b (W [n][D] f32, rows given by a list
@@ -2354,6 +2380,28 @@ MLADEF void mla_converted_free(mla_converted *c) {
 }
 
 /* parameters of the conversion that every stage checks the same way */
+/* ---- stage 1: the exact rewrite (a permutation of the key dims, no PCA) ---- */
+MLADEF mla_result mla_convert_lossless(const mla_gqa_config *g, const mla_gqa_weights *w,
+                                       mla_converted *out) {
+    int G, d, L, q, h;
+    double *U;
+    mla_result rc = mla_gqa_config_validate(g, NULL);
+    if (rc != MLA_OK) return rc;
+    G = g->n_kv_heads; d = g->head_dim; L = G * d;
+    U = (double *)MLA_MALLOC(sizeof(double) * (size_t)L * L);
+    if (!U) return MLA_ERR_OUT_OF_MEMORY;
+    memset(U, 0, sizeof(double) * (size_t)L * L);
+    for (q = 0; q < d / 2; q++) /* rope pair q*G + h = head h's pair q: a permutation */
+        for (h = 0; h < G; h++) {
+            U[(size_t)(h * d + 2 * q) * L + 2 * (q * G + h)] = 1.0;
+            U[(size_t)(h * d + 2 * q + 1) * L + 2 * (q * G + h) + 1] = 1.0;
+        }
+    rc = mla_convert_assemble(g, w, U, U, L, 1, L, NULL, NULL, out); /* a permutation: Kd = Ku */
+    MLA_FREE(U);
+    return rc;
+}
+
+/* ---- stage 2: RoRoPE ---- */
 static mla_result mla__check_rorope(const mla_gqa_config *g, int m, int f) {
     int d = g->head_dim, L = g->n_kv_heads * d, keep;
     if (f <= 0 || (d / 2) % f) return MLA_ERR_BAD_CONFIG;          /* f must divide d/2            */
@@ -2577,26 +2625,6 @@ MLADEF mla_result mla_convert_assemble(const mla_gqa_config *g, const mla_gqa_we
     }
     MLA_FREE(Z);
     return MLA_OK;
-}
-
-MLADEF mla_result mla_convert_lossless(const mla_gqa_config *g, const mla_gqa_weights *w,
-                                       mla_converted *out) {
-    int G, d, L, q, h;
-    double *U;
-    mla_result rc = mla_gqa_config_validate(g, NULL);
-    if (rc != MLA_OK) return rc;
-    G = g->n_kv_heads; d = g->head_dim; L = G * d;
-    U = (double *)MLA_MALLOC(sizeof(double) * (size_t)L * L);
-    if (!U) return MLA_ERR_OUT_OF_MEMORY;
-    memset(U, 0, sizeof(double) * (size_t)L * L);
-    for (q = 0; q < d / 2; q++) /* rope pair q*G + h = head h's pair q: a permutation */
-        for (h = 0; h < G; h++) {
-            U[(size_t)(h * d + 2 * q) * L + 2 * (q * G + h)] = 1.0;
-            U[(size_t)(h * d + 2 * q + 1) * L + 2 * (q * G + h) + 1] = 1.0;
-        }
-    rc = mla_convert_assemble(g, w, U, U, L, 1, L, NULL, NULL, out); /* a permutation: Kd = Ku */
-    MLA_FREE(U);
-    return rc;
 }
 
 MLADEF mla_result mla_convert_lowrank_q(mla_converted *cv, const mla_calib *cal, int rq, double damp) {
@@ -2933,6 +2961,7 @@ done:
 #undef MLA__PROGRESS
 }
 
+#endif /* MLA_NO_CONVERT */
 
 #endif /* MLA_IMPLEMENTATION_DONE */
 #endif /* MLA_IMPLEMENTATION */

@@ -197,7 +197,14 @@ static void test_rorope_pca_exact(void) {
     gqa_init(&L, 48, 6, 3, 8, 1, 500.0f);
     x = make_inputs(N, 48);
     CHECK(mla_calib_init(&cal, 48) == MLA_OK);
-    mla_calib_add(&cal, x, N);
+    CHECK(mla_calib_add(&cal, x, N) == MLA_OK);
+    { /* a NaN activation is refused and adds nothing */
+        float keep = x[7];
+        x[7] = NAN;
+        CHECK(mla_calib_add(&cal, x, N) == MLA_ERR_NONFINITE && cal.n == N);
+        x[7] = keep;
+        CHECK(mla_calib_add(NULL, x, N) == MLA_ERR_INVALID_ARG && mla_calib_add(&cal, x, -1) == MLA_ERR_INVALID_ARG);
+    }
     for (method = 0; method < 2; method++) {
         mla_convert_options o;
         mla_converted cv, rr;
@@ -271,7 +278,7 @@ static void test_compression_monotone(void) {
     gqa_init(&L, 48, 6, 3, 8, 0, 10000.0f);
     x = make_inputs(N, 48);
     mla_calib_init(&cal, 48);
-    mla_calib_add(&cal, x, N);
+    CHECK(mla_calib_add(&cal, x, N) == MLA_OK);
     for (ri = 0; ri < 4; ri++)
         for (method = 0; method < 2; method++) {
             mla_convert_options o;
@@ -313,7 +320,7 @@ static void test_lowrank_q(void) {
     gqa_init(&L, 48, 6, 3, 8, 1, 10000.0f);
     x = make_inputs(N, 48);
     mla_calib_init(&cal, 48);
-    mla_calib_add(&cal, x, N);
+    CHECK(mla_calib_add(&cal, x, N) == MLA_OK);
     memset(&o, 0, sizeof o);
     o.qk_rope_head_dim = 24; /* exact RoRoPE, full rank: only the query changes */
     CHECK(mla_convert_layer(&L.c, &L.w, &cal, &o, &cv) == MLA_OK);

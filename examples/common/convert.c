@@ -36,7 +36,12 @@ static int calib_pass(const model *src, const model *through, const int *toks, i
         for (w = 0; w < n_win; w++) { /* the attention input of layer l: RMSNorm of the residual */
             for (t = 0; t < window; t++)
                 mla_rmsnorm(xb + t * D, H + ((size_t)w * window + t) * D, src->layers[l].attn_norm, src->dim, src->eps);
-            mla_calib_add(c, xb, window);
+            if (mla_calib_add(c, xb, window) != MLA_OK) {
+                snprintf(err, errlen, "layer %d: the calibration activations hold NaN or Inf", l);
+                if (!keep) mla_calib_free(c);
+                rc = -1;
+                goto done;
+            }
         }
         if (hook && (rc = hook(hook_ctx, l, c, err, errlen))) {
             if (!keep) mla_calib_free(c);
