@@ -153,7 +153,7 @@ typedef struct {
     float yarn_beta_slow;        /* 0 -> 1                                   */
     float yarn_mscale;           /* 0 -> 1                                   */
     float yarn_mscale_all_dim;   /* 0 -> 0 (no softmax-scale correction)     */
-    float softmax_scale;         /* 0 -> 1/sqrt(d_nope+m) * yarn mscale^2    */
+    float softmax_scale;         /* 0 -> 1/sqrt(d_nope+m) * yarn mscale^2; <= 1e4 */
 } mla_config;
 
 /* MLA_OK, or MLA_ERR_BAD_CONFIG with *bad_field (if non-NULL) naming the field. */
@@ -380,12 +380,27 @@ typedef struct {
     double n;    /* tokens seen              */
     double *xx;  /* [D][D] sum of x x^T      */
     double *sx;  /* [D]    sum of x          */
+    /* optional (mla_calib_attention): how far each query head looks. For head
+       j and RoPE pair i, the sums over queries of E_p[cos(dt theta_i)] and
+       E_p[sin(dt theta_i)], p = the head's attention over the distances dt:
+       [n_heads][head_dim/2][2], NULL until the first mla_calib_attention */
+    int att_heads, att_pairs;
+    double n_att; /* queries seen            */
+    double *att;
 } mla_calib;
 MLAPI mla_result mla_calib_init(mla_calib *c, int dim);
 /* x [T][D]; MLA_ERR_NONFINITE (nothing added) if x holds NaN/Inf. Without
    memory for its blocked f32 kernel it falls back to plain double loops. */
 MLAPI mla_result mla_calib_add(mla_calib *c, const float *x, int T);
 MLAPI void mla_calib_free(mla_calib *c);
+/* The original layer's attention over one window of T tokens at positions
+   0..T-1 (x [T][D] its attention input, as for mla_calib_add): adds, per
+   query head and RoPE pair, the expected rotation over the distances the head
+   attends to. The conversion uses it (mla_convert_options.expected_rope) to
+   replace, in the key dims that lose RoPE, the rotation R(dt) by its
+   expectation instead of by I. O(T^2 h d) per call. */
+MLAPI mla_result mla_calib_attention(mla_calib *c, const mla_gqa_config *g, const mla_gqa_weights *w,
+                                     const float *x, int T);
 
 typedef enum {
     MLA_CONVERT_TRANSMLA = 0, /* RoRoPE + balanced joint K/V PCA (the paper's code)      */
@@ -401,6 +416,9 @@ typedef struct {
     double damp;          /* covariance damping, fraction of the mean diagonal; 0 -> 0.01 */
     int key_only_rorope;  /* QAWARE: keep TransMLA's key-only RoRoPE (an ablation switch)  */
     double key_weight;    /* QAWARE: weight of key errors vs value errors; 0 -> 1          */
+    int expected_rope;    /* 1: the key dims that lose RoPE keep its expected rotation over
+                             the distances each head attends to (needs calib statistics from
+                             mla_calib_attention); 0: they lose it (TransMLA)                */
     /* optional progress report: stage name and fraction of the layer done */
     void (*progress)(void *user, const char *stage, double fraction);
     void *progress_user;
@@ -441,10 +459,15 @@ MLAPI void mla_rorope_freqs(const mla_gqa_config *g, int m, int f, float *inv_fr
    z = [Kd_nope^T k ; v], write the MLA layer: query rope part Ku_rope(g)^T W_q
    and the scale fix sqrt((d_nope+m)/d) folded into W_q (so the default scale
    is right), W_kva = [down [Kd_nope^T W_k ; W_v] ; Kd_rope^T W_k], W_kvb per
-   head [Ku_nope(g) up_k ; v_up up_v], biases carried. down/up NULL = identity. */
+   head [Ku_nope(g) up_k ; v_up up_v], biases carried. down/up NULL = identity.
+   rope_expect [h][d/2][2] (NULL = none): per query head and RoPE pair the
+   expected (cos, sin) of the rotation over the distances the head attends
+   to; the nope query rows then carry E[R(dt)]^T (a 2x2 per pair), so the key
+   dims that lose RoPE score q.E[R].k instead of q.k (exact for a head that
+   always looks the same distance back). */
 MLAPI mla_result mla_convert_assemble(const mla_gqa_config *g, const mla_gqa_weights *w,
                                       const double *Kd, const double *Ku, int m, int f, int r,
-                                      const double *down, const double *up,
+                                      const double *down, const double *up, const double *rope_expect,
                                       mla_converted *out);
 
 /* Stage 5, optional: low-rank query. PCA of the converted query q = W_q x + b
@@ -742,7 +765,8 @@ MLADEF mla_result mla_config_validate(const mla_config *c, const char **bad_fiel
     }
     if (!(c->yarn_mscale - c->yarn_mscale == 0)) MLA__BAD("yarn_mscale");
     if (!(c->yarn_mscale_all_dim - c->yarn_mscale_all_dim == 0)) MLA__BAD("yarn_mscale_all_dim");
-    if (c->softmax_scale < 0 || !(c->softmax_scale - c->softmax_scale == 0)) MLA__BAD("softmax_scale");
+    if (c->softmax_scale < 0 || c->softmax_scale > 1e4f || !(c->softmax_scale - c->softmax_scale == 0))
+        MLA__BAD("softmax_scale"); /* real ones are ~1/sqrt(head dim); 3e38 overflowed every score */
     if (c->yarn_factor > 1.0f) { /* YaRN's factors: finite and positive (they scale cos/sin and the softmax) */
         double a = mla__yarn_mscale(c->yarn_factor, c->yarn_mscale);
         double b = mla__yarn_mscale(c->yarn_factor, c->yarn_mscale_all_dim);
@@ -1961,7 +1985,8 @@ MLADEF mla_result mla_gqa_config_validate(const mla_gqa_config *c, const char **
     if ((double)c->n_heads * c->head_dim > MLA__MAX_DIM) MLA__BAD("n_heads");
     if (c->rope_theta < 0 || c->rope_theta == 1.0f || !(c->rope_theta - c->rope_theta == 0)) MLA__BAD("rope_theta");
     if (c->rope_layout != MLA_ROPE_INTERLEAVED && c->rope_layout != MLA_ROPE_HALF_SPLIT) MLA__BAD("rope_layout");
-    if (c->softmax_scale < 0 || !(c->softmax_scale - c->softmax_scale == 0)) MLA__BAD("softmax_scale");
+    if (c->softmax_scale < 0 || c->softmax_scale > 1e4f || !(c->softmax_scale - c->softmax_scale == 0))
+        MLA__BAD("softmax_scale"); /* real ones are ~1/sqrt(head dim); 3e38 overflowed every score */
     if (c->attn_bias != 0 && c->attn_bias != 1) MLA__BAD("attn_bias");
     if (c->max_seq_len < 0) MLA__BAD("max_seq_len");
     return MLA_OK;
@@ -2059,6 +2084,13 @@ MLADEF size_t mla_gqa_workspace_bytes(const mla_gqa_config *c, int max_tokens, i
     return n >= MLA__HUGE / sizeof(float) ? 0 : sizeof(float) * n;
 }
 
+/* a GQA layer's RoPE inverse frequencies [d/2]: its table, or theta */
+static void mla__gqa_freqs(const mla_gqa_config *c, float *freq) {
+    int i, d = c->head_dim;
+    double theta = c->rope_theta > 0 ? c->rope_theta : 10000.0;
+    for (i = 0; i < d / 2; i++) freq[i] = c->rope_freqs ? c->rope_freqs[i] : (float)pow(theta, -2.0 * i / d);
+}
+
 MLADEF mla_result mla_gqa_forward(const mla_gqa_config *c, const mla_gqa_weights *w,
                                   mla_gqa_cache *kc, int layer, const float *x, int T,
                                   float *out, void *ws, size_t ws_bytes) {
@@ -2084,12 +2116,7 @@ MLADEF mla_result mla_gqa_forward(const mla_gqa_config *c, const mla_gqa_weights
     mla_matmul(q, x, w->w_q, c->attn_bias ? w->b_q : NULL, T, H * d, c->dim);
     mla_matmul(k, x, w->w_k, c->attn_bias ? w->b_k : NULL, T, L, c->dim);
     mla_matmul(v, x, w->w_v, c->attn_bias ? w->b_v : NULL, T, L, c->dim);
-    if (c->rope_freqs) {
-        memcpy(freq, c->rope_freqs, sizeof(float) * (size_t)(d / 2));
-    } else {
-        double theta = c->rope_theta > 0 ? c->rope_theta : 10000.0;
-        for (i = 0; i < d / 2; i++) freq[i] = (float)pow(theta, -2.0 * i / d);
-    }
+    mla__gqa_freqs(c, freq);
     scale = c->softmax_scale > 0 ? c->softmax_scale : (float)(1.0 / sqrt((double)d));
     base = (size_t)layer * kc->capacity * L;
     for (i = 0; i < T; i++) {
@@ -2284,7 +2311,8 @@ static void mla__damp(double *A, int n, double damp) {
 /* ---- calibration ---- */
 MLADEF mla_result mla_calib_init(mla_calib *c, int dim) {
     if (!c || dim <= 0) return MLA_ERR_INVALID_ARG;
-    c->dim = dim; c->n = 0;
+    memset(c, 0, sizeof *c);
+    c->dim = dim;
     c->xx = (double *)MLA_MALLOC(sizeof(double) * (size_t)dim * dim);
     c->sx = (double *)MLA_MALLOC(sizeof(double) * (size_t)dim);
     if (!c->xx || !c->sx) { mla_calib_free(c); return MLA_ERR_OUT_OF_MEMORY; }
@@ -2297,7 +2325,72 @@ MLADEF void mla_calib_free(mla_calib *c) {
     if (!c) return;
     if (c->xx) MLA_FREE(c->xx);
     if (c->sx) MLA_FREE(c->sx);
-    c->xx = c->sx = NULL;
+    if (c->att) MLA_FREE(c->att);
+    c->xx = c->sx = c->att = NULL;
+}
+
+MLADEF mla_result mla_calib_attention(mla_calib *c, const mla_gqa_config *g, const mla_gqa_weights *w,
+                                      const float *x, int T) {
+    int H, G, d, L, grp, j, t, u, i;
+    float *q, *k, *freq, scale;
+    double *p, *hist;
+    mla_result rc = mla_gqa_config_validate(g, NULL);
+    if (rc != MLA_OK) return rc;
+    if (!c || !w || !x || T <= 0 || c->dim != g->dim) return MLA_ERR_INVALID_ARG;
+    if (!w->w_q || !w->w_k || (g->attn_bias && (!w->b_q || !w->b_k))) return MLA_ERR_NULL_WEIGHT;
+    if (!mla__all_finite(x, (size_t)T * g->dim)) return MLA_ERR_NONFINITE;
+    H = g->n_heads; G = g->n_kv_heads; d = g->head_dim; L = G * d; grp = H / G;
+    if (c->att && (c->att_heads != H || c->att_pairs != d / 2)) return MLA_ERR_SHAPE;
+    if (!c->att) {
+        c->att = (double *)MLA_MALLOC(sizeof(double) * (size_t)H * d);
+        if (!c->att) return MLA_ERR_OUT_OF_MEMORY;
+        memset(c->att, 0, sizeof(double) * (size_t)H * d);
+        c->att_heads = H; c->att_pairs = d / 2; c->n_att = 0;
+    }
+    q = (float *)MLA_MALLOC(sizeof(float) * ((size_t)T * (H * d + L) + (size_t)d / 2));
+    p = (double *)MLA_MALLOC(sizeof(double) * (size_t)2 * T);
+    if (!q || !p) {
+        if (q) MLA_FREE(q);
+        if (p) MLA_FREE(p);
+        return MLA_ERR_OUT_OF_MEMORY;
+    }
+    k = q + (size_t)T * H * d;
+    freq = k + (size_t)T * L;
+    hist = p + T;
+    mla_matmul(q, x, w->w_q, g->attn_bias ? w->b_q : NULL, T, H * d, g->dim);
+    mla_matmul(k, x, w->w_k, g->attn_bias ? w->b_k : NULL, T, L, g->dim);
+    mla__gqa_freqs(g, freq);
+    scale = g->softmax_scale > 0 ? g->softmax_scale : (float)(1.0 / sqrt((double)d));
+    for (t = 0; t < T; t++) {
+        for (j = 0; j < H; j++) mla_rope_apply(q + ((size_t)t * H + j) * d, d, t, freq, 1.0f, g->rope_layout);
+        for (j = 0; j < G; j++) mla_rope_apply(k + ((size_t)t * G + j) * d, d, t, freq, 1.0f, g->rope_layout);
+    }
+    for (j = 0; j < H; j++) {
+        const int gj = j / grp;
+        memset(hist, 0, sizeof(double) * (size_t)T);
+        for (t = 0; t < T; t++) { /* the causal softmax of query t; hist[dt] += p */
+            double mx = -1e300, sum = 0.0;
+            for (u = 0; u <= t; u++) {
+                p[u] = scale * mla__dot(q + ((size_t)t * H + j) * d, k + ((size_t)u * G + gj) * d, d);
+                if (p[u] > mx) mx = p[u];
+            }
+            for (u = 0; u <= t; u++) sum += p[u] = exp(p[u] - mx);
+            for (u = 0; u <= t; u++) hist[t - u] += p[u] / sum;
+        }
+        for (i = 0; i < d / 2; i++) {
+            double cs = 0.0, sn = 0.0;
+            for (t = 0; t < T; t++) {
+                cs += hist[t] * cos((double)t * freq[i]);
+                sn += hist[t] * sin((double)t * freq[i]);
+            }
+            c->att[((size_t)j * (d / 2) + i) * 2] += cs;
+            c->att[((size_t)j * (d / 2) + i) * 2 + 1] += sn;
+        }
+    }
+    c->n_att += T;
+    MLA_FREE(q);
+    MLA_FREE(p);
+    return MLA_OK;
 }
 
 MLADEF mla_result mla_calib_add(mla_calib *c, const float *x, int T) {
@@ -2396,7 +2489,7 @@ MLADEF mla_result mla_convert_lossless(const mla_gqa_config *g, const mla_gqa_we
             U[(size_t)(h * d + 2 * q) * L + 2 * (q * G + h)] = 1.0;
             U[(size_t)(h * d + 2 * q + 1) * L + 2 * (q * G + h) + 1] = 1.0;
         }
-    rc = mla_convert_assemble(g, w, U, U, L, 1, L, NULL, NULL, out); /* a permutation: Kd = Ku */
+    rc = mla_convert_assemble(g, w, U, U, L, 1, L, NULL, NULL, NULL, out); /* a permutation: Kd = Ku */
     MLA_FREE(U);
     return rc;
 }
@@ -2413,6 +2506,14 @@ static mla_result mla__check_rorope(const mla_gqa_config *g, int m, int f) {
     return MLA_OK;
 }
 
+/* FreqFold: the d/2 frequencies form d/(2f) groups of f neighbours; in each
+   group the g*f complex components (every head, every frequency of the group)
+   are rotated together and the best `keep` = m*f/d of them keep RoPE. They
+   then rotate at one frequency per component: kept component k of group q
+   takes frequency q*f + floor(k*f/keep), spreading the kept ones evenly over
+   the group (for keep = f, each keeps its own; for keep = 1, the group's
+   first, fastest one). Neighbouring frequencies differ by theta^(-2/d), a few
+   percent, which is the error FreqFold trades for sharing across heads. */
 MLADEF void mla_rorope_freqs(const mla_gqa_config *g, int m, int f, float *inv_freq) {
     int d = g->head_dim, keep = m * f / d, p;
     double theta = g->rope_theta > 0 ? g->rope_theta : 10000.0;
@@ -2494,7 +2595,8 @@ MLADEF mla_result mla_rorope_basis(const mla_gqa_config *g, const double *ck, co
 
 MLADEF mla_result mla_convert_assemble(const mla_gqa_config *g, const mla_gqa_weights *w,
                                        const double *Kd, const double *Ku, int m, int f, int r,
-                                       const double *down, const double *up, mla_converted *out) {
+                                       const double *down, const double *up, const double *rope_expect,
+                                       mla_converted *out) {
     int H = g->n_heads, G = g->n_kv_heads, d = g->head_dim, L = G * d, D = g->dim, grp;
     int dn, zd, qd, i, j, k, p, e, bias;
     size_t nq, nkva, nkvb, no, total;
@@ -2539,7 +2641,8 @@ MLADEF mla_result mla_convert_assemble(const mla_gqa_config *g, const mla_gqa_we
     c->rope_theta = g->rope_theta; c->rope_layout = MLA_ROPE_INTERLEAVED;
     mla_rorope_freqs(g, m, f, out->rope_freqs);
     c->rope_freqs = out->rope_freqs;
-    /* ---- query: nope rows = W_q[j], rope rows = Ku_rope(g)^T W_q[j]; times sq ---- */
+    /* ---- query: nope rows = E[R]^T W_q[j] (W_q[j] without rope_expect),
+            rope rows = Ku_rope(g)^T W_q[j]; times sq ---- */
     out->w.w_q = mem;
     if (bias) out->w.b_q = mem + nq;
     for (j = 0; j < H; j++) {
@@ -2550,6 +2653,21 @@ MLADEF mla_result mla_convert_assemble(const mla_gqa_config *g, const mla_gqa_we
             for (k = 0; k < D; k++) dst[(size_t)i * D + k] = (float)(sq * wq[(size_t)i * D + k]);
             if (bias) mem[nq + (size_t)j * qd + i] = (float)(sq * w->b_q[(size_t)j * d + i]);
         }
+        if (rope_expect && dn) /* pair (i0, i1): [a -b; b a] = E[R(-dt theta)]^T, a = E cos, b = E sin */
+            for (i = 0; i < d / 2; i++) {
+                double a = rope_expect[((size_t)j * (d / 2) + i) * 2], b = rope_expect[((size_t)j * (d / 2) + i) * 2 + 1];
+                int i0 = g->rope_layout == MLA_ROPE_INTERLEAVED ? 2 * i : i;
+                int i1 = g->rope_layout == MLA_ROPE_INTERLEAVED ? 2 * i + 1 : i + d / 2;
+                for (k = 0; k <= D; k++) {
+                    float *x0 = k < D ? &dst[(size_t)i0 * D + k] : (bias ? &mem[nq + (size_t)j * qd + i0] : NULL);
+                    float *x1 = k < D ? &dst[(size_t)i1 * D + k] : (bias ? &mem[nq + (size_t)j * qd + i1] : NULL);
+                    double v0, v1;
+                    if (!x0) break;
+                    v0 = *x0; v1 = *x1;
+                    *x0 = (float)(a * v0 - b * v1);
+                    *x1 = (float)(b * v0 + a * v1);
+                }
+            }
         for (p = 0; p < m; p++) {
             double bacc = 0.0;
             for (k = 0; k < D; k++) {
@@ -2825,7 +2943,7 @@ MLADEF mla_result mla_convert_layer(const mla_gqa_config *g, const mla_gqa_weigh
                                     mla_converted *out) {
     int G, d, L, D, m, f, r, zd, nk, i, j, k, e, bias;
     double damp, *ckv = NULL, *Kd = NULL, *Ku = NULL, *Cz = NULL, *S = NULL, *Si = NULL, *down = NULL, *up = NULL;
-    double *wv = NULL, *tk = NULL, *Cqh = NULL, *cq = NULL;
+    double *wv = NULL, *tk = NULL, *Cqh = NULL, *cq = NULL, *ex = NULL;
     int qaware;
     const float **rows = NULL, **bs = NULL;
     mla_result rc = mla_gqa_config_validate(g, NULL);
@@ -2844,6 +2962,9 @@ MLADEF mla_result mla_convert_layer(const mla_gqa_config *g, const mla_gqa_weigh
     r = opt->kv_lora_rank ? opt->kv_lora_rank : zd;
     if (r < 0 || r > zd) return MLA_ERR_BAD_CONFIG;
     if (opt->method != MLA_CONVERT_TRANSMLA && opt->method != MLA_CONVERT_QAWARE) return MLA_ERR_BAD_CONFIG;
+    if (opt->expected_rope && (!cal || !cal->att || cal->n_att <= 0 || cal->att_heads != g->n_heads ||
+                               cal->att_pairs != g->head_dim / 2))
+        return MLA_ERR_INVALID_ARG; /* no attention statistics (mla_calib_attention) */
     qaware = opt->method == MLA_CONVERT_QAWARE;
 #define MLA__PROGRESS(stage, frac) \
     do { if (opt->progress) opt->progress(opt->progress_user, stage, frac); } while (0)
@@ -2940,9 +3061,15 @@ MLADEF mla_result mla_convert_layer(const mla_gqa_config *g, const mla_gqa_weigh
         mla__dmul(up, r, Si, zd, Cz, zd, zd, zd, r); /* up = S^-1 R */
     }
     MLA__PROGRESS("assemble", 0.8);
-    rc = mla_convert_assemble(g, w, Kd, Ku, m, f, r, down, up, out);
+    if (opt->expected_rope) { /* the heads' mean (cos, sin) per RoPE pair */
+        size_t n = (size_t)g->n_heads * g->head_dim;
+        if (!(ex = (double *)MLA_MALLOC(sizeof(double) * n))) { rc = MLA_ERR_OUT_OF_MEMORY; goto done; }
+        for (i = 0; i < (int)n; i++) ex[i] = cal->att[i] / cal->n_att;
+    }
+    rc = mla_convert_assemble(g, w, Kd, Ku, m, f, r, down, up, ex, out);
     if (rc == MLA_OK) MLA__PROGRESS("done", 1.0);
 done:
+    if (ex) MLA_FREE(ex);
     if (ckv) MLA_FREE(ckv);
     if (Kd) MLA_FREE(Kd);
     if (Ku) MLA_FREE(Ku);

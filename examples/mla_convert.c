@@ -48,6 +48,7 @@ int main(int argc, char **argv) {
         if (!strcmp(a, "--sequential")) { o.sequential = 1; continue; }
         if (!strcmp(a, "--weight-only")) { weight_only = 1; continue; }
         if (!strcmp(a, "--lossless")) { o.lossless = 1; continue; }
+        if (!strcmp(a, "--expected-rope")) { o.expected_rope = 1; continue; }
         if (!v) { usage(); return 2; }
         if (!strcmp(a, "--model")) in = v;
         else if (!strcmp(a, "--out")) out = v;

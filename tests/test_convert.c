@@ -240,7 +240,7 @@ static void test_rorope_pca_exact(void) {
                 }
             CHECK(mla_rorope_basis(&L.c, ck, NULL, 8, 2, 0.01, U, U + 24 * 24) == MLA_OK);
             CHECK(!memcmp(U, U + 24 * 24, sizeof(double) * 24 * 24)); /* key-only: one orthogonal basis */
-            CHECK(mla_convert_assemble(&L.c, &L.w, U, U + 24 * 24, 8, 2, 40, NULL, NULL, &rr) == MLA_OK);
+            CHECK(mla_convert_assemble(&L.c, &L.w, U, U + 24 * 24, 8, 2, 40, NULL, NULL, NULL, &rr) == MLA_OK);
         }
         {
             mla_cache c1, c2;
@@ -347,6 +347,132 @@ static void count_progress(void *user, const char *stage, double frac) {
     if (stage && frac >= 0.0 && frac <= 1.0) (*n)++;
 }
 
+
+/* Expected RoPE for the key dims that lose it: with the statistics of a head
+   that always looks dt0 back, the converted layer's score at distance dt0
+   equals the original's (full rank, m < L), while plain removal does not;
+   and mla_calib_attention's statistics are expectations (|E cos| <= 1, the
+   slowest pair near 1). Scores are rebuilt from the converted weights. */
+static double score_orig(const gqa_layer *L, const float *xt, const float *xu, int j, int t, int u) {
+    int d = L->c.head_dim, D = L->c.dim, gj = j / (L->c.n_heads / L->c.n_kv_heads), i, k;
+    float q[64], kk[64], freq[32] = {0};
+    double s = 0;
+    for (i = 0; i < d; i++) {
+        double a = L->w.b_q ? L->w.b_q[j * d + i] : 0, b = L->w.b_k ? L->w.b_k[gj * d + i] : 0;
+        for (k = 0; k < D; k++) a += L->w.w_q[(size_t)(j * d + i) * D + k] * xt[k];
+        for (k = 0; k < D; k++) b += L->w.w_k[(size_t)(gj * d + i) * D + k] * xu[k];
+        q[i] = (float)a; kk[i] = (float)b;
+    }
+    for (i = 0; i < d / 2; i++) freq[i] = (float)pow(L->c.rope_theta, -2.0 * i / d);
+    mla_rope_apply(q, d, t, freq, 1.0f, MLA_ROPE_INTERLEAVED);
+    mla_rope_apply(kk, d, u, freq, 1.0f, MLA_ROPE_INTERLEAVED);
+    for (i = 0; i < d; i++) s += (double)q[i] * kk[i];
+    return s / sqrt((double)d);
+}
+static double score_mla(const mla_converted *cv, const float *xt, const float *xu, int j, int t, int u) {
+    const mla_config *c = &cv->cfg;
+    int D = c->dim, dn = c->qk_nope_head_dim, m = c->qk_rope_head_dim, r = c->kv_lora_rank, qd = dn + m, i, k;
+    float q[128], kpe[64], lat[256];
+    double s = 0;
+    for (i = 0; i < qd; i++) {
+        double a = cv->w.b_q ? cv->w.b_q[j * qd + i] : 0;
+        for (k = 0; k < D; k++) a += cv->w.w_q[(size_t)(j * qd + i) * D + k] * xt[k];
+        q[i] = (float)a;
+    }
+    for (i = 0; i < r + m; i++) {
+        double a = cv->w.b_kva ? cv->w.b_kva[i] : 0;
+        for (k = 0; k < D; k++) a += cv->w.w_kva[(size_t)i * D + k] * xu[k];
+        if (i < r) lat[i] = (float)a;
+        else kpe[i - r] = (float)a;
+    }
+    mla_rope_apply(q + dn, m, t, c->rope_freqs, 1.0f, MLA_ROPE_INTERLEAVED);
+    mla_rope_apply(kpe, m, u, c->rope_freqs, 1.0f, MLA_ROPE_INTERLEAVED);
+    for (i = 0; i < dn; i++) {
+        double kn = 0;
+        for (k = 0; k < r; k++) kn += cv->w.w_kvb[(size_t)(j * (dn + c->v_head_dim) + i) * r + k] * lat[k];
+        s += q[i] * kn;
+    }
+    for (i = 0; i < m; i++) s += (double)q[dn + i] * kpe[i];
+    return s / sqrt((double)qd);
+}
+
+static void test_expected_rope(void) {
+    gqa_layer L;
+    mla_calib cal;
+    float *x;
+    int N = 64, dt0 = 5, j, i, with;
+    double err[2] = {0, 0}, big = 0;
+    gqa_init(&L, 32, 4, 2, 8, 1, 100.0f);
+    x = make_inputs(N, 32);
+    CHECK(mla_calib_init(&cal, 32) == MLA_OK);
+    CHECK(mla_calib_add(&cal, x, N) == MLA_OK);
+    CHECK(mla_calib_attention(&cal, &L.c, &L.w, x, N) == MLA_OK && cal.n_att == N && cal.att_pairs == 4);
+    for (i = 0; i < 4 * 4; i++) CHECK(fabs(cal.att[2 * i] / cal.n_att) <= 1 + 1e-12 && fabs(cal.att[2 * i + 1] / cal.n_att) <= 1 + 1e-12);
+    { /* the statistics against the attention rebuilt here from score_orig, head by head */
+        double worst = 0, sc[64];
+        int h, t, u, pr;
+        for (h = 0; h < 4; h++)
+            for (pr = 0; pr < 4; pr++) {
+                double th = pow(100.0, -2.0 * pr / 8), ec = 0, es = 0;
+                for (t = 0; t < N; t++) {
+                    double mx = -1e300, sum = 0;
+                    for (u = 0; u <= t; u++) {
+                        sc[u] = score_orig(&L, x + t * 32, x + u * 32, h, t, u);
+                        if (sc[u] > mx) mx = sc[u];
+                    }
+                    for (u = 0; u <= t; u++) sum += sc[u] = exp(sc[u] - mx);
+                    for (u = 0; u <= t; u++) {
+                        ec += sc[u] / sum * cos((t - u) * th);
+                        es += sc[u] / sum * sin((t - u) * th);
+                    }
+                }
+                worst = fmax(worst, fmax(fabs(ec - cal.att[(h * 4 + pr) * 2]), fabs(es - cal.att[(h * 4 + pr) * 2 + 1])) / N);
+            }
+        th_note("mla_calib_attention vs attention rebuilt in the test: max |diff| of E[cos], E[sin] %.2e", worst);
+        CHECK_LE(worst, 1e-5);
+    }
+    for (i = 0; i < 4 * 4; i++) { /* now pretend every head looks exactly dt0 back */
+        double th = pow(100.0, -2.0 * (i % 4) / 8);
+        cal.att[2 * i] = cos(dt0 * th) * cal.n_att;
+        cal.att[2 * i + 1] = sin(dt0 * th) * cal.n_att;
+    }
+    for (with = 0; with < 2; with++) {
+        mla_convert_options o;
+        mla_converted cv;
+        memset(&o, 0, sizeof o);
+        /* full rank, f = 1 (FreqFold f > 1 shares frequencies: inexact by design): RoRoPE is the only change */
+        o.qk_rope_head_dim = 8; o.freqfold = 1; o.kv_lora_rank = 0;
+        o.expected_rope = with;
+        CHECK(mla_convert_layer(&L.c, &L.w, &cal, &o, &cv) == MLA_OK);
+        for (j = 0; j < 4; j++)
+            for (i = dt0; i < 20; i++) {
+                double so = score_orig(&L, x + i * 32, x + (i - dt0) * 32, j, i, i - dt0);
+                double sm = score_mla(&cv, x + i * 32, x + (i - dt0) * 32, j, i, i - dt0);
+                if (fabs(so - sm) > err[with]) err[with] = fabs(so - sm);
+                if (fabs(so) > big) big = fabs(so);
+            }
+        mla_converted_free(&cv);
+    }
+    th_note("score at distance %d, max |error| / max |score|: RoPE dims dropped %.2e, expected rotation %.2e", dt0,
+            err[0] / big, err[1] / big);
+    CHECK_LE(err[1] / big, 1e-5);
+    CHECK(err[0] / big > 1e-2); /* the test can tell the two apart */
+    { /* without statistics the option is refused */
+        mla_convert_options o;
+        mla_converted cv;
+        mla_calib plain;
+        memset(&o, 0, sizeof o);
+        o.qk_rope_head_dim = 4; o.freqfold = 2; o.expected_rope = 1;
+        CHECK(mla_calib_init(&plain, 32) == MLA_OK && mla_calib_add(&plain, x, N) == MLA_OK);
+        CHECK(mla_convert_layer(&L.c, &L.w, &plain, &o, &cv) == MLA_ERR_INVALID_ARG);
+        CHECK(mla_convert_layer(&L.c, &L.w, NULL, &o, &cv) == MLA_ERR_INVALID_ARG);
+        mla_calib_free(&plain);
+    }
+    mla_calib_free(&cal);
+    free(x);
+    free(L.mem);
+}
+
 static void test_convert_errors(void) {
     gqa_layer L;
     mla_convert_options o;
@@ -386,5 +512,6 @@ void suite_convert(void) {
     RUN(test_rorope_pca_exact);
     RUN(test_compression_monotone);
     RUN(test_lowrank_q);
+    RUN(test_expected_rope);
     RUN(test_convert_errors);
 }

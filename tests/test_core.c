@@ -442,6 +442,7 @@ static void test_config_errors(void) {
     /* non-finite floats (found by fuzz_api: an Inf scale made every output NaN) */
     BAD(c.softmax_scale = INFINITY, "softmax_scale");
     BAD(c.softmax_scale = NAN, "softmax_scale");
+    BAD(c.softmax_scale = 3e38f, "softmax_scale"); /* fuzz_api: finite, but every score overflowed */
     BAD(c.rope_theta = INFINITY, "rope_theta");
     BAD(c.rms_eps = INFINITY, "rms_eps");
     BAD(c.yarn_factor = INFINITY, "yarn_factor");

@@ -11,6 +11,10 @@
    convert_layer, when set, converts layer l before it is used. */
 typedef int (*layer_hook)(void *ctx, int l, const mla_calib *cal, char *err, size_t errlen);
 
+/* windows whose attention statistics (how far each head looks) are gathered:
+   the expected rotations settle within a few thousand tokens */
+#define ATT_WINDOWS 8
+
 static int calib_pass(const model *src, const model *through, const int *toks, int n, int window, mla_calib *keep,
                       layer_hook hook, void *hook_ctx, int progress, char *err, size_t errlen) {
     int n_win = n / window, l, w, t, rc = 0;
@@ -36,6 +40,13 @@ static int calib_pass(const model *src, const model *through, const int *toks, i
         for (w = 0; w < n_win; w++) { /* the attention input of layer l: RMSNorm of the residual */
             for (t = 0; t < window; t++)
                 mla_rmsnorm(xb + t * D, H + ((size_t)w * window + t) * D, src->layers[l].attn_norm, src->dim, src->eps);
+            if (w < ATT_WINDOWS && !src->is_mla &&
+                mla_calib_attention(c, &src->gqa, &src->layers[l].gqa, xb, window) != MLA_OK) {
+                snprintf(err, errlen, "layer %d: attention statistics failed", l);
+                if (!keep) mla_calib_free(c);
+                rc = -1;
+                goto done;
+            }
             if (mla_calib_add(c, xb, window) != MLA_OK) {
                 snprintf(err, errlen, "layer %d: the calibration activations hold NaN or Inf", l);
                 if (!keep) mla_calib_free(c);
@@ -110,6 +121,7 @@ static int convert_one(void *p, int l, const mla_calib *cal, char *err, size_t e
     mo.kv_lora_rank = c->o->rank; mo.qk_rope_head_dim = c->o->rope_dim; mo.freqfold = c->o->freqfold;
     mo.method = c->o->method;
     mo.key_weight = c->o->key_weight;
+    mo.expected_rope = c->o->expected_rope && cal;
     r = c->o->lossless ? mla_convert_lossless(&c->src->gqa, &L->gqa, &c->dst->conv[l])
                        : mla_convert_layer(&c->src->gqa, &L->gqa, cal, &mo, &c->dst->conv[l]);
     if (r == MLA_OK && c->o->q_rank > 0) r = mla_convert_lowrank_q(&c->dst->conv[l], cal, c->o->q_rank, 0.0);
