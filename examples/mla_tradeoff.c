@@ -10,7 +10,7 @@
 
 int main(int argc, char **argv) {
     const char *path = "models/SmolLM2-135M-Instruct.Q4_1.gguf", *svg = "demo-out/tradeoff.svg";
-    const char *tsv_path = "demo-out/tradeoff.tsv";
+    const char *tsv_path = "demo-out/tradeoff.tsv", *eval_path = EVAL_TEXT;
     static const char *P = "mla-tradeoff";
     int ranks[16], n_ranks = 0, i, eval_tokens = 0, n_eval, n_calib, threads = 0, bad = 0;
     const char *rank_list = "320,256,192,128,64";
@@ -28,9 +28,11 @@ int main(int argc, char **argv) {
     o.rorope_rows = 1;
     for (i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "--sequential")) { o.sequential = 1; continue; }
-        if (!v) { fprintf(stderr, "usage: mla-tradeoff [--model F] [--ranks LIST] [--rope-dim M] [--freqfold F] "
-                                  "[--eval-tokens N] [--sequential] [--svg F] [--tsv F] [--threads N] | --svg F --from-tsv F\n"); return 2; }
+        if (!strcmp(a, "--sequential")) { o.methods = "transmla,qaware,qaware-er,sequential"; continue; }
+        if (!strcmp(a, "--no-rorope")) { o.rorope_rows = 0; continue; }
+        if (!v) { fprintf(stderr, "usage: mla-tradeoff [--model F] [--ranks LIST] [--rope-dim M] [--freqfold F] [--eval FILE]\n"
+                                  "       [--eval-tokens N] [--methods transmla,qaware,qaware-er,sequential] [--sequential]\n"
+                                  "       [--no-rorope] [--svg F] [--tsv F] [--threads N] | --svg F --from-tsv F\n"); return 2; }
         if (!strcmp(a, "--from-tsv")) { /* redraw a chart only */
             if (tradeoff_svg_from_tsv(v, svg, "SmolLM2-135M -> MLA: perplexity vs KV cache (m=64, f=2)")) {
                 fprintf(stderr, "mla-tradeoff: cannot read %s or write %s\n", v, svg);
@@ -41,6 +43,20 @@ int main(int argc, char **argv) {
         }
         if (!strcmp(a, "--model")) path = v;
         else if (!strcmp(a, "--ranks")) rank_list = v;
+        else if (!strcmp(a, "--eval")) eval_path = v;
+        else if (!strcmp(a, "--methods")) {
+            const char *p = v;
+            while (*p) { /* each name must be a known curve */
+                size_t n = strcspn(p, ",");
+                if (!((n == 8 && !strncmp(p, "transmla", 8)) || (n == 6 && !strncmp(p, "qaware", 6)) ||
+                      (n == 9 && !strncmp(p, "qaware-er", 9)) || (n == 10 && !strncmp(p, "sequential", 10)))) {
+                    fprintf(stderr, "mla-tradeoff: --methods %s: expected names from transmla, qaware, qaware-er, sequential\n", v);
+                    return 2;
+                }
+                p += n + (p[n] == ',');
+            }
+            o.methods = v;
+        }
         else if (!strcmp(a, "--rope-dim")) bad = arg_int(P, a, v, 2, 1 << 16, &o.rope_dim);
         else if (!strcmp(a, "--freqfold")) bad = arg_int(P, a, v, 1, 1 << 15, &o.freqfold);
         else if (!strcmp(a, "--eval-tokens")) bad = arg_int(P, a, v, 2, INT_MAX, &eval_tokens);
@@ -71,15 +87,16 @@ int main(int argc, char **argv) {
     if (outfile_check(svg, err, sizeof err)) { fprintf(stderr, "mla-tradeoff: %s\n", err); return 1; }
     set_threads(threads);
     if (gguf_read(&f, path) || model_load(&m, &f) || !(tk = tok_load(&f))) { fprintf(stderr, "%s: %s\n", path, f.err); return 1; }
-    eval = tokenize_file(tk, EVAL_TEXT, &n_eval);
+    eval = tokenize_file(tk, eval_path, &n_eval);
     calib = tokenize_files(tk, CALIB_TEXTS, &n_calib);
     if (!eval || !calib) { fprintf(stderr, "cannot read the texts\n"); return 1; }
     if (eval_tokens > 0 && eval_tokens < n_eval) n_eval = eval_tokens;
-    printf("evaluation: %d tokens of %s (windows of 512); calibration: %d tokens of %s\n", n_eval, EVAL_TEXT, n_calib,
+    printf("evaluation: %d tokens of %s (windows of 512); calibration: %d tokens of %s\n", n_eval, eval_path, n_calib,
            CALIB_TEXTS);
     pre = calib_collect(&m, calib, n_calib, 0, 1, err, sizeof err);
     if (!pre) { fprintf(stderr, "%s\n", err); return 1; }
     o.ranks = ranks; o.n_ranks = n_ranks; o.calib = calib; o.n_calib = n_calib;
+    if (!eval || n_eval < 513) { fprintf(stderr, "mla-tradeoff: %s: too short (one window of 512 tokens needed)\n", eval_path); return 1; }
     if (run_tradeoff(&m, pre, eval, n_eval, 512, &o, tsv, svg)) return 1;
     if (fclose(tsv)) { fprintf(stderr, "mla-tradeoff: write error on %s\n", tsv_path); return 1; }
     calib_free_all(pre, m.n_layers);

@@ -16,14 +16,35 @@ static void row(FILE *tsv, const char *name, const model *m, int r, int mm, doub
     }
 }
 
+/* the curves run_tradeoff can draw */
+static const struct {
+    const char *key, *name;
+    mla_convert_method method;
+    int sequential, expected_rope;
+} k_curves[] = {{"transmla", "TransMLA", MLA_CONVERT_TRANSMLA, 0, 0},
+                {"qaware", "query-aware (ours)", MLA_CONVERT_QAWARE, 0, 0},
+                {"qaware-er", "query-aware + expected RoPE", MLA_CONVERT_QAWARE, 0, 1},
+                {"sequential", "query-aware + sequential", MLA_CONVERT_QAWARE, 1, 0}};
+enum { N_CURVES = sizeof k_curves / sizeof k_curves[0] };
+
+static int has_curve(const char *list, const char *key) {
+    size_t n = strlen(key);
+    const char *p = list;
+    while ((p = strstr(p, key))) {
+        if ((p == list || p[-1] == ',') && (p[n] == ',' || !p[n])) return 1;
+        p += n;
+    }
+    return 0;
+}
+
 int run_tradeoff(const model *src, const mla_calib *pre, const int *eval, int n_eval, int ctx, const tradeoff_opts *o,
                  FILE *tsv, const char *svg_path) {
     enum { MAXR = 16 };
-    const char *names[3] = {"TransMLA", "query-aware (ours)", "query-aware + sequential"};
-    double xs[3][MAXR], ys[3][MAXR], ref, t0, secs;
+    const char *list = o->methods ? o->methods : "transmla,qaware,qaware-er";
+    double xs[N_CURVES][MAXR], ys[N_CURVES][MAXR], ref, t0, secs;
     char name[64];
-    int n_methods = o->sequential ? 3 : 2, mi, ri, L = src->n_kv_heads * src->head_dim;
-    svg_series ser[3];
+    int n_ser = 0, ci, ri, L = src->n_kv_heads * src->head_dim, want_er = has_curve(list, "qaware-er");
+    svg_series ser[N_CURVES];
     char err[256];
     model dst;
     convert_opts co;
@@ -33,54 +54,59 @@ int run_tradeoff(const model *src, const mla_calib *pre, const int *eval, int n_
     row(tsv, "original (GQA)", src, 0, 0, ref, 0.0);
     memset(&co, 0, sizeof co);
     if (o->rorope_rows) {
-        int k, ms[3] = {0, src->head_dim, src->head_dim / 2};
-        for (k = 0; k < 3; k++) {
+        int k, ms[4] = {0, src->head_dim, src->head_dim / 2, src->head_dim};
+        for (k = 0; k < (want_er ? 4 : 3); k++) {
             co.lossless = k == 0;
             co.rope_dim = ms[k];
             co.rank = 0; /* full rank: no PCA loss */
+            co.expected_rope = k == 3;
             /* FreqFold must be a multiple of the collapse c = d/m */
             co.freqfold = ms[k] && o->freqfold < src->head_dim / ms[k] ? src->head_dim / ms[k] : o->freqfold;
             t0 = now_s();
             if (convert_model(src, NULL, 0, pre, &co, &dst, err, sizeof err)) { fprintf(stderr, "%s\n", err); return -1; }
             secs = now_s() - t0;
-            snprintf(name, sizeof name, k == 0 ? "lossless MLA" : "RoRoPE only (f=%d)", co.freqfold);
+            snprintf(name, sizeof name, k == 0 ? "lossless MLA" : k == 3 ? "RoRoPE + expected RoPE (f=%d)" : "RoRoPE only (f=%d)",
+                     co.freqfold);
             row(tsv, name, &dst, dst.mla.kv_lora_rank, dst.mla.qk_rope_head_dim,
                 perplexity(&dst, eval, n_eval, ctx, 0, NULL), secs);
             model_free(&dst);
         }
     }
-    for (mi = 0; mi < n_methods; mi++) {
+    for (ci = 0; ci < N_CURVES; ci++) {
+        if (!has_curve(list, k_curves[ci].key)) continue;
         for (ri = 0; ri < o->n_ranks; ri++) {
             memset(&co, 0, sizeof co);
-            co.method = mi == 0 ? MLA_CONVERT_TRANSMLA : MLA_CONVERT_QAWARE;
+            co.method = k_curves[ci].method;
             co.rank = o->ranks[ri];
             co.rope_dim = o->rope_dim;
             co.freqfold = o->freqfold;
-            co.sequential = mi == 2;
+            co.sequential = k_curves[ci].sequential;
+            co.expected_rope = k_curves[ci].expected_rope;
             co.key_weight = o->key_weight;
             if (co.rank > 2 * L - co.rope_dim) { fprintf(stderr, "rank %d > 2L - m\n", co.rank); return -1; }
             t0 = now_s();
-            if (convert_model(src, o->calib, o->n_calib, mi == 2 ? NULL : pre, &co, &dst, err, sizeof err)) {
+            if (convert_model(src, o->calib, o->n_calib, co.sequential ? NULL : pre, &co, &dst, err, sizeof err)) {
                 fprintf(stderr, "%s\n", err);
                 return -1;
             }
             secs = now_s() - t0;
-            ys[mi][ri] = perplexity(&dst, eval, n_eval, ctx, 0, NULL);
-            xs[mi][ri] = 2.0 * model_kv_values_per_token(&dst);
-            row(tsv, names[mi], &dst, co.rank, co.rope_dim, ys[mi][ri], secs);
+            ys[n_ser][ri] = perplexity(&dst, eval, n_eval, ctx, 0, NULL);
+            xs[n_ser][ri] = 2.0 * model_kv_values_per_token(&dst);
+            row(tsv, k_curves[ci].name, &dst, co.rank, co.rope_dim, ys[n_ser][ri], secs);
             model_free(&dst);
         }
-        ser[mi].name = names[mi];
-        ser[mi].n = o->n_ranks;
-        ser[mi].x = xs[mi];
-        ser[mi].y = ys[mi];
+        ser[n_ser].name = k_curves[ci].name;
+        ser[n_ser].n = o->n_ranks;
+        ser[n_ser].x = xs[n_ser];
+        ser[n_ser].y = ys[n_ser];
+        n_ser++;
     }
     if (svg_path) {
         char title[160], lab[64];
         snprintf(title, sizeof title, "SmolLM2-135M -> MLA: perplexity vs KV cache (m=%d, f=%d)", o->rope_dim, o->freqfold);
         snprintf(lab, sizeof lab, "GQA %.2f", ref);
         if (svg_chart(svg_path, title, "KV cache bytes per token (f16, all layers)", "perplexity (log scale)", ser,
-                      n_methods, ref, lab)) {
+                      n_ser, ref, lab)) {
             fprintf(stderr, "cannot write %s\n", svg_path);
             return -1;
         }

@@ -10,8 +10,9 @@ typedef struct {
     int n_ranks;
     int rope_dim;      /* m of the sweep                  */
     int freqfold;      /* f of the sweep                  */
-    int rorope_rows;   /* also RoRoPE alone at m = d, d/2  */
-    int sequential;    /* add a sequential qaware curve    */
+    int rorope_rows;   /* also RoRoPE alone at m = d, d/2 (+ expected RoPE at m = d with qaware-er) */
+    const char *methods; /* comma list of curves: transmla, qaware, qaware-er (query-aware +
+                            expected RoPE), sequential; NULL = "transmla,qaware,qaware-er" */
     const int *calib;  /* tokens (for the sequential curve) */
     int n_calib;
     double key_weight; /* for the query-aware curves (0 -> 1) */
