@@ -2969,6 +2969,11 @@ MLADEF mla_result mla_convert_layer(const mla_gqa_config *g, const mla_gqa_weigh
 #define MLA__PROGRESS(stage, frac) \
     do { if (opt->progress) opt->progress(opt->progress_user, stage, frac); } while (0)
     MLA__PROGRESS("statistics", 0.0);
+    if (opt->expected_rope) { /* the heads' mean (cos, sin) per RoPE pair */
+        size_t n = (size_t)g->n_heads * g->head_dim;
+        if (!(ex = (double *)MLA_MALLOC(sizeof(double) * n))) { rc = MLA_ERR_OUT_OF_MEMORY; goto done; }
+        for (i = 0; i < (int)n; i++) ex[i] = cal->att[i] / cal->n_att;
+    }
     /* second moments of [k ; v] (pre-RoPE, bias included) */
     ckv = (double *)MLA_MALLOC(sizeof(double) * (size_t)4 * L * L);
     Kd = (double *)MLA_MALLOC(sizeof(double) * (size_t)L * L);
@@ -3061,11 +3066,6 @@ MLADEF mla_result mla_convert_layer(const mla_gqa_config *g, const mla_gqa_weigh
         mla__dmul(up, r, Si, zd, Cz, zd, zd, zd, r); /* up = S^-1 R */
     }
     MLA__PROGRESS("assemble", 0.8);
-    if (opt->expected_rope) { /* the heads' mean (cos, sin) per RoPE pair */
-        size_t n = (size_t)g->n_heads * g->head_dim;
-        if (!(ex = (double *)MLA_MALLOC(sizeof(double) * n))) { rc = MLA_ERR_OUT_OF_MEMORY; goto done; }
-        for (i = 0; i < (int)n; i++) ex[i] = cal->att[i] / cal->n_att;
-    }
     rc = mla_convert_assemble(g, w, Kd, Ku, m, f, r, down, up, ex, out);
     if (rc == MLA_OK) MLA__PROGRESS("done", 1.0);
 done:

@@ -68,6 +68,7 @@ int main(int argc, char **argv) {
     if (!pre) { fprintf(stderr, "demo: %s\n", err); return 1; }
     memset(&co, 0, sizeof co);
     co.method = MLA_CONVERT_QAWARE;
+    co.expected_rope = 1;                                   /* mla-convert's default     */
     co.rope_dim = m.head_dim;                               /* m = 64 dims keep RoPE     */
     co.rank = m.n_kv_heads * m.head_dim - m.head_dim;       /* r + m = L: half of 2L     */
     co.freqfold = 2;                                        /* best measured (README)    */
@@ -84,7 +85,7 @@ int main(int argc, char **argv) {
     printf("MLA perplexity %.3f (GQA %.3f) (%.1f s)\n", ppl_mla, ppl_gqa, now_s() - t0);
     model_free(&mla);
 
-    banner("3. trade-off: perplexity vs KV cache, TransMLA vs query-aware (first 2048 eval tokens)");
+    banner("3. trade-off: perplexity vs KV cache, TransMLA vs query-aware (+ expected RoPE) (first 2048 eval tokens)");
     memset(&to, 0, sizeof to);
     to.ranks = ranks; to.n_ranks = 4; to.rope_dim = m.head_dim; to.freqfold = 2;
     if (ensure_dir("demo-out") || !(tsv = fopen("demo-out/tradeoff.tsv", "w"))) {

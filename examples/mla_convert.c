@@ -16,9 +16,11 @@ static void usage(void) {
             "  --freqfold N|auto   frequencies rotated together (default 2c, c = d/m, when it divides d/2,\n"
             "                      else c; auto: double while the perplexity of a held-out quarter of\n"
             "                      the calibration text improves)\n"
-            "  --method transmla|qaware   (default qaware: query/output-aware PCA, see README)\n"
+            "  --method transmla|qaware   (default qaware: query/output-aware PCA + expected RoPE, see README)\n"
             "  --sequential        calibrate each layer on the outputs of the converted layers before it\n"
             "  --key-weight W      qaware: weight of key (score) errors vs value errors (default 1)\n"
+            "  --no-expected-rope  key dims that lose RoPE lose it outright (TransMLA); by default they keep\n"
+            "                      its expected rotation over the distances each head attends to\n"
             "  --calib FILES       comma-separated calibration texts (default: Debian licenses, not GPL-3)\n"
             "  --calib-tokens N    use at most N calibration tokens (default all)\n"
             "  --weight-only       no calibration text: weight-based statistics (a fallback)\n"
@@ -41,6 +43,7 @@ int main(int argc, char **argv) {
     double t0;
     memset(&o, 0, sizeof o);
     o.method = MLA_CONVERT_QAWARE;
+    o.expected_rope = -1; /* default: on for qaware (with calibration text), off for transmla (the paper's method) */
     o.progress = 1;
     o.rank = -1;
     for (i = 1; i < argc; i++) {
@@ -48,7 +51,7 @@ int main(int argc, char **argv) {
         if (!strcmp(a, "--sequential")) { o.sequential = 1; continue; }
         if (!strcmp(a, "--weight-only")) { weight_only = 1; continue; }
         if (!strcmp(a, "--lossless")) { o.lossless = 1; continue; }
-        if (!strcmp(a, "--expected-rope")) { o.expected_rope = 1; continue; }
+        if (!strcmp(a, "--no-expected-rope")) { o.expected_rope = 0; continue; }
         if (!v) { usage(); return 2; }
         if (!strcmp(a, "--model")) in = v;
         else if (!strcmp(a, "--out")) out = v;
@@ -73,6 +76,7 @@ int main(int argc, char **argv) {
         i++;
     }
     if (!in || !out) { usage(); return 2; }
+    if (o.expected_rope < 0) o.expected_rope = o.method == MLA_CONVERT_QAWARE;
     if (same_file(in, out)) { /* the write is atomic, but replacing the source is never what was meant */
         fprintf(stderr, "mla-convert: --out %s is the source model; choose another path\n", out);
         return 2;
@@ -154,8 +158,9 @@ int main(int argc, char **argv) {
         }
         calib_free_all(pre, src.n_layers);
     }
-    printf("converted %s in %.1f s: %s, r=%d, m=%d, d_nope=%d, freqfold %d, q rank %d%s\n", in, now_s() - t0,
-           o.lossless ? "lossless" : o.method == MLA_CONVERT_QAWARE ? "qaware" : "transmla", dst.mla.kv_lora_rank,
+    printf("converted %s in %.1f s: %s%s, r=%d, m=%d, d_nope=%d, freqfold %d, q rank %d%s\n", in, now_s() - t0,
+           o.lossless ? "lossless" : o.method == MLA_CONVERT_QAWARE ? "qaware" : "transmla",
+           !o.lossless && o.expected_rope && calib ? " + expected RoPE" : "", dst.mla.kv_lora_rank,
            dst.mla.qk_rope_head_dim, dst.mla.qk_nope_head_dim, o.freqfold, dst.mla.q_lora_rank,
            o.sequential ? ", sequential" : "");
     printf("KV cache per token: GQA %ld values (%ld bytes f16) -> MLA %ld values (%ld bytes f16), %.1f%% saved\n",

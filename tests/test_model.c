@@ -371,8 +371,9 @@ static void test_lossless_smollm2(void) {
     model_free(&mla);
 }
 
-/* A compressed conversion (half the KV cache) keeps the model usable: greedy
-   answer still right, absorbed decode == naive decode on it. */
+/* A compressed conversion (half the KV cache, mla-convert's default method:
+   query-aware + expected RoPE) keeps the model usable: greedy answer still
+   right, absorbed decode == naive decode on it. */
 static void test_compressed_smollm2(void) {
     model mla;
     convert_opts o;
@@ -385,7 +386,7 @@ static void test_compressed_smollm2(void) {
     CHECK(calib != NULL && n_calib > 4000);
     if (!calib) return;
     memset(&o, 0, sizeof o);
-    o.rank = 128; o.rope_dim = 64; o.method = MLA_CONVERT_QAWARE;
+    o.rank = 128; o.rope_dim = 64; o.method = MLA_CONVERT_QAWARE; o.expected_rope = 1; /* mla-convert's default */
     /* fewer tokens than one calibration window: an error, not a silent weight-only conversion */
     CHECK(convert_model(&g_model, calib, 10, NULL, &o, &mla, err, sizeof err) != 0 && strstr(err, "calibration"));
     CHECK(convert_model(&g_model, calib, 2048, NULL, &o, &mla, err, sizeof err) == 0);
