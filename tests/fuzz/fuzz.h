@@ -38,6 +38,14 @@ static inline float fz_float(fz *z, float s) {
     return s * ((float)(int16_t)(fz_u8(z) | fz_u8(z) << 8) / 32768.0f);
 }
 
+/* fz_float that clears *sane on a value a computation may overflow with
+   (NaN, Inf, or larger than limit in size) */
+static inline float fz_float_sane(fz *z, float s, float limit, int *sane) {
+    float v = fz_float(z, s);
+    if (!(fabsf(v) <= limit)) *sane = 0;
+    return v;
+}
+
 /* a float in [-s, s], never special */
 static inline float fz_bounded(fz *z, float s) { return s * ((float)(int16_t)(fz_u8(z) | fz_u8(z) << 8) / 32768.0f); }
 

@@ -17,12 +17,11 @@ static int field(fz *z, int lo, int hi) {
 static float *weights(fz *z, size_t n, int *bad) {
     float *w;
     size_t i;
+    int sane = 1;
     if (n > (1u << 20)) return NULL;
     w = (float *)malloc(sizeof(float) * (n ? n : 1));
-    for (i = 0; i < n; i++) {
-        w[i] = fz_float(z, 0.5f);
-        if (!(fabsf(w[i]) <= 1.0f)) *bad = 1; /* NaN, Inf or huge: results may overflow */
-    }
+    for (i = 0; i < n; i++) w[i] = fz_float_sane(z, 0.5f, 1.0f, &sane);
+    if (!sane) *bad = 1; /* NaN, Inf or huge: results may overflow */
     return w;
 }
 

@@ -9,11 +9,7 @@
 #include "fuzz.h"
 
 static int g_sane; /* every fuzzed number so far finite and moderate */
-static float fv(fz *z, float s) {
-    float v = fz_float(z, s);
-    if (!(fabsf(v) <= 1e3f)) g_sane = 0; /* NaN, Inf or huge (3e38: products overflow) */
-    return v;
-}
+static float fv(fz *z, float s) { return fz_float_sane(z, s, 1e3f, &g_sane); }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     fz z = {data, size};
