@@ -726,6 +726,9 @@ static int mla__qk_dim(const mla_config *c) { return c->qk_nope_head_dim + c->qk
         return MLA_ERR_BAD_CONFIG;              \
     } while (0)
 
+/* finite (x - x is NaN for NaN and Inf) */
+static int mla__finite(double x) { return x - x == 0; }
+
 static double mla__yarn_mscale(double factor, double mscale) {
     return factor <= 1.0 ? 1.0 : 0.1 * mscale * log(factor) + 1.0;
 }
@@ -748,24 +751,24 @@ MLADEF mla_result mla_config_validate(const mla_config *c, const char **bad_fiel
     if ((long)c->qk_nope_head_dim + c->qk_rope_head_dim + c->v_head_dim > MLA__MAX_DIM) MLA__BAD("qk_nope_head_dim");
     if ((double)c->n_heads * ((double)c->qk_nope_head_dim + c->qk_rope_head_dim + c->v_head_dim) > MLA__MAX_DIM)
         MLA__BAD("n_heads");
-    /* float fields: finite (x - x == 0 is false for NaN and Inf) and in range */
-    if (c->rms_eps < 0 || !(c->rms_eps - c->rms_eps == 0)) MLA__BAD("rms_eps");
+    /* float fields: finite and in range */
+    if (c->rms_eps < 0 || !mla__finite(c->rms_eps)) MLA__BAD("rms_eps");
     if (c->kv_norm != 0 && c->kv_norm != 1) MLA__BAD("kv_norm");
     if (c->q_norm != 0 && c->q_norm != 1) MLA__BAD("q_norm");
     if (c->q_norm && c->q_lora_rank == 0) MLA__BAD("q_norm");
     if (c->attn_bias != 0 && c->attn_bias != 1) MLA__BAD("attn_bias");
     if (c->max_seq_len < 0) MLA__BAD("max_seq_len");
-    if (c->rope_theta < 0 || c->rope_theta == 1.0f || !(c->rope_theta - c->rope_theta == 0)) MLA__BAD("rope_theta");
+    if (c->rope_theta < 0 || c->rope_theta == 1.0f || !mla__finite(c->rope_theta)) MLA__BAD("rope_theta");
     if (c->rope_layout != MLA_ROPE_INTERLEAVED && c->rope_layout != MLA_ROPE_HALF_SPLIT) MLA__BAD("rope_layout");
-    if (!(c->yarn_factor - c->yarn_factor == 0) || c->yarn_factor < 0) MLA__BAD("yarn_factor");
+    if (!mla__finite(c->yarn_factor) || c->yarn_factor < 0) MLA__BAD("yarn_factor");
     if (c->yarn_factor > 1.0f && !c->rope_freqs) {
         if (c->yarn_original_max_pos <= 0) MLA__BAD("yarn_original_max_pos");
-        if (c->yarn_beta_fast < 0 || !(c->yarn_beta_fast - c->yarn_beta_fast == 0)) MLA__BAD("yarn_beta_fast");
-        if (c->yarn_beta_slow < 0 || !(c->yarn_beta_slow - c->yarn_beta_slow == 0)) MLA__BAD("yarn_beta_slow");
+        if (c->yarn_beta_fast < 0 || !mla__finite(c->yarn_beta_fast)) MLA__BAD("yarn_beta_fast");
+        if (c->yarn_beta_slow < 0 || !mla__finite(c->yarn_beta_slow)) MLA__BAD("yarn_beta_slow");
     }
-    if (!(c->yarn_mscale - c->yarn_mscale == 0)) MLA__BAD("yarn_mscale");
-    if (!(c->yarn_mscale_all_dim - c->yarn_mscale_all_dim == 0)) MLA__BAD("yarn_mscale_all_dim");
-    if (c->softmax_scale < 0 || c->softmax_scale > 1e4f || !(c->softmax_scale - c->softmax_scale == 0))
+    if (!mla__finite(c->yarn_mscale)) MLA__BAD("yarn_mscale");
+    if (!mla__finite(c->yarn_mscale_all_dim)) MLA__BAD("yarn_mscale_all_dim");
+    if (c->softmax_scale < 0 || c->softmax_scale > 1e4f || !mla__finite(c->softmax_scale))
         MLA__BAD("softmax_scale"); /* real ones are ~1/sqrt(head dim); 3e38 overflowed every score */
     if (c->yarn_factor > 1.0f) { /* YaRN's factors: finite and positive (they scale cos/sin and the softmax) */
         double a = mla__yarn_mscale(c->yarn_factor, c->yarn_mscale);
@@ -1983,9 +1986,9 @@ MLADEF mla_result mla_gqa_config_validate(const mla_gqa_config *c, const char **
     if (c->head_dim <= 0 || c->head_dim % 2) MLA__BAD("head_dim");
     if (c->dim > MLA__MAX_DIM) MLA__BAD("dim");
     if ((double)c->n_heads * c->head_dim > MLA__MAX_DIM) MLA__BAD("n_heads");
-    if (c->rope_theta < 0 || c->rope_theta == 1.0f || !(c->rope_theta - c->rope_theta == 0)) MLA__BAD("rope_theta");
+    if (c->rope_theta < 0 || c->rope_theta == 1.0f || !mla__finite(c->rope_theta)) MLA__BAD("rope_theta");
     if (c->rope_layout != MLA_ROPE_INTERLEAVED && c->rope_layout != MLA_ROPE_HALF_SPLIT) MLA__BAD("rope_layout");
-    if (c->softmax_scale < 0 || c->softmax_scale > 1e4f || !(c->softmax_scale - c->softmax_scale == 0))
+    if (c->softmax_scale < 0 || c->softmax_scale > 1e4f || !mla__finite(c->softmax_scale))
         MLA__BAD("softmax_scale"); /* real ones are ~1/sqrt(head dim); 3e38 overflowed every score */
     if (c->attn_bias != 0 && c->attn_bias != 1) MLA__BAD("attn_bias");
     if (c->max_seq_len < 0) MLA__BAD("max_seq_len");
@@ -2593,6 +2596,13 @@ MLADEF mla_result mla_rorope_basis(const mla_gqa_config *g, const double *ck, co
     return rc;
 }
 
+/* (x0, x1) <- [a -b; b a] (x0, x1) */
+static void mla__rot2(float *x0, float *x1, double a, double b) {
+    double v0 = *x0, v1 = *x1;
+    *x0 = (float)(a * v0 - b * v1);
+    *x1 = (float)(b * v0 + a * v1);
+}
+
 MLADEF mla_result mla_convert_assemble(const mla_gqa_config *g, const mla_gqa_weights *w,
                                        const double *Kd, const double *Ku, int m, int f, int r,
                                        const double *down, const double *up, const double *rope_expect,
@@ -2658,15 +2668,8 @@ MLADEF mla_result mla_convert_assemble(const mla_gqa_config *g, const mla_gqa_we
                 double a = rope_expect[((size_t)j * (d / 2) + i) * 2], b = rope_expect[((size_t)j * (d / 2) + i) * 2 + 1];
                 int i0 = g->rope_layout == MLA_ROPE_INTERLEAVED ? 2 * i : i;
                 int i1 = g->rope_layout == MLA_ROPE_INTERLEAVED ? 2 * i + 1 : i + d / 2;
-                for (k = 0; k <= D; k++) {
-                    float *x0 = k < D ? &dst[(size_t)i0 * D + k] : (bias ? &mem[nq + (size_t)j * qd + i0] : NULL);
-                    float *x1 = k < D ? &dst[(size_t)i1 * D + k] : (bias ? &mem[nq + (size_t)j * qd + i1] : NULL);
-                    double v0, v1;
-                    if (!x0) break;
-                    v0 = *x0; v1 = *x1;
-                    *x0 = (float)(a * v0 - b * v1);
-                    *x1 = (float)(b * v0 + a * v1);
-                }
+                for (k = 0; k < D; k++) mla__rot2(&dst[(size_t)i0 * D + k], &dst[(size_t)i1 * D + k], a, b);
+                if (bias) mla__rot2(&mem[nq + (size_t)j * qd + i0], &mem[nq + (size_t)j * qd + i1], a, b);
             }
         for (p = 0; p < m; p++) {
             double bacc = 0.0;
