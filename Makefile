@@ -142,7 +142,7 @@ CUDA_TEST_OBJ = $(BIN)/cu_run_cuda_tests.o $(BIN)/cu_harness.o $(BIN)/cu_test_cu
 $(BIN)/cu_%.o: tests/%.c tests/harness.h mla_cuda.h mla.h | $(BIN)
 	$(CC) $(WARN) $(OPT) -c -o $@ $<
 
-$(BIN)/test_cuda_gpu: $(CUDA_TEST_OBJ) $(BIN)/mla_cuda.o $(BIN)/mla_impl_plain.o
+$(BIN)/test_cuda_gpu: $(CUDA_TEST_OBJ) $(BIN)/mla_cuda.o $(BIN)/mla_impl_plain.o $(BIN)/variant_plain.o
 	$(NVCC) -o $@ $^ -lm
 
 $(BIN)/bench_cuda: $(BIN)/cu_bench_cuda.o $(BIN)/mla_cuda.o $(BIN)/mla_impl_plain.o

@@ -522,6 +522,16 @@ MLAPI mla_result mla_convert_layer(const mla_gqa_config *g, const mla_gqa_weight
 /* keeps a loaded vector in a register (GCC would fold the load into every use) */
 #define MLA__KEEP(v) __asm__("" : "+x"(v))
 #endif
+/* AVX-512 with bf16 dot products (vdpbf16ps): bf16 and int8 caches run their
+   dot products in bf16 (query and probabilities rounded to bf16, sums in
+   f32; see mla_attend_latent). MLA_NO_BF16_DOT keeps them in f32. */
+#if defined(MLA__AVX2) && defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && \
+    defined(__AVX512BF16__) && !defined(MLA_NO_BF16_DOT)
+#define MLA__BF16DOT 1
+#if defined(__AVX512VNNI__)
+#define MLA__VNNI 1 /* int8 cache scores: vpdpwssd */
+#endif
+#endif
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -1163,10 +1173,19 @@ static float *mla__carve(float *base, size_t *off, size_t n) {
 #define MLA__PST (MLA__TILE + 4) /* row stride of the score tile (blocks may overhang) */
 #define MLA__SPLIT_ROWS 256 /* fewest rows worth a thread of their own        */
 #define MLA__HB 3           /* heads per register block (both GEMMs)          */
+#ifdef MLA__VNNI
+#define MLA__IPAD 32        /* int8 rows: each part padded to whole registers */
+#else
+#define MLA__IPAD 16
+#endif
 static int mla__imin(int a, int b) { return a < b ? a : b; }
 
 MLADEF const char *mla_kernel_name(void) {
-#if defined(MLA__AVX2) && defined(__F16C__)
+#if defined(MLA__VNNI)
+    return "avx512-bf16dot+vnni";
+#elif defined(MLA__BF16DOT)
+    return "avx512-bf16dot";
+#elif defined(MLA__AVX2) && defined(__F16C__)
     return "avx2+fma+f16c";
 #elif defined(MLA__AVX2)
     return "avx2+fma";
@@ -1201,13 +1220,15 @@ static int mla__rows_at(const mla__rows *src, int t, int want, const char **k, c
    MLA: k row = [c | k_pe] (dk = r+m), v row = the same row (dv = r). */
 typedef struct {
     int H, Hp, dk, dv;  /* heads (Hp: rounded up to MLA__HB), lengths              */
-    int r16, m16;       /* int8 rows: c (dv) and k_pe (dk-dv) parts padded to 16   */
+    int rp, mp;         /* int8 rows: c (dv) and k_pe (dk-dv) parts padded to IPAD */
+    int dk32;           /* bf16 query row stride (dk padded to 32)                 */
     float *q;           /* [H][dk] queries, softmax scale folded in                */
     float *o, *mx, *l;  /* [Hp][dv] output (unnormalised), [H] running max and sum */
     float *p;           /* [Hp][PST] scores, then probabilities (pad rows 0)       */
     float *kb, *vb;     /* [TILE][dk], [TILE][dv] rows converted to f32            */
-    int16_t *qi, *ki;   /* int8 rows: [H][r16+m16] query, [TILE][r16+m16] rows     */
+    int16_t *qi, *ki;   /* int8 rows: [H][rp+mp] query, [TILE][rp+mp] rows         */
     float *qs, *rs;     /* int8 rows: [2][H] query scales, [2][PST] row scales     */
+    uint16_t *qh;       /* bf16 dots: [H][dk32] query rounded to bf16              */
 } mla__att;
 
 /* One thread's scratch: the absorbed query/output of one token and a state. */
@@ -1218,13 +1239,14 @@ typedef struct {
 
 static size_t mla__slot_layout(int H, int dk, int dv, float *base, mla__slot *s) {
     size_t off = 0, Hp = (size_t)(H + MLA__HB - 1) / MLA__HB * MLA__HB, T = MLA__TILE;
-    int r16 = (dv + 15) & ~15, m16 = (dk - dv + 15) & ~15;
+    int rp = (dv + MLA__IPAD - 1) & ~(MLA__IPAD - 1), mp = (dk - dv + MLA__IPAD - 1) & ~(MLA__IPAD - 1);
     mla__slot tmp;
     if (!s) s = &tmp;
     s->qlat = mla__carve(base, &off, (size_t)H * dv);
     s->olat = mla__carve(base, &off, (size_t)H * dv);
     s->lse = mla__carve(base, &off, (size_t)H);
-    s->a.H = H; s->a.Hp = (int)Hp; s->a.dk = dk; s->a.dv = dv; s->a.r16 = r16; s->a.m16 = m16;
+    s->a.H = H; s->a.Hp = (int)Hp; s->a.dk = dk; s->a.dv = dv; s->a.rp = rp; s->a.mp = mp;
+    s->a.dk32 = (dk + 31) & ~31;
     s->a.q = mla__carve(base, &off, (size_t)H * dk);
     s->a.o = mla__carve(base, &off, Hp * dv);
     s->a.mx = mla__carve(base, &off, (size_t)H);
@@ -1232,10 +1254,11 @@ static size_t mla__slot_layout(int H, int dk, int dv, float *base, mla__slot *s)
     s->a.p = mla__carve(base, &off, Hp * MLA__PST);
     s->a.kb = mla__carve(base, &off, T * dk);
     s->a.vb = mla__carve(base, &off, T * dv);
-    s->a.qi = (int16_t *)mla__carve(base, &off, (size_t)H * (r16 + m16) / 2);
-    s->a.ki = (int16_t *)mla__carve(base, &off, T * (r16 + m16) / 2);
+    s->a.qi = (int16_t *)mla__carve(base, &off, (size_t)H * (rp + mp) / 2);
+    s->a.ki = (int16_t *)mla__carve(base, &off, T * (rp + mp) / 2);
     s->a.qs = mla__carve(base, &off, 2 * (size_t)H);
     s->a.rs = mla__carve(base, &off, 2 * MLA__PST);
+    s->a.qh = (uint16_t *)mla__carve(base, &off, (size_t)H * s->a.dk32 / 2);
     return off;
 }
 
@@ -1273,6 +1296,13 @@ static __m256 mla__exp8(__m256 x) {
     e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     return _mm256_and_ps(_mm256_mul_ps(y, _mm256_castsi256_ps(e)), ok);
 }
+#ifdef MLA__BF16DOT
+static __mmask32 mla__mask32(int n) { return n >= 32 ? 0xffffffffu : (__mmask32)((1u << (n > 0 ? n : 0)) - 1u); }
+static __m256 mla__half512(__m512 a) { /* the two halves added */
+    return _mm256_add_ps(_mm512_castps512_ps256(a), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)));
+}
+#define MLA__BH(x) ((__m512bh)(x))
+#endif
 #endif
 
 /* p[i] = exp(p[i] - mx) for i < n; returns the sum */
@@ -1343,6 +1373,42 @@ static void mla__scores_f32(const float *q, int H, int dk, const float *k, size_
 static void mla__scores_i16(const int16_t *qi, size_t ldq, int H, const int16_t *ki, size_t ldk, int n, int k0,
                             int len, const float *qs, const float *rs, int add, float *s) {
     int j0, t0, j, t, i;
+#ifdef MLA__VNNI /* 3 heads x 8 rows, vpdpwssd; len % 32 == 0 here */
+    for (j0 = 0; j0 < H; j0 += MLA__HB)
+        for (t0 = 0; t0 < n; t0 += 8) {
+            const int16_t *qr[3], *kr[8];
+            __m512i a[3][8];
+            for (j = 0; j < 3; j++) qr[j] = qi + (size_t)mla__imin(j0 + j, H - 1) * ldq + k0;
+            for (t = 0; t < 8; t++) kr[t] = ki + (size_t)mla__imin(t0 + t, n - 1) * ldk + k0;
+            a[0][0] = _mm512_setzero_si512();
+            a[0][1] = a[0][2] = a[0][3] = a[0][4] = a[0][5] = a[0][6] = a[0][7] = a[0][0];
+            a[1][0] = a[1][1] = a[1][2] = a[1][3] = a[1][4] = a[1][5] = a[1][6] = a[1][7] = a[0][0];
+            a[2][0] = a[2][1] = a[2][2] = a[2][3] = a[2][4] = a[2][5] = a[2][6] = a[2][7] = a[0][0];
+            for (i = 0; i < len; i += 32) {
+                __m512i w0 = _mm512_loadu_si512(qr[0] + i), w1 = _mm512_loadu_si512(qr[1] + i);
+                __m512i w2 = _mm512_loadu_si512(qr[2] + i), x;
+#define MLA__SC(t)                                                                                            \
+    x = _mm512_loadu_si512(kr[t] + i);                                                                        \
+    a[0][t] = _mm512_dpwssd_epi32(a[0][t], w0, x); a[1][t] = _mm512_dpwssd_epi32(a[1][t], w1, x);             \
+    a[2][t] = _mm512_dpwssd_epi32(a[2][t], w2, x);
+                MLA__SC(0) MLA__SC(1) MLA__SC(2) MLA__SC(3) MLA__SC(4) MLA__SC(5) MLA__SC(6) MLA__SC(7)
+#undef MLA__SC
+            }
+#define MLA__F(j, t) mla__half512(_mm512_cvtepi32_ps(a[j][t]))
+#define MLA__ST(j)                                                                                            \
+    {                                                                                                         \
+        float *d = s + (size_t)(j0 + j) * MLA__PST + t0; /* s and rs have room past n (MLA__PST) */          \
+        __m256 f = mla__hsum8(MLA__F(j, 0), MLA__F(j, 1), MLA__F(j, 2), MLA__F(j, 3), MLA__F(j, 4),           \
+                              MLA__F(j, 5), MLA__F(j, 6), MLA__F(j, 7));                                      \
+        f = _mm256_mul_ps(_mm256_mul_ps(f, _mm256_set1_ps(qs[mla__imin(j0 + j, H - 1)])), _mm256_loadu_ps(rs + t0)); \
+        _mm256_storeu_ps(d, add ? _mm256_add_ps(_mm256_loadu_ps(d), f) : f);                                 \
+    }
+            MLA__ST(0) MLA__ST(1) MLA__ST(2)
+#undef MLA__ST
+#undef MLA__F
+        }
+    return;
+#endif
     for (j0 = 0; j0 < H; j0 += MLA__HB)
         for (t0 = 0; t0 < n; t0 += 3) {
             const int16_t *qr[3], *kr[3];
@@ -1440,6 +1506,112 @@ static void mla__pv_f32(float *o, int Hp, int dv, const float *p, const float *v
         }
 }
 
+#ifdef MLA__BF16DOT
+/* ---- AVX-512 bf16 dot products: the two GEMMs on bf16 rows as stored ---- */
+
+/* s[j][t] (row stride MLA__PST) = q_j . k_t, j < H, t < n: q bf16 rows dk32
+   apart (zero padded), k bf16 rows ks bytes apart. Blocks of 3 heads x 8 rows
+   (clamped like mla__scores_f32); each sum is a 16-lane vdpbf16ps chain. */
+static void mla__scores_bf16(const uint16_t *q, int dk32, int H, int dk, const char *k, size_t ks, int n, float *s) {
+    int j0, t0, j, t, i;
+    for (j0 = 0; j0 < H; j0 += MLA__HB)
+        for (t0 = 0; t0 < n; t0 += 8) {
+            const uint16_t *qr[3], *kr[8];
+            __m512 a[3][8];
+            for (j = 0; j < 3; j++) qr[j] = q + (size_t)mla__imin(j0 + j, H - 1) * dk32;
+            for (t = 0; t < 8; t++) kr[t] = (const uint16_t *)(k + (size_t)mla__imin(t0 + t, n - 1) * ks);
+            a[0][0] = _mm512_setzero_ps(); /* (no loops over the accumulators: they stay in registers) */
+            a[0][1] = a[0][2] = a[0][3] = a[0][4] = a[0][5] = a[0][6] = a[0][7] = a[0][0];
+            a[1][0] = a[1][1] = a[1][2] = a[1][3] = a[1][4] = a[1][5] = a[1][6] = a[1][7] = a[0][0];
+            a[2][0] = a[2][1] = a[2][2] = a[2][3] = a[2][4] = a[2][5] = a[2][6] = a[2][7] = a[0][0];
+            for (i = 0; i < dk; i += 32) {
+                __mmask32 mk = mla__mask32(dk - i);
+                __m512bh w0 = MLA__BH(_mm512_loadu_si512(qr[0] + i)), w1 = MLA__BH(_mm512_loadu_si512(qr[1] + i));
+                __m512bh w2 = MLA__BH(_mm512_loadu_si512(qr[2] + i)), x;
+#define MLA__SC(t)                                                          \
+    x = MLA__BH(_mm512_maskz_loadu_epi16(mk, kr[t] + i));                   \
+    a[0][t] = _mm512_dpbf16_ps(a[0][t], w0, x); a[1][t] = _mm512_dpbf16_ps(a[1][t], w1, x); \
+    a[2][t] = _mm512_dpbf16_ps(a[2][t], w2, x);
+                MLA__SC(0) MLA__SC(1) MLA__SC(2) MLA__SC(3) MLA__SC(4) MLA__SC(5) MLA__SC(6) MLA__SC(7)
+#undef MLA__SC
+            }
+#define MLA__ST(j) /* s has rows to a multiple of 3 and columns to TILE + 4 */                          \
+    _mm256_storeu_ps(s + (size_t)(j0 + j) * MLA__PST + t0,                                              \
+                     mla__hsum8(mla__half512(a[j][0]), mla__half512(a[j][1]), mla__half512(a[j][2]),   \
+                                mla__half512(a[j][3]), mla__half512(a[j][4]), mla__half512(a[j][5]),   \
+                                mla__half512(a[j][6]), mla__half512(a[j][7])));
+            MLA__ST(0) MLA__ST(1) MLA__ST(2)
+#undef MLA__ST
+        }
+}
+
+/* o[j][0..dv) += sum_t p[j][t] v_t for j < Hp (pad rows of p are 0; rows
+   MLA__PST apart): v rows of f32, bf16 or int8 values, vs bytes apart, widened
+   to f32 in registers; f32 FMAs, so P.V rounds as the plain path does. Blocks
+   of 9 heads (3 at the end) x 32 values. */
+static void mla__pv_512(float *o, int Hp, int dv, const float *p, mla_dtype type, const char *v, size_t vs, int n) {
+    int j0, nh, d, t;
+    for (j0 = 0; j0 < Hp; j0 += nh) {
+        nh = Hp - j0 >= 9 ? 9 : 3;
+        for (d = 0; d < dv; d += 32) {
+            __mmask32 mr = mla__mask32(dv - d);
+            __mmask16 m0 = (__mmask16)(mr & 0xffff), m1 = (__mmask16)(mr >> 16);
+            __m512 lo[9], hi[9], x0, x1, b;
+            const float *pt = p + (size_t)j0 * MLA__PST;
+            float *oj;
+#define MLA__LD(j)                                                                                  \
+    oj = o + (size_t)(j0 + j) * dv + d;                                                             \
+    lo[j] = _mm512_maskz_loadu_ps(m0, oj); hi[j] = _mm512_maskz_loadu_ps(m1, oj + 16);
+#define MLA__ST(j)                                                                                  \
+    oj = o + (size_t)(j0 + j) * dv + d;                                                             \
+    _mm512_mask_storeu_ps(oj, m0, lo[j]); _mm512_mask_storeu_ps(oj + 16, m1, hi[j]);
+#define MLA__PV(j)                                                                                  \
+    b = _mm512_set1_ps(pt[(size_t)(j) * MLA__PST + t]);                                             \
+    lo[j] = _mm512_fmadd_ps(b, x0, lo[j]); hi[j] = _mm512_fmadd_ps(b, x1, hi[j]);
+#define MLA__ROWS(LOAD)                                                                             \
+    for (t = 0; t < n; t++) {                                                                       \
+        const char *vt = v + (size_t)t * vs;                                                        \
+        LOAD;                                                                                       \
+        MLA__PV(0) MLA__PV(1) MLA__PV(2)                                                            \
+        if (nh == 9) { MLA__PV(3) MLA__PV(4) MLA__PV(5) MLA__PV(6) MLA__PV(7) MLA__PV(8) }          \
+    }
+            MLA__LD(0) MLA__LD(1) MLA__LD(2)
+            if (nh == 9) {
+                MLA__LD(3) MLA__LD(4) MLA__LD(5) MLA__LD(6) MLA__LD(7) MLA__LD(8)
+            } else {
+                lo[3] = lo[4] = lo[5] = lo[6] = lo[7] = lo[8] = _mm512_setzero_ps();
+                hi[3] = hi[4] = hi[5] = hi[6] = hi[7] = hi[8] = lo[3];
+            }
+            if (type == MLA_F32) {
+                MLA__ROWS(x0 = _mm512_maskz_loadu_ps(m0, (const float *)vt + d);
+                          x1 = _mm512_maskz_loadu_ps(m1, (const float *)vt + d + 16))
+            } else if (type == MLA_BF16) {
+                MLA__ROWS(x0 = _mm512_castsi512_ps(_mm512_slli_epi32(
+                              _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m0, (const uint16_t *)vt + d)), 16));
+                          x1 = _mm512_castsi512_ps(_mm512_slli_epi32(
+                              _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m1, (const uint16_t *)vt + d + 16)), 16)))
+            } else {
+                MLA__ROWS(x0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m0, (const int8_t *)vt + d)));
+                          x1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m1, (const int8_t *)vt + d + 16))))
+            }
+            MLA__ST(0) MLA__ST(1) MLA__ST(2)
+            if (nh == 9) { MLA__ST(3) MLA__ST(4) MLA__ST(5) MLA__ST(6) MLA__ST(7) MLA__ST(8) }
+#undef MLA__LD
+#undef MLA__ST
+#undef MLA__PV
+#undef MLA__ROWS
+        }
+    }
+}
+
+/* dst[i] = bf16(src[i]) for i < n (round to nearest even) */
+static void mla__f32_to_bf16_row(uint16_t *dst, const float *src, int n) {
+    int i = 0;
+    for (; i + 16 <= n; i += 16) _mm256_storeu_si256((__m256i *)(dst + i), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(src + i)));
+    for (; i < n; i++) dst[i] = mla_f32_to_bf16(src[i]);
+}
+#endif
+
 /* ---- row conversions into the tile buffers ---- */
 static void mla__half_to_f32(float *dst, const uint16_t *src, int n, mla_dtype t) {
     int i = 0;
@@ -1456,45 +1628,58 @@ static void mla__half_to_f32(float *dst, const uint16_t *src, int n, mla_dtype t
     for (; i < n; i++) dst[i] = t == MLA_BF16 ? mla_bf16_to_f32(src[i]) : mla_f16_to_f32(src[i]);
 }
 
-/* int8 row [c (r) | k_pe (m) | pad | scale_c | scale_pe] -> int16 [r16 | m16] (zero
-   padded), scales, and f32 c values (unscaled) */
-static void mla__i8_row(const int8_t *row, int r, int m, int r16, int16_t *ki, float *rs_c, float *rs_pe, float *cf) {
-    int i = 0, j = 0, m16 = (m + 15) & ~15;
+/* int8 row [c (r) | k_pe (m) | pad | scale_c | scale_pe] -> int16 [rp | mp] (zero
+   padded), scales, and (cf not NULL) f32 c values (unscaled) */
+static void mla__i8_row(const int8_t *row, int r, int m, int rp, int mp, int16_t *ki, float *rs_c, float *rs_pe, float *cf) {
+    int i = 0, j = 0;
     memcpy(rs_c, row + mla__i8_scales_at(r, m), 4);
     memcpy(rs_pe, row + mla__i8_scales_at(r, m) + 4, 4);
 #ifdef MLA__AVX2
     for (; i + 16 <= r; i += 16) {
         __m256i w = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(row + i)));
         _mm256_storeu_si256((__m256i *)(ki + i), w);
+        if (!cf) continue;
         _mm256_storeu_ps(cf + i, _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(w))));
         _mm256_storeu_ps(cf + i + 8, _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(w, 1))));
     }
     for (; j + 16 <= m; j += 16)
-        _mm256_storeu_si256((__m256i *)(ki + r16 + j), _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(row + r + j))));
+        _mm256_storeu_si256((__m256i *)(ki + rp + j), _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(row + r + j))));
 #endif
-    for (; i < r; i++) cf[i] = ki[i] = row[i];
-    for (; i < r16; i++) ki[i] = 0;
-    for (; j < m; j++) ki[r16 + j] = row[r + j];
-    for (; j < m16; j++) ki[r16 + j] = 0;
+    for (; i < r; i++) {
+        ki[i] = row[i];
+        if (cf) cf[i] = row[i];
+    }
+    for (; i < rp; i++) ki[i] = 0;
+    for (; j < m; j++) ki[rp + j] = row[r + j];
+    for (; j < mp; j++) ki[rp + j] = 0;
 }
 
 /* ---- one tile of n rows: scores, online softmax, P.V ---- */
 static void mla__att_tile(mla__att *a, mla_dtype type, const char *k, size_t ks, const char *v, size_t vs, int n) {
     int H = a->H, dk = a->dk, dv = a->dv, j, t;
-    const float *vf;
-    size_t vst;
+    const float *vf = NULL; /* f32 value rows for mla__pv_f32, vst floats apart */
+    size_t vst = 0;
+#ifdef MLA__BF16DOT
+    const int wide = type != MLA_F16; /* P.V by mla__pv_512 from the rows as stored */
+#else
+    const int wide = 0;
+#endif
     if (type == MLA_I8) {
-        int w = a->r16 + a->m16;
+        int w = a->rp + a->mp;
         for (t = 0; t < n; t++)
-            mla__i8_row((const int8_t *)(k + (size_t)t * ks), dv, dk - dv, a->r16, a->ki + (size_t)t * w,
-                        a->rs + t, a->rs + MLA__PST + t, a->vb + (size_t)t * dv);
-        mla__scores_i16(a->qi, (size_t)w, H, a->ki, (size_t)w, n, 0, a->r16, a->qs, a->rs, 0, a->p);
-        if (a->m16)
-            mla__scores_i16(a->qi, (size_t)w, H, a->ki, (size_t)w, n, a->r16, a->m16, a->qs + H, a->rs + MLA__PST, 1, a->p);
+            mla__i8_row((const int8_t *)(k + (size_t)t * ks), dv, dk - dv, a->rp, a->mp, a->ki + (size_t)t * w,
+                        a->rs + t, a->rs + MLA__PST + t, wide ? NULL : a->vb + (size_t)t * dv);
+        mla__scores_i16(a->qi, (size_t)w, H, a->ki, (size_t)w, n, 0, a->rp, a->qs, a->rs, 0, a->p);
+        if (a->mp)
+            mla__scores_i16(a->qi, (size_t)w, H, a->ki, (size_t)w, n, a->rp, a->mp, a->qs + H, a->rs + MLA__PST, 1, a->p);
         vf = a->vb; vst = (size_t)dv;
     } else if (type == MLA_F32) {
         mla__scores_f32(a->q, H, dk, (const float *)k, ks / 4, n, a->p);
         vf = (const float *)v; vst = vs / 4;
+#ifdef MLA__BF16DOT
+    } else if (type == MLA_BF16) {
+        mla__scores_bf16(a->qh, a->dk32, H, dk, k, ks, n, a->p);
+#endif
     } else {
         for (t = 0; t < n; t++) mla__half_to_f32(a->kb + (size_t)t * dk, (const uint16_t *)(k + (size_t)t * ks), dk, type);
         mla__scores_f32(a->q, H, dk, a->kb, (size_t)dk, n, a->p);
@@ -1531,6 +1716,13 @@ static void mla__att_tile(mla__att *a, mla_dtype type, const char *k, size_t ks,
         if (type == MLA_I8) /* the value rows are int8: fold each row's scale into p */
             for (t = 0; t < n; t++) pj[t] *= a->rs[t];
     }
+#ifdef MLA__BF16DOT
+    if (wide) {
+        mla__pv_512(a->o, a->Hp, dv, a->p, type, v, vs, n);
+        return;
+    }
+#endif
+    (void)wide;
     mla__pv_f32(a->o, a->Hp, dv, a->p, vf, vst, n);
 }
 
@@ -1544,11 +1736,19 @@ static void mla__att_query(mla__att *a, mla_dtype type, const float *qa, size_t 
         for (i = 0; i < dv; i++) q[i] = scale * qa[(size_t)j * lda + i];
         for (i = dv; i < dk; i++) q[i] = scale * qb[(size_t)j * ldb + i - dv];
     }
+#ifdef MLA__BF16DOT
+    if (type == MLA_BF16)
+        for (j = 0; j < H; j++) {
+            uint16_t *qh = a->qh + (size_t)j * a->dk32;
+            mla__f32_to_bf16_row(qh, a->q + (size_t)j * dk, dk);
+            for (i = dk; i < a->dk32; i++) qh[i] = 0;
+        }
+#endif
     if (type != MLA_I8) return;
     for (j = 0; j < H; j++) { /* int16 query, one scale per part; |sum| < 2^31 for any row */
-        int part, w = a->r16 + a->m16;
+        int part, w = a->rp + a->mp;
         for (part = 0; part < 2; part++) {
-            int b = part ? dv : 0, e = part ? dk : dv, o = part ? a->r16 : 0, len = part ? a->m16 : a->r16;
+            int b = part ? dv : 0, e = part ? dk : dv, o = part ? a->rp : 0, len = part ? a->mp : a->rp;
             const float *q = a->q + (size_t)j * dk;
             int16_t *qi = a->qi + (size_t)j * w + o;
             float amax = 0.0f, lim = len > 0 ? (float)mla__imin(16383, (int)(2147483647.0 / (127.0 * len))) : 1.0f, sc;

@@ -1,4 +1,5 @@
-/* The CUDA backend (mla_cuda.h) against mla.h's CPU latent attention.
+/* The CUDA backend (mla_cuda.h) against mla.h's CPU latent attention in its
+   plain build (MLA_NO_SIMD, fp32 throughout: tests/variant.c).
    Linked with the CPU build of mla_cuda.cu in `make test` (host logic, split
    plan, log-sum-exp combine, paging), and with the GPU build in
    tools/gpu_check.sh (build/test_cuda_gpu). Both read the same stored cache
@@ -9,6 +10,10 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+
+size_t plain_attend_scratch_bytes(int H, int r, int m);
+mla_result plain_attend_latent(const mla_pool *pool, const mla_seq *seq, int layer, int H, int n_ctx, const float *q_lat,
+                               const float *q_pe, float scale, float *o_lat, void *scratch, size_t scratch_bytes);
 
 static unsigned long long g_r = 0x2545F4914F6CDD1DULL;
 static float fr(void) {
@@ -65,15 +70,15 @@ static double check_shape(int B, int H, int r, int m, int bs, const int *lens, m
     o_dev = (float *)malloc(sizeof(float) * B * H * r);
     for (i = 0; i < B * H * r; i++) ql[i] = fr();
     for (i = 0; i < B * H * m; i++) qp[i] = fr();
-    scratch = (float *)malloc(mla_attend_scratch_bytes(H, r, m));
+    scratch = (float *)malloc(plain_attend_scratch_bytes(H, r, m));
     for (b = 0; b < B; b++) { /* reference: mla.h over the same pool */
         mla_seq s;
         mla_seq_init(&s, tables + b * max_blocks, max_blocks);
         s.n_blocks = (lens[b] + bs - 1) / bs;
         s.len = lens[b];
         if (lens[b] > 0)
-            CHECK(mla_attend_latent(&host, &s, layer, H, lens[b], ql + (size_t)b * H * r, qp + (size_t)b * H * m, scale,
-                                    o_ref + (size_t)b * H * r, scratch, mla_attend_scratch_bytes(H, r, m)) == MLA_OK);
+            CHECK(plain_attend_latent(&host, &s, layer, H, lens[b], ql + (size_t)b * H * r, qp + (size_t)b * H * m, scale,
+                                      o_ref + (size_t)b * H * r, scratch, plain_attend_scratch_bytes(H, r, m)) == MLA_OK);
         else
             memset(o_ref + (size_t)b * H * r, 0, sizeof(float) * H * r);
     }
