@@ -88,7 +88,9 @@ bench: $(BIN)/bench
 hello: $(BIN)/hello_mla
 	./$(BIN)/hello_mla
 
-# the header must compile warning-free as C99 (gcc, clang if present) and as C++
+# the header must compile warning-free as C99 (gcc, clang if present) and as C++,
+# with each instruction set it has kernels for (compiled here whatever this CPU has)
+AVX512 = -mavx2 -mfma -mf16c -mavx512f -mavx512bw -mavx512vl -mavx512bf16 -mavx512vnni
 headercheck: | $(BIN)
 	@printf '#define MLA_IMPLEMENTATION\n#include "mla.h"\nint main(void){return 0;}\n' > $(BIN)/hc.c
 	$(CC) -std=c99 -Wall -Wextra -pedantic -Werror -O2 -I. -c -o $(BIN)/hc_c.o $(BIN)/hc.c
@@ -107,7 +109,13 @@ headercheck: | $(BIN)
 	@if command -v clang >/dev/null 2>&1; then \
 	  echo clang -std=c99 -Wall -Wextra -pedantic -Werror -mavx2 -mfma -mf16c; \
 	  clang -std=c99 -Wall -Wextra -pedantic -Werror -O2 -mavx2 -mfma -mf16c -I. -c -o $(BIN)/hc_clang_avx2.o $(BIN)/hc.c; \
+	  echo clang -std=c99 -Wall -Wextra -pedantic -Werror $(AVX512); \
+	  clang -std=c99 -Wall -Wextra -pedantic -Werror -O2 $(AVX512) -I. -c -o $(BIN)/hc_clang_avx512.o $(BIN)/hc.c; \
 	fi
+	$(CC) -std=c99 -Wall -Wextra -pedantic -Werror -O2 $(AVX512) -fopenmp -I. -c -o $(BIN)/hc_avx512.o $(BIN)/hc.c
+	g++ -x c++ -Wall -Wextra -pedantic -Werror -O2 $(AVX512) -I. -c -o $(BIN)/hc_cpp_avx512.o $(BIN)/hc.c
+	@printf '#define MLA_IMPLEMENTATION\n#include "mla.h"\n#ifndef MLA__VNNI\n#error no AVX-512 kernels\n#endif\n' > $(BIN)/hc512.c
+	@$(CC) -std=c99 -O0 $(AVX512) -I. -c -o $(BIN)/hc512.o $(BIN)/hc512.c
 
 CLI_BIN = $(BIN)/mla-run $(BIN)/mla-convert $(BIN)/mla-tradeoff
 REPLAY_BIN = $(BIN)/replay_gguf $(BIN)/replay_tokenizer $(BIN)/replay_api $(BIN)/replay_convert

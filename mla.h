@@ -50,10 +50,15 @@
      MLA_MALLOC/MLA_FREE/MLA_ASSERT   override before the implementation
      MLA_USE_CBLAS     matrix products through cblas_sgemm (link a BLAS)
      MLA_NO_SIMD       no SIMD: no vector extensions or intrinsics, plain C loops
+     MLA_NO_BF16_DOT   AVX-512 builds: bf16 rows scored in f32, not by vdpbf16ps
      MLA_MAX_THREADS   most threads one attention call uses (default 8)
      Compile with -fopenmp to run matrix products and attention on several
      threads; with -mavx2 -mfma (or -march=native on such a CPU) the
-     attention kernels use AVX2/FMA (and F16C when present).
+     attention kernels use AVX2/FMA (and F16C when present); with AVX-512
+     F/BW/VL + BF16 (+ VNNI), e.g. -march=sapphirerapids or znver4, bf16
+     rows are scored by vdpbf16ps, int8 rows by vpdpwssd, and P.V runs on
+     512-bit FMAs. The choice is made at compile time: a binary built for
+     AVX-512 needs a CPU that has it.
 
    ------------------------------------------------------ memory and errors --
    The library never prints, exits or aborts. Weights are borrowed. Scratch
@@ -308,7 +313,15 @@ MLAPI mla_result mla_decode(const mla_config *cfg, const mla_layer_weights *w,
    softmax; with OpenMP the context is split over up to MLA_MAX_THREADS
    threads and the parts merged by their log-sum-exp (deterministic for a
    given thread count). scratch: mla_attend_scratch_bytes(h, r, m) bytes,
-   aligned for float, whatever n_ctx is (mla_workspace_bytes covers it). */
+   aligned for float, whatever n_ctx is (mla_workspace_bytes covers it).
+   Precision: sums and softmax in f32. f32 and f16 rows use the query as
+   given. int8 rows round each query part to int16 (a score moves by at most
+   scale * 2^-14 * (max|q_lat| sum|c| + max|q_pe| sum|k_pe|)). bf16 rows in
+   an AVX-512 BF16 build (mla_kernel_name() has "bf16dot") round the scaled
+   query to bf16 for vdpbf16ps: a score moves by at most
+   2^-8 * scale * sum_i |q_i k_i|, so each probability by a factor within
+   exp(+-2 of that); MLA_NO_BF16_DOT keeps the query in f32 there. Scores
+   do not depend on how rows fall into tiles, pages or threads. */
 MLAPI size_t mla_attend_scratch_bytes(int n_heads, int kv_lora_rank, int qk_rope_head_dim);
 MLAPI mla_result mla_attend_latent(const mla_pool *pool, const mla_seq *seq, int layer,
                                    int n_heads, int n_ctx, const float *q_lat,
@@ -325,7 +338,8 @@ MLAPI mla_result mla_attend_latent_partial(const mla_pool *pool, const mla_seq *
 /* o [h][d], lse [h] from n parts o_parts [n][h][d], lse_parts [n][h]. */
 MLAPI void mla_attend_merge(int n_heads, int d, int n_parts, const float *o_parts,
                             const float *lse_parts, float *o, float *lse);
-/* Which kernels this build runs: "avx2+fma" or "portable" (+ "f16c"). */
+/* Which kernels this build runs: "avx512-bf16dot+vnni", "avx512-bf16dot",
+   "avx2+fma+f16c", "avx2+fma" or "portable". */
 MLAPI const char *mla_kernel_name(void);
 
 /* ---- plain GQA / MHA attention, the reference beside MLA ---- */
@@ -522,9 +536,9 @@ MLAPI mla_result mla_convert_layer(const mla_gqa_config *g, const mla_gqa_weight
 /* keeps a loaded vector in a register (GCC would fold the load into every use) */
 #define MLA__KEEP(v) __asm__("" : "+x"(v))
 #endif
-/* AVX-512 with bf16 dot products (vdpbf16ps): bf16 and int8 caches run their
-   dot products in bf16 (query and probabilities rounded to bf16, sums in
-   f32; see mla_attend_latent). MLA_NO_BF16_DOT keeps them in f32. */
+/* AVX-512 with bf16 dot products (vdpbf16ps): bf16 rows are scored against
+   a bf16 copy of the query (sums in f32; the bound is in mla_attend_latent's
+   comment); P.V in f32 with 512-bit FMAs. MLA_NO_BF16_DOT: the AVX2 path. */
 #if defined(MLA__AVX2) && defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && \
     defined(__AVX512BF16__) && !defined(MLA_NO_BF16_DOT)
 #define MLA__BF16DOT 1
@@ -1173,11 +1187,8 @@ static float *mla__carve(float *base, size_t *off, size_t n) {
 #define MLA__PST (MLA__TILE + 4) /* row stride of the score tile (blocks may overhang) */
 #define MLA__SPLIT_ROWS 256 /* fewest rows worth a thread of their own        */
 #define MLA__HB 3           /* heads per register block (both GEMMs)          */
-#ifdef MLA__VNNI
-#define MLA__IPAD 32        /* int8 rows: each part padded to whole registers */
-#else
-#define MLA__IPAD 16
-#endif
+#define MLA__IPAD 32        /* int8 rows: each part padded to whole registers
+                               (the same in every build: scratch sizes agree) */
 static int mla__imin(int a, int b) { return a < b ? a : b; }
 
 MLADEF const char *mla_kernel_name(void) {
@@ -1299,7 +1310,9 @@ static __m256 mla__exp8(__m256 x) {
 #ifdef MLA__BF16DOT
 static __mmask32 mla__mask32(int n) { return n >= 32 ? 0xffffffffu : (__mmask32)((1u << (n > 0 ? n : 0)) - 1u); }
 static __m256 mla__half512(__m512 a) { /* the two halves added */
-    return _mm256_add_ps(_mm512_castps512_ps256(a), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)));
+    __m512d d = _mm512_castps_pd(a); /* (maskz: GCC 12's plain forms warn in C++) */
+    return _mm256_add_ps(_mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xff, d, 0)),
+                         _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xff, d, 1)));
 }
 #define MLA__BH(x) ((__m512bh)(x))
 #endif
@@ -1394,7 +1407,7 @@ static void mla__scores_i16(const int16_t *qi, size_t ldq, int H, const int16_t 
                 MLA__SC(0) MLA__SC(1) MLA__SC(2) MLA__SC(3) MLA__SC(4) MLA__SC(5) MLA__SC(6) MLA__SC(7)
 #undef MLA__SC
             }
-#define MLA__F(j, t) mla__half512(_mm512_cvtepi32_ps(a[j][t]))
+#define MLA__F(j, t) mla__half512(_mm512_maskz_cvtepi32_ps(0xffff, a[j][t]))
 #define MLA__ST(j)                                                                                            \
     {                                                                                                         \
         float *d = s + (size_t)(j0 + j) * MLA__PST + t0; /* s and rs have room past n (MLA__PST) */          \
@@ -1586,13 +1599,13 @@ static void mla__pv_512(float *o, int Hp, int dv, const float *p, mla_dtype type
                 MLA__ROWS(x0 = _mm512_maskz_loadu_ps(m0, (const float *)vt + d);
                           x1 = _mm512_maskz_loadu_ps(m1, (const float *)vt + d + 16))
             } else if (type == MLA_BF16) {
-                MLA__ROWS(x0 = _mm512_castsi512_ps(_mm512_slli_epi32(
-                              _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m0, (const uint16_t *)vt + d)), 16));
-                          x1 = _mm512_castsi512_ps(_mm512_slli_epi32(
-                              _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m1, (const uint16_t *)vt + d + 16)), 16)))
+                MLA__ROWS(x0 = _mm512_castsi512_ps(_mm512_maskz_slli_epi32(0xffff, 
+                              _mm512_maskz_cvtepu16_epi32(0xffff, _mm256_maskz_loadu_epi16(m0, (const uint16_t *)vt + d)), 16));
+                          x1 = _mm512_castsi512_ps(_mm512_maskz_slli_epi32(0xffff, 
+                              _mm512_maskz_cvtepu16_epi32(0xffff, _mm256_maskz_loadu_epi16(m1, (const uint16_t *)vt + d + 16)), 16)))
             } else {
-                MLA__ROWS(x0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m0, (const int8_t *)vt + d)));
-                          x1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m1, (const int8_t *)vt + d + 16))))
+                MLA__ROWS(x0 = _mm512_maskz_cvtepi32_ps(0xffff, _mm512_maskz_cvtepi8_epi32(0xffff, _mm_maskz_loadu_epi8(m0, (const int8_t *)vt + d)));
+                          x1 = _mm512_maskz_cvtepi32_ps(0xffff, _mm512_maskz_cvtepi8_epi32(0xffff, _mm_maskz_loadu_epi8(m1, (const int8_t *)vt + d + 16))))
             }
             MLA__ST(0) MLA__ST(1) MLA__ST(2)
             if (nh == 9) { MLA__ST(3) MLA__ST(4) MLA__ST(5) MLA__ST(6) MLA__ST(7) MLA__ST(8) }

@@ -2,16 +2,18 @@
    machine can do, and MLA against GQA, in one run.
 
    1. Machine: memory bandwidth (a STREAM-style triad over 3 x 128 MB) and
-      compute peaks (fp32 FMA; int16 multiply-add, what the int8 cache uses),
+      compute peaks of the vector instructions in this build (fp32 FMA, int16
+      multiply-add; with AVX-512: fp32 FMA, bf16 dot, int16 and int8 dots),
       1 and 2 threads, measured here.
    2. The absorbed attention kernel (mla_attend_latent: the latent rows read
       once for all heads) at DeepSeek-V3 shape (128 heads, r 512 + m 64) and
       at converted-SmolLM2 shape (9 heads, 128 + 64): contexts 1K..32K, batch
       1 and 8, 1 and 2 threads, f32 / bf16 / int8 cache. Roofline fraction =
       max(bytes / bandwidth, flops / compute peak) / measured time, where the
-      compute peak is that of the instructions the kernel uses on this CPU
-      (f32 and bf16 rows: fp32 FMA; int8 rows: int16 madd for the scores and
-      fp32 FMA for P.V).
+      compute time is that of the instructions the kernel uses on this CPU
+      at their measured peaks: scores (q.k) on f32 rows by AVX2 FMA, on bf16
+      rows by vdpbf16ps (AVX2 FMA without AVX-512 BF16), on int8 rows by
+      vpdpwssd (AVX2 vpmaddwd); P.V by fp32 FMA (AVX-512 where built).
    3. MLA (r 128, m 64: half the KV cache) vs GQA (3 KV heads of 64) at
       SmolLM2 shapes, per layer, with the working set of a 30-layer model (each
       step runs all 30 layers' attention), both with the same kernel, bf16
@@ -76,7 +78,36 @@ static double triad_gbs(int threads) {
     return 3.0 * 4 * n / best / 1e9;
 }
 
-/* fp32 FMA (kind 0) or int16 madd (kind 1) peak, GFLOP/s (a multiply-add = 2) */
+/* Register-only loops of one instruction, 10 independent chains: the
+   machine's peak for it, GFLOP/s (a multiply-add = 2 operations). */
+enum { FMA256, MADD256, FMA512, DPBF16, DPWSSD, DPBUSD, NPEAK };
+static const char *const peak_name[NPEAK] = {"fp32 FMA (AVX2)", "int16 madd (AVX2)", "fp32 FMA (AVX-512)",
+                                             "bf16 dot (vdpbf16ps)", "int16 dot (vpdpwssd)", "int8 dot (vpdpbusd)"};
+static const int peak_ops[NPEAK] = {16, 32, 32, 64, 64, 128}; /* per instruction */
+#define CHAINS(T, OP)                                                                                   \
+    {                                                                                                   \
+        T a0 = z, a1 = z, a2 = z, a3 = z, a4 = z, a5 = z, a6 = z, a7 = z, a8 = z, a9 = z, o_[1];          \
+        for (i = 0; i < iters / 10; i++) {                                                              \
+            a0 = OP(a0); a1 = OP(a1); a2 = OP(a2); a3 = OP(a3); a4 = OP(a4);                              \
+            a5 = OP(a5); a6 = OP(a6); a7 = OP(a7); a8 = OP(a8); a9 = OP(a9);                              \
+            __asm__ volatile("" : "+x"(x), "+x"(y));                                                    \
+        }                                                                                               \
+        o_[0] = a0; memcpy(&f, o_, sizeof f); sink += f;                                                \
+        o_[0] = a9; memcpy(&f, o_, sizeof f); sink += f;                                                \
+    }
+/* is the instruction in this build (the kernels use these) */
+static int peak_built(int kind) {
+#ifdef MLA__VNNI
+    if (kind == DPWSSD || kind == DPBUSD) return 1;
+#endif
+#ifdef MLA__BF16DOT
+    if (kind == FMA512 || kind == DPBF16) return 1;
+#endif
+#ifdef MLA__AVX2
+    if (kind == FMA256 || kind == MADD256) return 1;
+#endif
+    return 0;
+}
 static double peak_gflops(int kind, int threads) {
     double best = 1e30, sink = 0;
     long iters = 20000000;
@@ -88,57 +119,66 @@ static double peak_gflops(int kind, int threads) {
 #pragma omp parallel reduction(+ : sink)
 #endif
         {
-#ifdef MLA__AVX2
             long i;
-            if (kind == 0) {
-                __m256 x = _mm256_set1_ps(0.999f), y = _mm256_set1_ps(1e-7f), a0 = y, a1 = y, a2 = y, a3 = y, a4 = y, a5 = y;
-                __m256 a6 = y, a7 = y, a8 = y, a9 = y;
-                float o[8];
-                for (i = 0; i < iters / 10; i++) {
-                    a0 = _mm256_fmadd_ps(a0, x, y); a1 = _mm256_fmadd_ps(a1, x, y); a2 = _mm256_fmadd_ps(a2, x, y);
-                    a3 = _mm256_fmadd_ps(a3, x, y); a4 = _mm256_fmadd_ps(a4, x, y); a5 = _mm256_fmadd_ps(a5, x, y);
-                    a6 = _mm256_fmadd_ps(a6, x, y); a7 = _mm256_fmadd_ps(a7, x, y); a8 = _mm256_fmadd_ps(a8, x, y);
-                    a9 = _mm256_fmadd_ps(a9, x, y);
-                }
-                a0 = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)),
-                                   _mm256_add_ps(_mm256_add_ps(a4, a5), _mm256_add_ps(_mm256_add_ps(a6, a7), _mm256_add_ps(a8, a9))));
-                _mm256_storeu_ps(o, a0);
-                sink += o[0];
-            } else {
-                __m256i x = _mm256_set1_epi16(3), a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0;
-                __m256i a6 = a0, a7 = a0, a8 = a0, a9 = a0, y0 = _mm256_set1_epi16(1), y1 = _mm256_set1_epi16(2);
-                int o[8];
-                for (i = 0; i < iters / 10; i++) {
-                    a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(x, y0)); a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(x, y1));
-                    a2 = _mm256_add_epi32(a2, _mm256_madd_epi16(x, y0)); a3 = _mm256_add_epi32(a3, _mm256_madd_epi16(x, y1));
-                    a4 = _mm256_add_epi32(a4, _mm256_madd_epi16(x, y0)); a5 = _mm256_add_epi32(a5, _mm256_madd_epi16(x, y1));
-                    a6 = _mm256_add_epi32(a6, _mm256_madd_epi16(x, y0)); a7 = _mm256_add_epi32(a7, _mm256_madd_epi16(x, y1));
-                    a8 = _mm256_add_epi32(a8, _mm256_madd_epi16(x, y0)); a9 = _mm256_add_epi32(a9, _mm256_madd_epi16(x, y1));
-                    __asm__ volatile("" : "+x"(y0), "+x"(y1));
-                }
-                a0 = _mm256_add_epi32(_mm256_add_epi32(_mm256_add_epi32(a0, a1), _mm256_add_epi32(a2, a3)),
-                                      _mm256_add_epi32(_mm256_add_epi32(a4, a5), _mm256_add_epi32(_mm256_add_epi32(a6, a7), _mm256_add_epi32(a8, a9))));
-                _mm256_storeu_si256((__m256i *)o, a0);
-                sink += o[0];
+            float f = 0;
+#ifdef MLA__AVX2
+            if (kind == FMA256) {
+                __m256 x = _mm256_set1_ps(0.999f), y = _mm256_set1_ps(1e-7f), z = y;
+#define OP(a) _mm256_fmadd_ps(a, x, y)
+                CHAINS(__m256, OP)
+#undef OP
+            } else if (kind == MADD256) {
+                __m256i x = _mm256_set1_epi16(3), y = _mm256_set1_epi16(1), z = _mm256_setzero_si256();
+#define OP(a) _mm256_madd_epi16(a, x) /* a chain (the add would be hoisted) */
+                CHAINS(__m256i, OP)
+#undef OP
             }
-#else
-            (void)iters;
 #endif
+#ifdef MLA__BF16DOT
+            if (kind == FMA512) {
+                __m512 x = _mm512_set1_ps(0.999f), y = _mm512_set1_ps(1e-7f), z = y;
+#define OP(a) _mm512_fmadd_ps(a, x, y)
+                CHAINS(__m512, OP)
+#undef OP
+            } else if (kind == DPBF16) {
+                __m512i x = _mm512_set1_epi16(0x3f80), y = x;
+                __m512 z = _mm512_setzero_ps();
+#define OP(a) _mm512_dpbf16_ps(a, (__m512bh)x, (__m512bh)y)
+                CHAINS(__m512, OP)
+#undef OP
+            }
+#endif
+#ifdef MLA__VNNI
+            if (kind == DPWSSD) {
+                __m512i x = _mm512_set1_epi16(3), y = _mm512_set1_epi16(2), z = _mm512_setzero_si512();
+#define OP(a) _mm512_dpwssd_epi32(a, x, y)
+                CHAINS(__m512i, OP)
+#undef OP
+            } else if (kind == DPBUSD) {
+                __m512i x = _mm512_set1_epi16(3), y = _mm512_set1_epi16(2), z = _mm512_setzero_si512();
+#define OP(a) _mm512_dpbusd_epi32(a, x, y)
+                CHAINS(__m512i, OP)
+#undef OP
+            }
+#endif
+            (void)iters; (void)i; (void)f;
         }
         t = now() - t;
         if (t < best) best = t;
     }
     if (sink == 1234.5) printf(" ");
-#ifdef MLA__AVX2
-    return (double)threads * iters * 16 * (kind == 0 ? 1 : 2) / best / 1e9;
-#else
-    (void)kind;
-    return 0;
-#endif
+    return (double)threads * iters * peak_ops[kind] / best / 1e9;
 }
 
 /* ---- 2. the kernel ---- */
-typedef struct { double bw[3], fma[3], madd[3]; } machine;
+typedef struct { double bw[3], pk[NPEAK][3]; } machine;
+
+/* the instructions the kernel runs the scores (q.k) and P.V with, per row type */
+static int score_instr(mla_dtype t) {
+    if (t == MLA_I8) return peak_built(DPWSSD) ? DPWSSD : MADD256;
+    return t == MLA_BF16 && peak_built(DPBF16) ? DPBF16 : FMA256;
+}
+static int pv_instr(void) { return peak_built(FMA512) ? FMA512 : FMA256; }
 
 static const char *tname(mla_dtype t) { return t == MLA_F32 ? "f32" : t == MLA_BF16 ? "bf16" : t == MLA_I8 ? "int8" : "f16"; }
 
@@ -220,7 +260,7 @@ static void kernel_table(const machine *mc, const char *name, int H, int r, int 
                     mla_dtype t = types[ti];
                     double rows = (double)Bs[bi] * ctxs[ci], fs = rows * H * 2.0 * (r + m), fp = rows * H * 2.0 * r;
                     double bytes = rows * (double)mla__row_bytes(t, r, m), sec = time_kernel(H, r, m, ctxs[ci], Bs[bi], th, t);
-                    double tc = t == MLA_I8 ? fs / (mc->madd[th] * 1e9) + fp / (mc->fma[th] * 1e9) : (fs + fp) / (mc->fma[th] * 1e9);
+                    double tc = fs / (mc->pk[score_instr(t)][th] * 1e9) + fp / (mc->pk[pv_instr()][th] * 1e9);
                     double tm = bytes / (mc->bw[th] * 1e9), roof = (tc > tm ? tc : tm) / sec;
                     printf(" %5s %9.1f %6.1f %5.1f %4.0f%%%c|", "", sec * 1e6, (fs + fp) / sec / 1e9, bytes / sec / 1e9,
                            100 * roof, tc > tm ? 'C' : 'M');
@@ -313,16 +353,16 @@ int main(int argc, char **argv) {
     printf("mla.h bench; kernels: %s; MLA_MAX_THREADS %d\n", mla_kernel_name(), MLA_MAX_THREADS);
     printf("\n1. machine (measured now)\n");
     for (th = 1; th <= 2; th++) {
+        int k;
         mc.bw[th] = triad_gbs(th);
-        mc.fma[th] = peak_gflops(0, th);
-        mc.madd[th] = peak_gflops(1, th);
-        printf("  %d thread%s: triad %.1f GB/s, fp32 FMA %.1f GFLOP/s, int16 madd %.1f GOP/s (2 per multiply-add)\n", th,
-               th > 1 ? "s" : " ", mc.bw[th], mc.fma[th], mc.madd[th]);
+        printf("  %d thread%s: triad %.1f GB/s", th, th > 1 ? "s" : " ", mc.bw[th]);
+        for (k = 0; k < NPEAK; k++) {
+            mc.pk[k][th] = peak_built(k) ? peak_gflops(k, th) : 1e9;
+            if (peak_built(k)) printf("; %s %.1f", peak_name[k], mc.pk[k][th]);
+        }
+        printf(" GFLOP/s\n");
     }
-    if (mc.fma[1] <= 0) {
-        printf("  (no AVX2/FMA in this build: peaks not measured; roofline columns meaningless)\n");
-        mc.fma[1] = mc.fma[2] = mc.madd[1] = mc.madd[2] = 1e9;
-    }
+    if (!peak_built(FMA256)) printf("  (no AVX2/FMA in this build: peaks not measured; roofline columns meaningless)\n");
     printf("\n2. absorbed attention kernel; roof = roofline time / measured (C: compute-bound, M: memory-bound)\n");
     if (!quick) kernel_table(&mc, "DeepSeek-V3 shape", 128, 512, 64);
     kernel_table(&mc, "converted SmolLM2 shape", 9, 128, 64);
