@@ -149,16 +149,13 @@ static double peak_gflops(int kind, int threads) {
             }
 #endif
 #ifdef MLA__VNNI
-            if (kind == DPWSSD) {
+            if (kind == DPWSSD || kind == DPBUSD) {
                 __m512i x = _mm512_set1_epi16(3), y = _mm512_set1_epi16(2), z = _mm512_setzero_si512();
-#define OP(a) _mm512_dpwssd_epi32(a, x, y)
-                CHAINS(__m512i, OP)
-#undef OP
-            } else if (kind == DPBUSD) {
-                __m512i x = _mm512_set1_epi16(3), y = _mm512_set1_epi16(2), z = _mm512_setzero_si512();
-#define OP(a) _mm512_dpbusd_epi32(a, x, y)
-                CHAINS(__m512i, OP)
-#undef OP
+#define OPW(a) _mm512_dpwssd_epi32(a, x, y)
+#define OPB(a) _mm512_dpbusd_epi32(a, x, y)
+                if (kind == DPWSSD) CHAINS(__m512i, OPW) else CHAINS(__m512i, OPB)
+#undef OPW
+#undef OPB
             }
 #endif
             (void)iters; (void)i; (void)f;
