@@ -545,6 +545,10 @@ MLAPI mla_result mla_convert_layer(const mla_gqa_config *g, const mla_gqa_weight
 #if defined(__AVX512VNNI__)
 #define MLA__VNNI 1 /* int8 cache scores: vpdpwssd */
 #endif
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__linux__) && defined(__x86_64__) && !defined(MLA_NO_AMX)
+#define MLA__AMX 1 /* bf16 rows on AMX tiles when Linux grants them */
+static int mla__amx_ok(void);
+#endif
 #endif
 #ifdef _OPENMP
 #include <omp.h>
@@ -1192,6 +1196,9 @@ static float *mla__carve(float *base, size_t *off, size_t n) {
 static int mla__imin(int a, int b) { return a < b ? a : b; }
 
 MLADEF const char *mla_kernel_name(void) {
+#ifdef MLA__AMX
+    if (mla__amx_ok()) return "amx-bf16+avx512-bf16dot+vnni";
+#endif
 #if defined(MLA__VNNI)
     return "avx512-bf16dot+vnni";
 #elif defined(MLA__BF16DOT)
@@ -1231,6 +1238,7 @@ static int mla__rows_at(const mla__rows *src, int t, int want, const char **k, c
    MLA: k row = [c | k_pe] (dk = r+m), v row = the same row (dv = r). */
 typedef struct {
     int H, Hp, dk, dv;  /* heads (Hp: rounded up to MLA__HB), lengths              */
+    int H16, amx;       /* heads rounded up to 16; AMX tiles in use (bf16 rows)    */
     int rp, mp;         /* int8 rows: c (dv) and k_pe (dk-dv) parts padded to IPAD */
     int dk32;           /* bf16 query row stride (dk padded to 32)                 */
     float *q;           /* [H][dk] queries, softmax scale folded in                */
@@ -1239,7 +1247,10 @@ typedef struct {
     float *kb, *vb;     /* [TILE][dk], [TILE][dv] rows converted to f32            */
     int16_t *qi, *ki;   /* int8 rows: [H][rp+mp] query, [TILE][rp+mp] rows         */
     float *qs, *rs;     /* int8 rows: [2][H] query scales, [2][PST] row scales     */
-    uint16_t *qh;       /* bf16 dots: [H][dk32] query rounded to bf16              */
+    uint16_t *qh;       /* bf16 rows: [2][H16][dk32] query as bf16 hi + lo         */
+    uint32_t *kt;       /* AMX: [dk32/32][2][16][16] bf16 pairs of k, transposed   */
+    uint16_t *vv;       /* AMX: [dv/16][16][32] value rows, pairs interleaved      */
+    uint16_t *pa;       /* AMX: [2][16][32] probabilities of 16 heads, hi + lo     */
 } mla__att;
 
 /* One thread's scratch: the absorbed query/output of one token and a state. */
@@ -1250,6 +1261,7 @@ typedef struct {
 
 static size_t mla__slot_layout(int H, int dk, int dv, float *base, mla__slot *s) {
     size_t off = 0, Hp = (size_t)(H + MLA__HB - 1) / MLA__HB * MLA__HB, T = MLA__TILE;
+    size_t H16 = ((size_t)H + 15) & ~(size_t)15, Hr = Hp > H16 ? Hp : H16; /* rows of o and p */
     int rp = (dv + MLA__IPAD - 1) & ~(MLA__IPAD - 1), mp = (dk - dv + MLA__IPAD - 1) & ~(MLA__IPAD - 1);
     mla__slot tmp;
     if (!s) s = &tmp;
@@ -1257,19 +1269,22 @@ static size_t mla__slot_layout(int H, int dk, int dv, float *base, mla__slot *s)
     s->olat = mla__carve(base, &off, (size_t)H * dv);
     s->lse = mla__carve(base, &off, (size_t)H);
     s->a.H = H; s->a.Hp = (int)Hp; s->a.dk = dk; s->a.dv = dv; s->a.rp = rp; s->a.mp = mp;
-    s->a.dk32 = (dk + 31) & ~31;
+    s->a.dk32 = (dk + 31) & ~31; s->a.H16 = (int)H16; s->a.amx = 0;
     s->a.q = mla__carve(base, &off, (size_t)H * dk);
-    s->a.o = mla__carve(base, &off, Hp * dv);
+    s->a.o = mla__carve(base, &off, Hr * dv);
     s->a.mx = mla__carve(base, &off, (size_t)H);
     s->a.l = mla__carve(base, &off, (size_t)H);
-    s->a.p = mla__carve(base, &off, Hp * MLA__PST);
+    s->a.p = mla__carve(base, &off, Hr * MLA__PST);
     s->a.kb = mla__carve(base, &off, T * dk);
     s->a.vb = mla__carve(base, &off, T * dv);
     s->a.qi = (int16_t *)mla__carve(base, &off, (size_t)H * (rp + mp) / 2);
     s->a.ki = (int16_t *)mla__carve(base, &off, T * (rp + mp) / 2);
     s->a.qs = mla__carve(base, &off, 2 * (size_t)H);
     s->a.rs = mla__carve(base, &off, 2 * MLA__PST);
-    s->a.qh = (uint16_t *)mla__carve(base, &off, (size_t)H * s->a.dk32 / 2);
+    s->a.qh = (uint16_t *)mla__carve(base, &off, H16 * s->a.dk32);
+    s->a.kt = (uint32_t *)mla__carve(base, &off, (size_t)s->a.dk32 * T / 2);
+    s->a.vv = (uint16_t *)mla__carve(base, &off, (((size_t)dv + 15) & ~(size_t)15) * T / 2);
+    s->a.pa = (uint16_t *)mla__carve(base, &off, 2 * 16 * T / 2);
     return off;
 }
 
@@ -1522,10 +1537,13 @@ static void mla__pv_f32(float *o, int Hp, int dv, const float *p, const float *v
 #ifdef MLA__BF16DOT
 /* ---- AVX-512 bf16 dot products: the two GEMMs on bf16 rows as stored ---- */
 
-/* s[j][t] (row stride MLA__PST) = q_j . k_t, j < H, t < n: q bf16 rows dk32
-   apart (zero padded), k bf16 rows ks bytes apart. Blocks of 3 heads x 8 rows
-   (clamped like mla__scores_f32); each sum is a 16-lane vdpbf16ps chain. */
-static void mla__scores_bf16(const uint16_t *q, int dk32, int H, int dk, const char *k, size_t ks, int n, float *s) {
+/* s[j][t] (row stride MLA__PST) = q_j . k_t, j < H, t < n: the query as two
+   bf16 parts (hi, and lo at q + lo: q - hi rounded; q = hi + lo within
+   2^-16 |q|), rows dk32 apart (zero padded); k bf16 rows ks bytes apart.
+   Blocks of 3 heads x 8 rows (clamped like mla__scores_f32); each sum is a
+   16-lane vdpbf16ps chain. */
+static void mla__scores_bf16(const uint16_t *q, size_t lo, int dk32, int H, int dk, const char *k, size_t ks, int n,
+                             float *s) {
     int j0, t0, j, t, i;
     for (j0 = 0; j0 < H; j0 += MLA__HB)
         for (t0 = 0; t0 < n; t0 += 8) {
@@ -1541,10 +1559,13 @@ static void mla__scores_bf16(const uint16_t *q, int dk32, int H, int dk, const c
                 __mmask32 mk = mla__mask32(dk - i);
                 __m512bh w0 = MLA__BH(_mm512_loadu_si512(qr[0] + i)), w1 = MLA__BH(_mm512_loadu_si512(qr[1] + i));
                 __m512bh w2 = MLA__BH(_mm512_loadu_si512(qr[2] + i)), x;
-#define MLA__SC(t)                                                          \
-    x = MLA__BH(_mm512_maskz_loadu_epi16(mk, kr[t] + i));                   \
-    a[0][t] = _mm512_dpbf16_ps(a[0][t], w0, x); a[1][t] = _mm512_dpbf16_ps(a[1][t], w1, x); \
-    a[2][t] = _mm512_dpbf16_ps(a[2][t], w2, x);
+                __m512bh u0 = MLA__BH(_mm512_loadu_si512(qr[0] + lo + i)), u1 = MLA__BH(_mm512_loadu_si512(qr[1] + lo + i));
+                __m512bh u2 = MLA__BH(_mm512_loadu_si512(qr[2] + lo + i));
+#define MLA__SC(t)                                                                                      \
+    x = MLA__BH(_mm512_maskz_loadu_epi16(mk, kr[t] + i));                                               \
+    a[0][t] = _mm512_dpbf16_ps(_mm512_dpbf16_ps(a[0][t], w0, x), u0, x);                                \
+    a[1][t] = _mm512_dpbf16_ps(_mm512_dpbf16_ps(a[1][t], w1, x), u1, x);                                \
+    a[2][t] = _mm512_dpbf16_ps(_mm512_dpbf16_ps(a[2][t], w2, x), u2, x);
                 MLA__SC(0) MLA__SC(1) MLA__SC(2) MLA__SC(3) MLA__SC(4) MLA__SC(5) MLA__SC(6) MLA__SC(7)
 #undef MLA__SC
             }
@@ -1617,12 +1638,120 @@ static void mla__pv_512(float *o, int Hp, int dv, const float *p, mla_dtype type
     }
 }
 
-/* dst[i] = bf16(src[i]) for i < n (round to nearest even) */
-static void mla__f32_to_bf16_row(uint16_t *dst, const float *src, int n) {
-    int i = 0;
-    for (; i + 16 <= n; i += 16) _mm256_storeu_si256((__m256i *)(dst + i), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(src + i)));
-    for (; i < n; i++) dst[i] = mla_f32_to_bf16(src[i]);
+#ifdef MLA__AMX
+/* ---- AMX tiles (Intel Xeon 4th gen and later) for bf16 rows ----
+   A tile multiply tdpbf16ps adds a 16 x 32 by 32 x 16 bf16 product into 16 x
+   16 f32, some ten times the rate of the vector units. Scores: 16 heads of
+   the query (bf16 hi and lo parts, row-major) by 16 cached rows whose value
+   pairs are transposed into a B tile by gathers; P.V: 16 heads' probabilities
+   (f32 split into bf16 hi + lo) by value rows interleaved in pairs. Both
+   splits keep every product within 2^-16 of its f32 value. Linux grants the
+   tile state on request (arch_prctl ARCH_REQ_XCOMP_PERM, once per process);
+   refused, the AVX-512 path runs. */
+static int mla__amx_state; /* 0 not asked, 1 granted, -1 refused (threads racing write the same value) */
+static int mla__amx_ok(void) {
+    if (!mla__amx_state) {
+        long rc;
+        __asm__ volatile("syscall" : "=a"(rc) : "a"(158L), "D"(0x1023L), "S"(18L) : "rcx", "r11", "memory");
+        mla__amx_state = rc == 0 ? 1 : -1;
+    }
+    return mla__amx_state > 0;
 }
+/* tiles 0-1: C (16 x 16 f32), 2-3: A (16 x 32 bf16), 4-5: B; all 16 rows of 64 bytes */
+static void mla__amx_config(void) {
+    unsigned char cfg[64];
+    int i;
+    memset(cfg, 0, sizeof cfg);
+    cfg[0] = 1; /* palette 1 */
+    for (i = 0; i < 6; i++) { cfg[16 + 2 * i] = 64; cfg[48 + i] = 16; }
+    _tile_loadconfig(cfg);
+}
+
+/* s[j][t] (rows MLA__PST apart) = q_j . k_t for j < H16, t < 32 (0 past n):
+   k bf16 rows ks bytes apart, dk even. */
+static void mla__scores_amx(mla__att *a, const char *k, size_t ks, int n) {
+    int dk = a->dk, nc = a->dk32 / 32, c, hf, p, g;
+    size_t lo = (size_t)a->H16 * a->dk32;
+    const __m512i rows = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                            _mm512_set1_epi32((int)ks));
+    for (c = 0; c < nc; c++) /* kt[c][hf][p][t] = the pair (k_t[2i], k_t[2i+1]), i = 16c + p, t = 16hf + .. */
+        for (hf = 0; hf < 2; hf++) {
+            uint32_t *b = a->kt + ((size_t)c * 2 + hf) * 256;
+            int left = n - 16 * hf;
+            __mmask16 m = left >= 16 ? (__mmask16)0xffff : left > 0 ? (__mmask16)((1u << left) - 1) : 0;
+            for (p = 0; p < 16; p++) {
+                int col = 2 * (16 * c + p);
+                __m512i x = _mm512_setzero_si512();
+                if (col < dk && m) x = _mm512_mask_i32gather_epi32(x, m, rows, k + (size_t)16 * hf * ks + (size_t)col * 2, 1);
+                _mm512_storeu_si512(b + 16 * p, x);
+            }
+        }
+    for (g = 0; g < a->H16; g += 16) {
+        const uint16_t *qg = a->qh + (size_t)g * a->dk32;
+        _tile_zero(0);
+        _tile_zero(1);
+        for (c = 0; c < nc; c++) {
+            _tile_loadd(2, qg + 32 * c, 2 * a->dk32);
+            _tile_loadd(3, qg + lo + 32 * c, 2 * a->dk32);
+            _tile_loadd(4, a->kt + (size_t)c * 512, 64);
+            _tile_dpbf16ps(0, 2, 4);
+            _tile_dpbf16ps(0, 3, 4);
+            if (n > 16) {
+                _tile_loadd(5, a->kt + (size_t)c * 512 + 256, 64);
+                _tile_dpbf16ps(1, 2, 5);
+                _tile_dpbf16ps(1, 3, 5);
+            }
+        }
+        _tile_stored(0, a->p + (size_t)g * MLA__PST, 4 * MLA__PST);
+        _tile_stored(1, a->p + (size_t)g * MLA__PST + 16, 4 * MLA__PST);
+    }
+}
+
+/* o[j][0..dv) += sum_t p[j][t] v_t for j < H16 (p rows of heads >= H and
+   columns >= n are taken as 0): v bf16 rows vs bytes apart, dv % 16 == 0. */
+static void mla__pv_amx(mla__att *a, const char *v, size_t vs, int n) {
+    static const short il[32] = {0, 32, 1, 33, 2, 34, 3, 35, 4, 36, 5, 37, 6, 38, 7, 39,
+                                 8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
+    const __m512i ilo = _mm512_loadu_si512(il), ihi = _mm512_add_epi16(ilo, _mm512_set1_epi16(16));
+    const __mmask16 m0 = n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1);
+    const __mmask16 m1 = n >= 32 ? (__mmask16)0xffff : n > 16 ? (__mmask16)((1u << (n - 16)) - 1) : 0;
+    int dv = a->dv, p, d, g, j;
+    for (p = 0; p < 16; p++) /* vv[d/16][p] = (v_2p[d], v_2p+1[d]) for 16 d */
+        for (d = 0; d < dv; d += 32) {
+            __mmask32 m = mla__mask32(dv - d);
+            __m512i x = _mm512_setzero_si512(), y = x;
+            if (2 * p < n) x = _mm512_maskz_loadu_epi16(m, (const uint16_t *)(v + (size_t)(2 * p) * vs) + d);
+            if (2 * p + 1 < n) y = _mm512_maskz_loadu_epi16(m, (const uint16_t *)(v + (size_t)(2 * p + 1) * vs) + d);
+            _mm512_storeu_si512(a->vv + ((size_t)d + (size_t)p) * 32, _mm512_permutex2var_epi16(x, ilo, y));
+            if (d + 16 < dv)
+                _mm512_storeu_si512(a->vv + ((size_t)d + 16 + (size_t)p) * 32, _mm512_permutex2var_epi16(x, ihi, y));
+        }
+    for (g = 0; g < a->H16; g += 16) {
+        for (j = 0; j < 16; j++) { /* the 16 heads' probabilities as bf16 hi + lo */
+            const float *pj = a->p + (size_t)(g + j) * MLA__PST;
+            int live = g + j < a->H;
+            __m512 x0 = _mm512_maskz_loadu_ps(live ? m0 : 0, pj), x1 = _mm512_maskz_loadu_ps(live ? m1 : 0, pj + 16);
+            __m256i h0 = (__m256i)_mm512_cvtneps_pbh(x0), h1 = (__m256i)_mm512_cvtneps_pbh(x1);
+            __m512 f0 = _mm512_castsi512_ps(_mm512_maskz_slli_epi32(0xffff, _mm512_maskz_cvtepu16_epi32(0xffff, h0), 16));
+            __m512 f1 = _mm512_castsi512_ps(_mm512_maskz_slli_epi32(0xffff, _mm512_maskz_cvtepu16_epi32(0xffff, h1), 16));
+            _mm256_storeu_si256((__m256i *)(a->pa + 32 * j), h0);
+            _mm256_storeu_si256((__m256i *)(a->pa + 32 * j + 16), h1);
+            _mm256_storeu_si256((__m256i *)(a->pa + 512 + 32 * j), (__m256i)_mm512_cvtneps_pbh(_mm512_sub_ps(x0, f0)));
+            _mm256_storeu_si256((__m256i *)(a->pa + 512 + 32 * j + 16), (__m256i)_mm512_cvtneps_pbh(_mm512_sub_ps(x1, f1)));
+        }
+        _tile_loadd(2, a->pa, 64);
+        _tile_loadd(3, a->pa + 512, 64);
+        for (d = 0; d < dv; d += 16) {
+            float *od = a->o + (size_t)g * dv + d;
+            _tile_loadd(0, od, 4 * (size_t)dv);
+            _tile_loadd(4, a->vv + (size_t)d * 32, 64);
+            _tile_dpbf16ps(0, 2, 4);
+            _tile_dpbf16ps(0, 3, 4);
+            _tile_stored(0, od, 4 * (size_t)dv);
+        }
+    }
+}
+#endif
 #endif
 
 /* ---- row conversions into the tile buffers ---- */
@@ -1689,9 +1818,13 @@ static void mla__att_tile(mla__att *a, mla_dtype type, const char *k, size_t ks,
     } else if (type == MLA_F32) {
         mla__scores_f32(a->q, H, dk, (const float *)k, ks / 4, n, a->p);
         vf = (const float *)v; vst = vs / 4;
+#ifdef MLA__AMX
+    } else if (a->amx) {
+        mla__scores_amx(a, k, ks, n);
+#endif
 #ifdef MLA__BF16DOT
     } else if (type == MLA_BF16) {
-        mla__scores_bf16(a->qh, a->dk32, H, dk, k, ks, n, a->p);
+        mla__scores_bf16(a->qh, (size_t)a->H16 * a->dk32, a->dk32, H, dk, k, ks, n, a->p);
 #endif
     } else {
         for (t = 0; t < n; t++) mla__half_to_f32(a->kb + (size_t)t * dk, (const uint16_t *)(k + (size_t)t * ks), dk, type);
@@ -1729,6 +1862,12 @@ static void mla__att_tile(mla__att *a, mla_dtype type, const char *k, size_t ks,
         if (type == MLA_I8) /* the value rows are int8: fold each row's scale into p */
             for (t = 0; t < n; t++) pj[t] *= a->rs[t];
     }
+#ifdef MLA__AMX
+    if (a->amx) {
+        mla__pv_amx(a, v, vs, n);
+        return;
+    }
+#endif
 #ifdef MLA__BF16DOT
     if (wide) {
         mla__pv_512(a->o, a->Hp, dv, a->p, type, v, vs, n);
@@ -1750,11 +1889,14 @@ static void mla__att_query(mla__att *a, mla_dtype type, const float *qa, size_t 
         for (i = dv; i < dk; i++) q[i] = scale * qb[(size_t)j * ldb + i - dv];
     }
 #ifdef MLA__BF16DOT
-    if (type == MLA_BF16)
-        for (j = 0; j < H; j++) {
-            uint16_t *qh = a->qh + (size_t)j * a->dk32;
-            mla__f32_to_bf16_row(qh, a->q + (size_t)j * dk, dk);
-            for (i = dk; i < a->dk32; i++) qh[i] = 0;
+    if (type == MLA_BF16) /* bf16 rows: the query as bf16 hi + lo (zero padded to H16 x dk32) */
+        for (j = 0; j < a->H16; j++) {
+            uint16_t *hi = a->qh + (size_t)j * a->dk32, *lo = hi + (size_t)a->H16 * a->dk32;
+            for (i = 0; i < a->dk32; i++) {
+                float x = j < H && i < dk ? a->q[(size_t)j * dk + i] : 0.0f;
+                hi[i] = mla_f32_to_bf16(x);
+                lo[i] = mla_f32_to_bf16(x - mla_bf16_to_f32(hi[i]));
+            }
         }
 #endif
     if (type != MLA_I8) return;
@@ -1775,9 +1917,13 @@ static void mla__att_query(mla__att *a, mla_dtype type, const float *qa, size_t 
 
 /* Runs a state over rows [t0, t1) of src from empty; leaves o normalised, lse. */
 static void mla__att_run(mla__att *a, const mla__rows *src, int t0, int t1, float *lse) {
-    int H = a->H, dv = a->dv, j, t, n, u;
-    memset(a->o, 0, sizeof(float) * (size_t)a->Hp * dv);
-    memset(a->p, 0, sizeof(float) * (size_t)a->Hp * MLA__PST);
+    int H = a->H, dv = a->dv, j, t, n, u, rows = a->Hp > a->H16 ? a->Hp : a->H16;
+#ifdef MLA__AMX
+    a->amx = src->type == MLA_BF16 && dv % 16 == 0 && a->dk % 2 == 0 && mla__amx_ok();
+    if (a->amx) mla__amx_config();
+#endif
+    memset(a->o, 0, sizeof(float) * (size_t)rows * dv);
+    memset(a->p, 0, sizeof(float) * (size_t)rows * MLA__PST);
     memset(a->rs, 0, sizeof(float) * 2 * MLA__PST);
     for (j = 0; j < H; j++) { a->mx[j] = -INFINITY; a->l[j] = 0.0f; }
     for (t = t0; t < t1; t += n) {
@@ -1803,6 +1949,9 @@ static void mla__att_run(mla__att *a, const mla__rows *src, int t0, int t1, floa
         for (u = 0; u < dv; u++) oj[u] *= inv;
         lse[j] = a->l[j] > 0 ? a->mx[j] + logf(a->l[j]) : -INFINITY;
     }
+#ifdef MLA__AMX
+    if (a->amx) _tile_release();
+#endif
 }
 
 /* o [H][d], lse [H] from n parts (o parts os floats apart, lse parts ls apart) */
