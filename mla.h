@@ -1251,6 +1251,7 @@ typedef struct {
     uint32_t *kt;       /* AMX: [dk32/32][2][16][16] bf16 pairs of k, transposed   */
     uint16_t *vv;       /* AMX: [dv/16][16][32] value rows, pairs interleaved      */
     uint16_t *pa;       /* AMX: [2][16][32] probabilities of 16 heads, hi + lo     */
+    float *ct;          /* AMX: [16][32] the query-lo part of 16 heads' scores     */
 } mla__att;
 
 /* One thread's scratch: the absorbed query/output of one token and a state. */
@@ -1285,6 +1286,7 @@ static size_t mla__slot_layout(int H, int dk, int dv, float *base, mla__slot *s)
     s->a.kt = (uint32_t *)mla__carve(base, &off, (size_t)s->a.dk32 * T / 2);
     s->a.vv = (uint16_t *)mla__carve(base, &off, (((size_t)dv + 15) & ~(size_t)15) * T / 2);
     s->a.pa = (uint16_t *)mla__carve(base, &off, 2 * 16 * T / 2);
+    s->a.ct = mla__carve(base, &off, 16 * T);
     return off;
 }
 
@@ -1657,53 +1659,88 @@ static int mla__amx_ok(void) {
     }
     return mla__amx_state > 0;
 }
-/* tiles 0-1: C (16 x 16 f32), 2-3: A (16 x 32 bf16), 4-5: B; all 16 rows of 64 bytes */
+/* all 8 tiles 16 rows of 64 bytes: C (16 x 16 f32) in 0, 1, 6, 7; A (16 x 32
+   bf16) in 2, 3; B in 4, 5 */
 static void mla__amx_config(void) {
     unsigned char cfg[64];
     int i;
     memset(cfg, 0, sizeof cfg);
     cfg[0] = 1; /* palette 1 */
-    for (i = 0; i < 6; i++) { cfg[16 + 2 * i] = 64; cfg[48 + i] = 16; }
+    for (i = 0; i < 8; i++) { cfg[16 + 2 * i] = 64; cfg[48 + i] = 16; }
     _tile_loadconfig(cfg);
+}
+
+/* u[j][i] = r[i][j]: a 16 x 16 transpose of 32-bit values (4 x 16 shuffles) */
+static void mla__transpose16(const __m512i *r, __m512i *u) {
+    __m512i a[16], b[16], c0, c1, c2, c3;
+    int k, q;
+    for (k = 0; k < 8; k++) { /* lane L of a[2k]: r2k[4L], r2k+1[4L], r2k[4L+1], r2k+1[4L+1] */
+        a[2 * k] = _mm512_unpacklo_epi32(r[2 * k], r[2 * k + 1]);
+        a[2 * k + 1] = _mm512_unpackhi_epi32(r[2 * k], r[2 * k + 1]);
+    }
+    for (k = 0; k < 4; k++) { /* lane L of b[4k+q]: column 4L+q of rows 4k..4k+3 */
+        b[4 * k] = _mm512_unpacklo_epi64(a[4 * k], a[4 * k + 2]);
+        b[4 * k + 1] = _mm512_unpackhi_epi64(a[4 * k], a[4 * k + 2]);
+        b[4 * k + 2] = _mm512_unpacklo_epi64(a[4 * k + 1], a[4 * k + 3]);
+        b[4 * k + 3] = _mm512_unpackhi_epi64(a[4 * k + 1], a[4 * k + 3]);
+    }
+    for (q = 0; q < 4; q++) { /* column 4L+q: lane L of b[q], b[4+q], b[8+q], b[12+q] */
+        c0 = _mm512_shuffle_i32x4(b[q], b[4 + q], 0x44);
+        c1 = _mm512_shuffle_i32x4(b[q], b[4 + q], 0xee);
+        c2 = _mm512_shuffle_i32x4(b[8 + q], b[12 + q], 0x44);
+        c3 = _mm512_shuffle_i32x4(b[8 + q], b[12 + q], 0xee);
+        u[q] = _mm512_shuffle_i32x4(c0, c2, 0x88);
+        u[4 + q] = _mm512_shuffle_i32x4(c0, c2, 0xdd);
+        u[8 + q] = _mm512_shuffle_i32x4(c1, c3, 0x88);
+        u[12 + q] = _mm512_shuffle_i32x4(c1, c3, 0xdd);
+    }
 }
 
 /* s[j][t] (rows MLA__PST apart) = q_j . k_t for j < H16, t < 32 (0 past n):
    k bf16 rows ks bytes apart, dk even. */
 static void mla__scores_amx(mla__att *a, const char *k, size_t ks, int n) {
-    int dk = a->dk, nc = a->dk32 / 32, c, hf, p, g;
+    int dk = a->dk, nc = a->dk32 / 32, c, hf, g;
     size_t lo = (size_t)a->H16 * a->dk32;
-    const __m512i rows = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                            _mm512_set1_epi32((int)ks));
     for (c = 0; c < nc; c++) /* kt[c][hf][p][t] = the pair (k_t[2i], k_t[2i+1]), i = 16c + p, t = 16hf + .. */
-        for (hf = 0; hf < 2; hf++) {
-            uint32_t *b = a->kt + ((size_t)c * 2 + hf) * 256;
-            int left = n - 16 * hf;
-            __mmask16 m = left >= 16 ? (__mmask16)0xffff : left > 0 ? (__mmask16)((1u << left) - 1) : 0;
-            for (p = 0; p < 16; p++) {
-                int col = 2 * (16 * c + p);
-                __m512i x = _mm512_setzero_si512();
-                if (col < dk && m) x = _mm512_mask_i32gather_epi32(x, m, rows, k + (size_t)16 * hf * ks + (size_t)col * 2, 1);
-                _mm512_storeu_si512(b + 16 * p, x);
-            }
+        for (hf = 0; hf < 2 && 16 * hf < n; hf++) {
+            __m512i r[16], u[16];
+            int left = dk / 2 - 16 * c, i;
+            __mmask16 m = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
+            for (i = 0; i < 16; i++) /* 16 rows (zero past n) of 16 pairs */
+                r[i] = 16 * hf + i < n ? _mm512_maskz_loadu_epi32(m, k + (size_t)(16 * hf + i) * ks + (size_t)c * 64)
+                                       : _mm512_setzero_si512();
+            mla__transpose16(r, u);
+            for (i = 0; i < 16; i++) _mm512_storeu_si512(a->kt + ((size_t)c * 2 + hf) * 256 + 16 * i, u[i]);
         }
-    for (g = 0; g < a->H16; g += 16) {
+    for (g = 0; g < a->H16; g += 16) { /* four independent sums: rows 0-15 / 16-31 by query hi / lo */
         const uint16_t *qg = a->qh + (size_t)g * a->dk32;
+        float *pg = a->p + (size_t)g * MLA__PST;
+        int j;
         _tile_zero(0);
         _tile_zero(1);
+        _tile_zero(6);
+        _tile_zero(7);
         for (c = 0; c < nc; c++) {
             _tile_loadd(2, qg + 32 * c, 2 * a->dk32);
             _tile_loadd(3, qg + lo + 32 * c, 2 * a->dk32);
             _tile_loadd(4, a->kt + (size_t)c * 512, 64);
             _tile_dpbf16ps(0, 2, 4);
-            _tile_dpbf16ps(0, 3, 4);
+            _tile_dpbf16ps(6, 3, 4);
             if (n > 16) {
                 _tile_loadd(5, a->kt + (size_t)c * 512 + 256, 64);
                 _tile_dpbf16ps(1, 2, 5);
-                _tile_dpbf16ps(1, 3, 5);
+                _tile_dpbf16ps(7, 3, 5);
             }
         }
-        _tile_stored(0, a->p + (size_t)g * MLA__PST, 4 * MLA__PST);
-        _tile_stored(1, a->p + (size_t)g * MLA__PST + 16, 4 * MLA__PST);
+        _tile_stored(0, pg, 4 * MLA__PST);
+        _tile_stored(1, pg + 16, 4 * MLA__PST);
+        _tile_stored(6, a->ct, 128);
+        _tile_stored(7, a->ct + 16, 128);
+        for (j = 0; j < 16; j++) {
+            float *pj = pg + (size_t)j * MLA__PST;
+            _mm512_storeu_ps(pj, _mm512_add_ps(_mm512_loadu_ps(pj), _mm512_loadu_ps(a->ct + 32 * j)));
+            _mm512_storeu_ps(pj + 16, _mm512_add_ps(_mm512_loadu_ps(pj + 16), _mm512_loadu_ps(a->ct + 32 * j + 16)));
+        }
     }
 }
 
@@ -1741,12 +1778,22 @@ static void mla__pv_amx(mla__att *a, const char *v, size_t vs, int n) {
         }
         _tile_loadd(2, a->pa, 64);
         _tile_loadd(3, a->pa + 512, 64);
-        for (d = 0; d < dv; d += 16) {
+        for (d = 0; d < dv; d += 32) { /* two blocks of 16 values at a time: two chains */
             float *od = a->o + (size_t)g * dv + d;
             _tile_loadd(0, od, 4 * (size_t)dv);
             _tile_loadd(4, a->vv + (size_t)d * 32, 64);
-            _tile_dpbf16ps(0, 2, 4);
-            _tile_dpbf16ps(0, 3, 4);
+            if (d + 16 < dv) {
+                _tile_loadd(1, od + 16, 4 * (size_t)dv);
+                _tile_loadd(5, a->vv + (size_t)d * 32 + 512, 64);
+                _tile_dpbf16ps(0, 2, 4);
+                _tile_dpbf16ps(1, 2, 5);
+                _tile_dpbf16ps(0, 3, 4);
+                _tile_dpbf16ps(1, 3, 5);
+                _tile_stored(1, od + 16, 4 * (size_t)dv);
+            } else {
+                _tile_dpbf16ps(0, 2, 4);
+                _tile_dpbf16ps(0, 3, 4);
+            }
             _tile_stored(0, od, 4 * (size_t)dv);
         }
     }
