@@ -1187,7 +1187,7 @@ static float *mla__carve(float *base, size_t *off, size_t n) {
 /*     a small GEMM (heads x rows), the softmax is online (running max and  */
 /*     sum per head), P.V a second small GEMM; no score row of n_ctx.       */
 /* ---------------------------------------------------------------------- */
-#define MLA__TILE 32        /* cached rows per tile (at most)                 */
+#define MLA__TILE 64        /* cached rows per tile (at most)                 */
 #define MLA__PST (MLA__TILE + 4) /* row stride of the score tile (blocks may overhang) */
 #define MLA__SPLIT_ROWS 256 /* fewest rows worth a thread of their own        */
 #define MLA__HB 3           /* heads per register block (both GEMMs)          */
@@ -1249,8 +1249,8 @@ typedef struct {
     float *qs, *rs;     /* int8 rows: [2][H] query scales, [2][PST] row scales     */
     uint16_t *qh;       /* bf16 rows: [2][H16][dk32] query as bf16 hi + lo         */
     uint32_t *kt;       /* AMX: [dk32/32][2][16][16] bf16 pairs of k, transposed   */
-    uint16_t *vv;       /* AMX: [dv/16][16][32] value rows, pairs interleaved      */
-    uint16_t *pa;       /* AMX: [2][16][32] probabilities of 16 heads, hi + lo     */
+    uint16_t *vv;       /* AMX: [2][dv/16][16][32] value rows, pairs interleaved   */
+    uint16_t *pa;       /* AMX: [2][2][16][32] probabilities of 16 heads, hi + lo  */
     float *ct;          /* AMX: [16][32] the query-lo part of 16 heads' scores     */
 } mla__att;
 
@@ -1696,9 +1696,9 @@ static void mla__transpose16(const __m512i *r, __m512i *u) {
     }
 }
 
-/* s[j][t] (rows MLA__PST apart) = q_j . k_t for j < H16, t < 32 (0 past n):
-   k bf16 rows ks bytes apart, dk even. */
-static void mla__scores_amx(mla__att *a, const char *k, size_t ks, int n) {
+/* s[j][t] (rows MLA__PST apart, from column t0) = q_j . k_t for j < H16,
+   t < 32 (0 past n <= 32): k bf16 rows ks bytes apart, dk even. */
+static void mla__scores_amx(mla__att *a, const char *k, size_t ks, int n, int t0) {
     int dk = a->dk, nc = a->dk32 / 32, c, hf, g;
     size_t lo = (size_t)a->H16 * a->dk32;
     for (c = 0; c < nc; c++) /* kt[c][hf][p][t] = the pair (k_t[2i], k_t[2i+1]), i = 16c + p, t = 16hf + .. */
@@ -1714,7 +1714,7 @@ static void mla__scores_amx(mla__att *a, const char *k, size_t ks, int n) {
         }
     for (g = 0; g < a->H16; g += 16) { /* four independent sums: rows 0-15 / 16-31 by query hi / lo */
         const uint16_t *qg = a->qh + (size_t)g * a->dk32;
-        float *pg = a->p + (size_t)g * MLA__PST;
+        float *pg = a->p + (size_t)g * MLA__PST + t0;
         int j;
         _tile_zero(0);
         _tile_zero(1);
@@ -1745,56 +1745,70 @@ static void mla__scores_amx(mla__att *a, const char *k, size_t ks, int n) {
 }
 
 /* o[j][0..dv) += sum_t p[j][t] v_t for j < H16 (p rows of heads >= H and
-   columns >= n are taken as 0): v bf16 rows vs bytes apart, dv % 16 == 0. */
+   columns >= n are taken as 0; n <= 64): v bf16 rows vs bytes apart, dv % 16
+   == 0. Each block of o is loaded into a tile once for the n rows. */
 static void mla__pv_amx(mla__att *a, const char *v, size_t vs, int n) {
     static const short il[32] = {0, 32, 1, 33, 2, 34, 3, 35, 4, 36, 5, 37, 6, 38, 7, 39,
                                  8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
     const __m512i ilo = _mm512_loadu_si512(il), ihi = _mm512_add_epi16(ilo, _mm512_set1_epi16(16));
-    const __mmask16 m0 = n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1);
-    const __mmask16 m1 = n >= 32 ? (__mmask16)0xffff : n > 16 ? (__mmask16)((1u << (n - 16)) - 1) : 0;
-    int dv = a->dv, p, d, g, j;
-    for (p = 0; p < 16; p++) /* vv[d/16][p] = (v_2p[d], v_2p+1[d]) for 16 d */
+    int dv = a->dv, two = n > 32, p, d, g, j, t;
+    size_t vsub = (size_t)dv * 32; /* vv: [2 parts of 32 rows][dv/16][16 pairs][32] */
+    for (p = 0; p < 16 * (1 + two); p++) /* (v_2p[d], v_2p+1[d]) for 16 d */
         for (d = 0; d < dv; d += 32) {
             __mmask32 m = mla__mask32(dv - d);
             __m512i x = _mm512_setzero_si512(), y = x;
+            uint16_t *dst = a->vv + (size_t)(p / 16) * vsub + ((size_t)d + (size_t)(p % 16)) * 32;
             if (2 * p < n) x = _mm512_maskz_loadu_epi16(m, (const uint16_t *)(v + (size_t)(2 * p) * vs) + d);
             if (2 * p + 1 < n) y = _mm512_maskz_loadu_epi16(m, (const uint16_t *)(v + (size_t)(2 * p + 1) * vs) + d);
-            _mm512_storeu_si512(a->vv + ((size_t)d + (size_t)p) * 32, _mm512_permutex2var_epi16(x, ilo, y));
-            if (d + 16 < dv)
-                _mm512_storeu_si512(a->vv + ((size_t)d + 16 + (size_t)p) * 32, _mm512_permutex2var_epi16(x, ihi, y));
+            _mm512_storeu_si512(dst, _mm512_permutex2var_epi16(x, ilo, y));
+            if (d + 16 < dv) _mm512_storeu_si512(dst + 512, _mm512_permutex2var_epi16(x, ihi, y));
         }
     for (g = 0; g < a->H16; g += 16) {
-        for (j = 0; j < 16; j++) { /* the 16 heads' probabilities as bf16 hi + lo */
-            const float *pj = a->p + (size_t)(g + j) * MLA__PST;
-            int live = g + j < a->H;
-            __m512 x0 = _mm512_maskz_loadu_ps(live ? m0 : 0, pj), x1 = _mm512_maskz_loadu_ps(live ? m1 : 0, pj + 16);
-            __m256i h0 = (__m256i)_mm512_cvtneps_pbh(x0), h1 = (__m256i)_mm512_cvtneps_pbh(x1);
-            __m512 f0 = _mm512_castsi512_ps(_mm512_maskz_slli_epi32(0xffff, _mm512_maskz_cvtepu16_epi32(0xffff, h0), 16));
-            __m512 f1 = _mm512_castsi512_ps(_mm512_maskz_slli_epi32(0xffff, _mm512_maskz_cvtepu16_epi32(0xffff, h1), 16));
-            _mm256_storeu_si256((__m256i *)(a->pa + 32 * j), h0);
-            _mm256_storeu_si256((__m256i *)(a->pa + 32 * j + 16), h1);
-            _mm256_storeu_si256((__m256i *)(a->pa + 512 + 32 * j), (__m256i)_mm512_cvtneps_pbh(_mm512_sub_ps(x0, f0)));
-            _mm256_storeu_si256((__m256i *)(a->pa + 512 + 32 * j + 16), (__m256i)_mm512_cvtneps_pbh(_mm512_sub_ps(x1, f1)));
-        }
+        for (j = 0; j < 16; j++) /* the 16 heads' probabilities as bf16 hi + lo: pa[part][hi/lo][j][32] */
+            for (t = 0; t < n; t += 16) {
+                const float *pj = a->p + (size_t)(g + j) * MLA__PST + t;
+                uint16_t *dst = a->pa + (size_t)(t / 32) * 1024 + 32 * j + t % 32;
+                __mmask16 m = g + j >= a->H ? 0 : n - t >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - t)) - 1);
+                __m512 x = _mm512_maskz_loadu_ps(m, pj), f;
+                __m256i h = (__m256i)_mm512_cvtneps_pbh(x);
+                f = _mm512_castsi512_ps(_mm512_maskz_slli_epi32(0xffff, _mm512_maskz_cvtepu16_epi32(0xffff, h), 16));
+                _mm256_storeu_si256((__m256i *)dst, h);
+                _mm256_storeu_si256((__m256i *)(dst + 512), (__m256i)_mm512_cvtneps_pbh(_mm512_sub_ps(x, f)));
+            }
+        if (n % 32 && n % 32 <= 16) /* the unwritten half of the last part */
+            for (j = 0; j < 16; j++) {
+                uint16_t *dst = a->pa + (size_t)(n / 32) * 1024 + 32 * j + 16;
+                memset(dst, 0, 32);
+                memset(dst + 512, 0, 32);
+            }
         _tile_loadd(2, a->pa, 64);
         _tile_loadd(3, a->pa + 512, 64);
+        if (two) {
+            _tile_loadd(6, a->pa + 1024, 64);
+            _tile_loadd(7, a->pa + 1536, 64);
+        }
         for (d = 0; d < dv; d += 32) { /* two blocks of 16 values at a time: two chains */
             float *od = a->o + (size_t)g * dv + d;
+            const uint16_t *vd = a->vv + (size_t)d * 32;
+            int pair = d + 16 < dv;
             _tile_loadd(0, od, 4 * (size_t)dv);
-            _tile_loadd(4, a->vv + (size_t)d * 32, 64);
-            if (d + 16 < dv) {
-                _tile_loadd(1, od + 16, 4 * (size_t)dv);
-                _tile_loadd(5, a->vv + (size_t)d * 32 + 512, 64);
-                _tile_dpbf16ps(0, 2, 4);
-                _tile_dpbf16ps(1, 2, 5);
-                _tile_dpbf16ps(0, 3, 4);
-                _tile_dpbf16ps(1, 3, 5);
-                _tile_stored(1, od + 16, 4 * (size_t)dv);
-            } else {
-                _tile_dpbf16ps(0, 2, 4);
-                _tile_dpbf16ps(0, 3, 4);
+            if (pair) _tile_loadd(1, od + 16, 4 * (size_t)dv);
+            _tile_loadd(4, vd, 64);
+            if (pair) _tile_loadd(5, vd + 512, 64);
+            _tile_dpbf16ps(0, 2, 4);
+            if (pair) _tile_dpbf16ps(1, 2, 5);
+            _tile_dpbf16ps(0, 3, 4);
+            if (pair) _tile_dpbf16ps(1, 3, 5);
+            if (two) {
+                _tile_loadd(4, vd + vsub, 64);
+                if (pair) _tile_loadd(5, vd + vsub + 512, 64);
+                _tile_dpbf16ps(0, 6, 4);
+                if (pair) _tile_dpbf16ps(1, 6, 5);
+                _tile_dpbf16ps(0, 7, 4);
+                if (pair) _tile_dpbf16ps(1, 7, 5);
             }
             _tile_stored(0, od, 4 * (size_t)dv);
+            if (pair) _tile_stored(1, od + 16, 4 * (size_t)dv);
         }
     }
 }
@@ -1867,7 +1881,8 @@ static void mla__att_tile(mla__att *a, mla_dtype type, const char *k, size_t ks,
         vf = (const float *)v; vst = vs / 4;
 #ifdef MLA__AMX
     } else if (a->amx) {
-        mla__scores_amx(a, k, ks, n);
+        mla__scores_amx(a, k, ks, mla__imin(n, 32), 0);
+        if (n > 32) mla__scores_amx(a, k + 32 * ks, ks, n - 32, 32);
 #endif
 #ifdef MLA__BF16DOT
     } else if (type == MLA_BF16) {
