@@ -51,6 +51,7 @@
      MLA_USE_CBLAS     matrix products through cblas_sgemm (link a BLAS)
      MLA_NO_SIMD       no SIMD: no vector extensions or intrinsics, plain C loops
      MLA_NO_BF16_DOT   AVX-512 builds: bf16 rows scored in f32, not by vdpbf16ps
+     MLA_NO_AMX        AMX builds: leave the tile unit alone (AVX-512 only)
      MLA_MAX_THREADS   most threads one attention call uses (default 8)
      Compile with -fopenmp to run matrix products and attention on several
      threads; with -mavx2 -mfma (or -march=native on such a CPU) the
@@ -316,12 +317,15 @@ MLAPI mla_result mla_decode(const mla_config *cfg, const mla_layer_weights *w,
    aligned for float, whatever n_ctx is (mla_workspace_bytes covers it).
    Precision: sums and softmax in f32. f32 and f16 rows use the query as
    given. int8 rows round each query part to int16 (a score moves by at most
-   scale * 2^-14 * (max|q_lat| sum|c| + max|q_pe| sum|k_pe|)). bf16 rows in
-   an AVX-512 BF16 build (mla_kernel_name() has "bf16dot") round the scaled
-   query to bf16 for vdpbf16ps: a score moves by at most
-   2^-8 * scale * sum_i |q_i k_i|, so each probability by a factor within
-   exp(+-2 of that); MLA_NO_BF16_DOT keeps the query in f32 there. Scores
-   do not depend on how rows fall into tiles, pages or threads. */
+   scale * 2^-14 * (max|q_lat| sum|c| + max|q_pe| sum|k_pe|)). bf16 rows:
+   - AMX (mla_kernel_name() starts "amx"; h >= 8, r % 16 == 0, r + m even):
+     query and probabilities split into bf16 hi + lo parts: a score moves
+     by at most 2^-16 * scale * sum_i |q_i k_i|, o by 2^-16 max|c| more;
+   - else with AVX-512 BF16 ("bf16dot"): the scaled query rounded to bf16
+     for vdpbf16ps: a score moves by at most 2^-8 * scale * sum_i |q_i k_i|
+     (each probability by a factor within exp(+-2 of that)); P.V in f32.
+   MLA_NO_BF16_DOT keeps bf16 rows in f32 (AVX2 path), MLA_NO_AMX off AMX.
+   Scores do not depend on how rows fall into tiles, pages or threads. */
 MLAPI size_t mla_attend_scratch_bytes(int n_heads, int kv_lora_rank, int qk_rope_head_dim);
 MLAPI mla_result mla_attend_latent(const mla_pool *pool, const mla_seq *seq, int layer,
                                    int n_heads, int n_ctx, const float *q_lat,
@@ -546,7 +550,8 @@ MLAPI mla_result mla_convert_layer(const mla_gqa_config *g, const mla_gqa_weight
 #define MLA__VNNI 1 /* int8 cache scores: vpdpwssd */
 #endif
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__linux__) && defined(__x86_64__) && !defined(MLA_NO_AMX)
-#define MLA__AMX 1 /* bf16 rows on AMX tiles when Linux grants them */
+#define MLA__AMX 1 /* bf16 rows on AMX tiles when Linux grants them (and these hold:) */
+#define MLA__AMX_FOR(type, H, dv, dk) ((type) == MLA_BF16 && (H) >= 8 && (dv) % 16 == 0 && (dk) % 2 == 0)
 static int mla__amx_ok(void);
 #endif
 #endif
@@ -1539,13 +1544,11 @@ static void mla__pv_f32(float *o, int Hp, int dv, const float *p, const float *v
 #ifdef MLA__BF16DOT
 /* ---- AVX-512 bf16 dot products: the two GEMMs on bf16 rows as stored ---- */
 
-/* s[j][t] (row stride MLA__PST) = q_j . k_t, j < H, t < n: the query as two
-   bf16 parts (hi, and lo at q + lo: q - hi rounded; q = hi + lo within
-   2^-16 |q|), rows dk32 apart (zero padded); k bf16 rows ks bytes apart.
+/* s[j][t] (row stride MLA__PST) = q_j . k_t, j < H, t < n: the query rounded
+   to bf16, rows dk32 apart (zero padded); k bf16 rows ks bytes apart.
    Blocks of 3 heads x 8 rows (clamped like mla__scores_f32); each sum is a
    16-lane vdpbf16ps chain. */
-static void mla__scores_bf16(const uint16_t *q, size_t lo, int dk32, int H, int dk, const char *k, size_t ks, int n,
-                             float *s) {
+static void mla__scores_bf16(const uint16_t *q, int dk32, int H, int dk, const char *k, size_t ks, int n, float *s) {
     int j0, t0, j, t, i;
     for (j0 = 0; j0 < H; j0 += MLA__HB)
         for (t0 = 0; t0 < n; t0 += 8) {
@@ -1561,13 +1564,10 @@ static void mla__scores_bf16(const uint16_t *q, size_t lo, int dk32, int H, int 
                 __mmask32 mk = mla__mask32(dk - i);
                 __m512bh w0 = MLA__BH(_mm512_loadu_si512(qr[0] + i)), w1 = MLA__BH(_mm512_loadu_si512(qr[1] + i));
                 __m512bh w2 = MLA__BH(_mm512_loadu_si512(qr[2] + i)), x;
-                __m512bh u0 = MLA__BH(_mm512_loadu_si512(qr[0] + lo + i)), u1 = MLA__BH(_mm512_loadu_si512(qr[1] + lo + i));
-                __m512bh u2 = MLA__BH(_mm512_loadu_si512(qr[2] + lo + i));
 #define MLA__SC(t)                                                                                      \
     x = MLA__BH(_mm512_maskz_loadu_epi16(mk, kr[t] + i));                                               \
-    a[0][t] = _mm512_dpbf16_ps(_mm512_dpbf16_ps(a[0][t], w0, x), u0, x);                                \
-    a[1][t] = _mm512_dpbf16_ps(_mm512_dpbf16_ps(a[1][t], w1, x), u1, x);                                \
-    a[2][t] = _mm512_dpbf16_ps(_mm512_dpbf16_ps(a[2][t], w2, x), u2, x);
+    a[0][t] = _mm512_dpbf16_ps(a[0][t], w0, x); a[1][t] = _mm512_dpbf16_ps(a[1][t], w1, x);             \
+    a[2][t] = _mm512_dpbf16_ps(a[2][t], w2, x);
                 MLA__SC(0) MLA__SC(1) MLA__SC(2) MLA__SC(3) MLA__SC(4) MLA__SC(5) MLA__SC(6) MLA__SC(7)
 #undef MLA__SC
             }
@@ -1661,12 +1661,11 @@ static int mla__amx_ok(void) {
 }
 /* all 8 tiles 16 rows of 64 bytes: C (16 x 16 f32) in 0, 1, 6, 7; A (16 x 32
    bf16) in 2, 3; B in 4, 5 */
-static void mla__amx_config(void) {
-    unsigned char cfg[64];
-    int i;
-    memset(cfg, 0, sizeof cfg);
-    cfg[0] = 1; /* palette 1 */
-    for (i = 0; i < 8; i++) { cfg[16 + 2 * i] = 64; cfg[48 + i] = 16; }
+static void mla__amx_config(void) { /* static: ldtilecfg's asm operand names only its first 8 bytes */
+    static const unsigned char cfg[64] = {1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,          /* palette 1 */
+                                          64, 0, 64, 0, 64, 0, 64, 0, 64, 0, 64, 0, 64, 0, 64, 0, /* bytes per row */
+                                          0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                          16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0}; /* rows */
     _tile_loadconfig(cfg);
 }
 
@@ -1886,7 +1885,7 @@ static void mla__att_tile(mla__att *a, mla_dtype type, const char *k, size_t ks,
 #endif
 #ifdef MLA__BF16DOT
     } else if (type == MLA_BF16) {
-        mla__scores_bf16(a->qh, (size_t)a->H16 * a->dk32, a->dk32, H, dk, k, ks, n, a->p);
+        mla__scores_bf16(a->qh, a->dk32, H, dk, k, ks, n, a->p);
 #endif
     } else {
         for (t = 0; t < n; t++) mla__half_to_f32(a->kb + (size_t)t * dk, (const uint16_t *)(k + (size_t)t * ks), dk, type);
@@ -1981,7 +1980,7 @@ static void mla__att_query(mla__att *a, mla_dtype type, const float *qa, size_t 
 static void mla__att_run(mla__att *a, const mla__rows *src, int t0, int t1, float *lse) {
     int H = a->H, dv = a->dv, j, t, n, u, rows = a->Hp > a->H16 ? a->Hp : a->H16;
 #ifdef MLA__AMX
-    a->amx = src->type == MLA_BF16 && dv % 16 == 0 && a->dk % 2 == 0 && mla__amx_ok();
+    a->amx = MLA__AMX_FOR(src->type, H, dv, a->dk) && mla__amx_ok();
     if (a->amx) mla__amx_config();
 #endif
     memset(a->o, 0, sizeof(float) * (size_t)rows * dv);

@@ -80,10 +80,11 @@ static double triad_gbs(int threads) {
 
 /* Register-only loops of one instruction, 10 independent chains: the
    machine's peak for it, GFLOP/s (a multiply-add = 2 operations). */
-enum { FMA256, MADD256, FMA512, DPBF16, DPWSSD, DPBUSD, NPEAK };
+enum { FMA256, MADD256, FMA512, DPBF16, DPWSSD, DPBUSD, AMXBF16, NPEAK };
 static const char *const peak_name[NPEAK] = {"fp32 FMA (AVX2)", "int16 madd (AVX2)", "fp32 FMA (AVX-512)",
-                                             "bf16 dot (vdpbf16ps)", "int16 dot (vpdpwssd)", "int8 dot (vpdpbusd)"};
-static const int peak_ops[NPEAK] = {16, 32, 32, 64, 64, 128}; /* per instruction */
+                                             "bf16 dot (vdpbf16ps)", "int16 dot (vpdpwssd)", "int8 dot (vpdpbusd)",
+                                             "bf16 tiles (AMX tdpbf16ps)"};
+static const int peak_ops[NPEAK] = {16, 32, 32, 64, 64, 128, 16384}; /* per instruction */
 #define CHAINS(T, OP)                                                                                   \
     {                                                                                                   \
         T a0 = z, a1 = z, a2 = z, a3 = z, a4 = z, a5 = z, a6 = z, a7 = z, a8 = z, a9 = z, o_[1];          \
@@ -97,6 +98,9 @@ static const int peak_ops[NPEAK] = {16, 32, 32, 64, 64, 128}; /* per instruction
     }
 /* is the instruction in this build (the kernels use these) */
 static int peak_built(int kind) {
+#ifdef MLA__AMX
+    if (kind == AMXBF16) return mla__amx_ok();
+#endif
 #ifdef MLA__VNNI
     if (kind == DPWSSD || kind == DPBUSD) return 1;
 #endif
@@ -148,6 +152,19 @@ static double peak_gflops(int kind, int threads) {
 #undef OP
             }
 #endif
+#ifdef MLA__AMX
+            if (kind == AMXBF16) { /* 4 sums, one A and one B tile (zeros) */
+                static const char zero[1024];
+                mla__amx_config();
+                _tile_loadd(2, zero, 64);
+                _tile_loadd(4, zero, 64);
+                _tile_zero(0); _tile_zero(1); _tile_zero(6); _tile_zero(7);
+                for (i = 0; i < iters / 40; i++) {
+                    _tile_dpbf16ps(0, 2, 4); _tile_dpbf16ps(1, 2, 4); _tile_dpbf16ps(6, 2, 4); _tile_dpbf16ps(7, 2, 4);
+                }
+                _tile_release();
+            }
+#endif
 #ifdef MLA__VNNI
             if (kind == DPWSSD || kind == DPBUSD) {
                 __m512i x = _mm512_set1_epi16(3), y = _mm512_set1_epi16(2), z = _mm512_setzero_si512();
@@ -164,18 +181,29 @@ static double peak_gflops(int kind, int threads) {
         if (t < best) best = t;
     }
     if (sink == 1234.5) printf(" ");
-    return (double)threads * iters * peak_ops[kind] / best / 1e9;
+    return (double)threads * (kind == AMXBF16 ? iters / 10 : iters) * peak_ops[kind] / best / 1e9;
 }
 
 /* ---- 2. the kernel ---- */
 typedef struct { double bw[3], pk[NPEAK][3]; } machine;
 
 /* the instructions the kernel runs the scores (q.k) and P.V with, per row type */
-static int score_instr(mla_dtype t) {
+static int amx_for(mla_dtype t, int H, int r, int m) {
+#ifdef MLA__AMX
+    return MLA__AMX_FOR(t, H, r, r + m) && peak_built(AMXBF16);
+#else
+    (void)t; (void)H; (void)r; (void)m;
+    return 0;
+#endif
+}
+static int score_instr(mla_dtype t, int H, int r, int m) {
+    if (amx_for(t, H, r, m)) return AMXBF16;
     if (t == MLA_I8) return peak_built(DPWSSD) ? DPWSSD : MADD256;
     return t == MLA_BF16 && peak_built(DPBF16) ? DPBF16 : FMA256;
 }
-static int pv_instr(void) { return peak_built(FMA512) ? FMA512 : FMA256; }
+static int pv_instr(mla_dtype t, int H, int r, int m) {
+    return amx_for(t, H, r, m) ? AMXBF16 : peak_built(FMA512) ? FMA512 : FMA256;
+}
 
 static const char *tname(mla_dtype t) { return t == MLA_F32 ? "f32" : t == MLA_BF16 ? "bf16" : t == MLA_I8 ? "int8" : "f16"; }
 
@@ -257,7 +285,7 @@ static void kernel_table(const machine *mc, const char *name, int H, int r, int 
                     mla_dtype t = types[ti];
                     double rows = (double)Bs[bi] * ctxs[ci], fs = rows * H * 2.0 * (r + m), fp = rows * H * 2.0 * r;
                     double bytes = rows * (double)mla__row_bytes(t, r, m), sec = time_kernel(H, r, m, ctxs[ci], Bs[bi], th, t);
-                    double tc = fs / (mc->pk[score_instr(t)][th] * 1e9) + fp / (mc->pk[pv_instr()][th] * 1e9);
+                    double tc = fs / (mc->pk[score_instr(t, H, r, m)][th] * 1e9) + fp / (mc->pk[pv_instr(t, H, r, m)][th] * 1e9);
                     double tm = bytes / (mc->bw[th] * 1e9), roof = (tc > tm ? tc : tm) / sec;
                     printf(" %5s %9.1f %6.1f %5.1f %4.0f%%%c|", "", sec * 1e6, (fs + fp) / sec / 1e9, bytes / sec / 1e9,
                            100 * roof, tc > tm ? 'C' : 'M');

@@ -91,15 +91,23 @@ static void kcase_free(kcase *k) {
     free(k->ql); free(k->qp);
 }
 
-/* Does this build run bf16 rows through bf16 products (AVX-512 BF16 or AMX,
-   mla_attend_latent): query and (AMX) probabilities as bf16 hi + lo parts? */
-static int bf16_split(mla_dtype t) { return t == MLA_BF16 && strstr(mla_kernel_name(), "bf16dot") != NULL; }
+/* How this build runs a case's bf16 rows (the rule in mla_attend_latent's
+   comment): 2 = AMX tiles, query and probabilities split into bf16 hi + lo;
+   1 = vdpbf16ps, the query rounded to bf16; 0 = f32 arithmetic. */
+static int bf16_path(const kcase *k) {
+    const char *name = mla_kernel_name();
+    if (k->type != MLA_BF16) return 0;
+    if (!strncmp(name, "amx", 3) && k->H >= 8 && k->r % 16 == 0 && (k->r + k->m) % 2 == 0) return 2;
+    return strstr(name, "bf16dot") != NULL;
+}
 
 /* Double-precision attention over rows [t0, t1) of the stored values: o [H][r],
    lse [H]; and the largest score change that the kernel's query can cause:
    int8 rows, rounded to int16 (half a step of 2^-13 of each part's largest
-   |q|); bf16 rows split into bf16 hi + lo, 2^-16 of each |q_i|. */
-static void reference(const kcase *k, int t0, int t1, double *o, double *lse, double *dq) {
+   |q|); bf16 rows, 2^-16 (path 2) or 2^-8 (path 1) of each |q_i k_i|. With
+   qround, the query is first rounded to bf16 as path 1 rounds it (bf16 of
+   scale * q in f32): the reference then has that path's scores, dq 0. */
+static void reference_q(const kcase *k, int t0, int t1, int qround, double *o, double *lse, double *dq) {
     int H = k->H, r = k->r, m = k->m, j, t, i;
     double *row = (double *)malloc(sizeof(double) * (size_t)(r + m)), *s = (double *)malloc(sizeof(double) * (size_t)(t1 - t0 + 1));
     float sc[2] = {0, 0};
@@ -114,14 +122,15 @@ static void reference(const kcase *k, int t0, int t1, double *o, double *lse, do
             load_row(row, mla_seq_row(&k->pool, &k->seq, 1, t), k->type, r, m, sc);
             for (i = 0; i < r + m; i++) {
                 float qf = i < r ? k->ql[j * r + i] : k->qp[j * m + i - r];
-                d += (double)qf * row[i];
+                double qv = qround ? mla_bf16_to_f32(mla_f32_to_bf16(k->scale * qf)) / k->scale : qf;
+                d += qv * row[i];
                 aqk += fabs(qf * row[i]);
                 if (i < r) ac += fabs(row[i]); else apd += fabs(row[i]);
             }
             s[t - t0] = k->scale * d;
             mx = s[t - t0] > mx ? s[t - t0] : mx;
             d = k->type == MLA_I8 ? k->scale * (aq * ac + ap * apd) * ldexp(1.0, -14)
-              : bf16_split(k->type) ? k->scale * aqk * ldexp(1.0, -16) : 0.0;
+              : qround ? 0.0 : k->scale * aqk * (bf16_path(k) == 2 ? ldexp(1.0, -16) : bf16_path(k) ? ldexp(1.0, -8) : 0.0);
             *dq = d > *dq ? d : *dq;
         }
         for (t = t0; t < t1; t++) sum += exp(s[t - t0] - mx);
@@ -133,6 +142,11 @@ static void reference(const kcase *k, int t0, int t1, double *o, double *lse, do
         lse[j] = t1 > t0 ? mx + log(sum) : -HUGE_VAL;
     }
     free(row); free(s);
+}
+
+/* the reference for this build: bf16 rows rounded as path 1 rounds them */
+static void reference(const kcase *k, int t0, int t1, double *o, double *lse, double *dq) {
+    reference_q(k, t0, t1, bf16_path(k) == 1, o, lse, dq);
 }
 
 /* max |a - b| and max |b| */
@@ -150,10 +164,10 @@ static double maxdiff(const float *a, const double *b, size_t n, double *bmax) {
 /* The bound a case is held to: fp32 rounding of the kernel, 1e-5 of max|o|;
    where the query was rounded, scores off by at most dq move every
    probability by a factor within exp(+-2 dq), so o moves by at most
-   (exp(2 dq) - 1) max|c|; bf16 rows split into bf16 parts: probabilities
-   within 2^-16 (AMX), o within 2^-16 max|c| more. */
+   (exp(2 dq) - 1) max|c|; AMX probabilities within 2^-16: o within
+   2^-16 max|c| more. */
 static double bound(const kcase *k, double omax, double dq, double cmax) {
-    return 1e-5 * omax + (exp(2 * dq) - 1) * cmax + (bf16_split(k->type) ? ldexp(cmax, -16) : 0.0);
+    return 1e-5 * omax + (exp(2 * dq) - 1) * cmax + (bf16_path(k) == 2 ? ldexp(cmax, -16) : 0.0);
 }
 
 static double cmax_of(const kcase *k) {
@@ -176,9 +190,11 @@ static void test_kernel_shapes(void) {
     static const struct { int H, r, m, bs, n; } cs[] = {
         {1, 1, 0, 1, 1},     {2, 7, 2, 1, 5},      {3, 16, 6, 3, 31},     {4, 37, 6, 64, 32},   {5, 24, 8, 5, 33},
         {7, 128, 64, 64, 100}, {9, 128, 64, 16, 600}, {16, 40, 0, 7, 257},  {128, 512, 64, 64, 130}, {9, 129, 62, 33, 520},
+        {8, 16, 2, 3, 45},   {12, 48, 14, 64, 200}, {33, 32, 0, 100, 70}, /* AMX tails: rows, dk % 32, head groups */
     };
     static const mla_dtype types[] = {MLA_F32, MLA_F16, MLA_BF16, MLA_I8};
-    double worst[4][4] = {{0}};
+    double worst[4][4] = {{0}}, worst0 = 0;
+    int amx_cases = 0;
     int ci, ti, b;
     for (ci = 0; ci < (int)(sizeof cs / sizeof cs[0]); ci++)
         for (ti = 0; ti < 4; ti++) {
@@ -188,9 +204,10 @@ static void test_kernel_shapes(void) {
             void *scratch = malloc(sb > sp ? sb : sp);
             float *o = (float *)malloc(sizeof(float) * (size_t)H * r);
             double *ref = (double *)malloc(sizeof(double) * (size_t)H * r), *lse = (double *)malloc(sizeof(double) * H);
-            double dq, omax, cm, e, lim;
+            double *ref0 = (double *)malloc(sizeof(double) * (size_t)H * r), dq, dq0, omax, cm, e, lim;
             kcase_init(&k, types[ti], H, r, m, cs[ci].bs, n);
-            reference(&k, 0, n, ref, lse, &dq);
+            reference(&k, 0, n, ref, lse, &dq);         /* as this build rounds the query */
+            reference_q(&k, 0, n, 0, ref0, lse, &dq0);  /* the exact query; dq0 its rounding's bound */
             cm = cmax_of(&k);
             for (b = 0; b < 4; b++) { /* this build, plain, OpenMP 1 thread, OpenMP 2 threads */
                 mla_result rc;
@@ -202,8 +219,19 @@ static void test_kernel_shapes(void) {
                     rc = omp_attend_latent(&k.pool, &k.seq, 1, H, n, k.ql, k.qp, k.scale, o, scratch, sb);
                 }
                 CHECK(rc == MLA_OK);
-                e = maxdiff(o, ref, (size_t)H * r, &omax);
-                lim = bound(&k, omax, dq, cm); /* (the plain build's bf16 rows are exact: a looser bound) */
+                if (b == 1) { /* the plain build rounds only int8 queries */
+                    e = maxdiff(o, ref0, (size_t)H * r, &omax);
+                    lim = bound(&k, omax, types[ti] == MLA_I8 ? dq0 : 0.0, cm);
+                } else {
+                    e = maxdiff(o, ref, (size_t)H * r, &omax);
+                    lim = bound(&k, omax, dq, cm);
+                    if (bf16_path(&k) == 1) { /* and the stated bound against the exact query */
+                        double e0 = maxdiff(o, ref0, (size_t)H * r, &omax), lim0 = bound(&k, omax, dq0, cm);
+                        CHECK(e0 <= lim0);
+                        worst0 = e0 / lim0 > worst0 ? e0 / lim0 : worst0;
+                    }
+                    amx_cases += bf16_path(&k) == 2 && b == 0;
+                }
                 if (!(e <= lim))
                     fprintf(stderr, "    H=%d r=%d m=%d bs=%d n=%d %s build %d: err %.3g > bound %.3g\n", H, r, m, cs[ci].bs,
                             n, tname(types[ti]), b, e, lim);
@@ -212,10 +240,13 @@ static void test_kernel_shapes(void) {
             }
             omp_set_threads(1);
             kcase_free(&k);
-            free(scratch); free(o); free(ref); free(lse);
+            free(scratch); free(o); free(ref); free(ref0); free(lse);
         }
+    if (strstr(mla_kernel_name(), "bf16dot"))
+        th_note("bf16 rows: %d of 13 shapes on AMX tiles (bound 2^-16); the rest with the query rounded to bf16: "
+                "worst err / bound against the exact query %.3f", amx_cases, worst0);
     for (ti = 0; ti < 4; ti++)
-        th_note("%-4s rows, 10 shapes: worst err / bound: this build (%s) %.3f, plain (%s) %.3f, OpenMP 1 thread %.3f, 2 threads %.3f",
+        th_note("%-4s rows, 13 shapes: worst err / bound: this build (%s) %.3f, plain (%s) %.3f, OpenMP 1 thread %.3f, 2 threads %.3f",
                 tname(types[ti]), mla_kernel_name(), worst[ti][0], plain_kernel_name(), worst[ti][1], worst[ti][2],
                 worst[ti][3]);
 }
