@@ -90,7 +90,7 @@ hello: $(BIN)/hello_mla
 
 # the header must compile warning-free as C99 (gcc, clang if present) and as C++,
 # with each instruction set it has kernels for (compiled here whatever this CPU has)
-AVX512 = -mavx2 -mfma -mf16c -mavx512f -mavx512bw -mavx512vl -mavx512bf16 -mavx512vnni
+AVX512 = -mavx2 -mfma -mf16c -mavx512f -mavx512bw -mavx512vl -mavx512bf16 -mavx512vnni -mamx-tile -mamx-bf16
 headercheck: | $(BIN)
 	@printf '#define MLA_IMPLEMENTATION\n#include "mla.h"\nint main(void){return 0;}\n' > $(BIN)/hc.c
 	$(CC) -std=c99 -Wall -Wextra -pedantic -Werror -O2 -I. -c -o $(BIN)/hc_c.o $(BIN)/hc.c
@@ -114,7 +114,7 @@ headercheck: | $(BIN)
 	fi
 	$(CC) -std=c99 -Wall -Wextra -pedantic -Werror -O2 $(AVX512) -fopenmp -I. -c -o $(BIN)/hc_avx512.o $(BIN)/hc.c
 	g++ -x c++ -Wall -Wextra -pedantic -Werror -O2 $(AVX512) -I. -c -o $(BIN)/hc_cpp_avx512.o $(BIN)/hc.c
-	@printf '#define MLA_IMPLEMENTATION\n#include "mla.h"\n#ifndef MLA__VNNI\n#error no AVX-512 kernels\n#endif\n' > $(BIN)/hc512.c
+	@printf '#define MLA_IMPLEMENTATION\n#include "mla.h"\n#if !defined(MLA__VNNI) || !defined(MLA__AMX)\n#error no AVX-512 or AMX kernels\n#endif\n' > $(BIN)/hc512.c
 	@$(CC) -std=c99 -O0 $(AVX512) -I. -c -o $(BIN)/hc512.o $(BIN)/hc512.c
 
 CLI_BIN = $(BIN)/mla-run $(BIN)/mla-convert $(BIN)/mla-tradeoff
