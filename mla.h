@@ -318,7 +318,8 @@ MLAPI mla_result mla_decode(const mla_config *cfg, const mla_layer_weights *w,
    Precision: sums and softmax in f32. f32 and f16 rows use the query as
    given. int8 rows round each query part to int16 (a score moves by at most
    scale * 2^-14 * (max|q_lat| sum|c| + max|q_pe| sum|k_pe|)). bf16 rows:
-   - AMX (mla_kernel_name() starts "amx"; h >= 8, r % 16 == 0, r + m even):
+   - AMX (mla_kernel_name() starts "amx"; h >= 16, r % 16 == 0, r + m even;
+     below 16 heads the padding to a 16-row tile costs more than it gains):
      query and probabilities split into bf16 hi + lo parts: a score moves
      by at most 2^-16 * scale * sum_i |q_i k_i|, o by 2^-16 max|c| more;
    - else with AVX-512 BF16 ("bf16dot"): the scaled query rounded to bf16
@@ -551,7 +552,7 @@ MLAPI mla_result mla_convert_layer(const mla_gqa_config *g, const mla_gqa_weight
 #endif
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__linux__) && defined(__x86_64__) && !defined(MLA_NO_AMX)
 #define MLA__AMX 1 /* bf16 rows on AMX tiles when Linux grants them (and these hold:) */
-#define MLA__AMX_FOR(type, H, dv, dk) ((type) == MLA_BF16 && (H) >= 8 && (dv) % 16 == 0 && (dk) % 2 == 0)
+#define MLA__AMX_FOR(type, H, dv, dk) ((type) == MLA_BF16 && (H) >= 16 && (dv) % 16 == 0 && (dk) % 2 == 0)
 static int mla__amx_ok(void);
 #endif
 #endif
@@ -1674,24 +1675,24 @@ static void mla__transpose16(const __m512i *r, __m512i *u) {
     __m512i a[16], b[16], c0, c1, c2, c3;
     int k, q;
     for (k = 0; k < 8; k++) { /* lane L of a[2k]: r2k[4L], r2k+1[4L], r2k[4L+1], r2k+1[4L+1] */
-        a[2 * k] = _mm512_unpacklo_epi32(r[2 * k], r[2 * k + 1]);
-        a[2 * k + 1] = _mm512_unpackhi_epi32(r[2 * k], r[2 * k + 1]);
+        a[2 * k] = _mm512_maskz_unpacklo_epi32(0xffff, r[2 * k], r[2 * k + 1]);
+        a[2 * k + 1] = _mm512_maskz_unpackhi_epi32(0xffff, r[2 * k], r[2 * k + 1]);
     }
     for (k = 0; k < 4; k++) { /* lane L of b[4k+q]: column 4L+q of rows 4k..4k+3 */
-        b[4 * k] = _mm512_unpacklo_epi64(a[4 * k], a[4 * k + 2]);
-        b[4 * k + 1] = _mm512_unpackhi_epi64(a[4 * k], a[4 * k + 2]);
-        b[4 * k + 2] = _mm512_unpacklo_epi64(a[4 * k + 1], a[4 * k + 3]);
-        b[4 * k + 3] = _mm512_unpackhi_epi64(a[4 * k + 1], a[4 * k + 3]);
+        b[4 * k] = _mm512_maskz_unpacklo_epi64(0xff, a[4 * k], a[4 * k + 2]);
+        b[4 * k + 1] = _mm512_maskz_unpackhi_epi64(0xff, a[4 * k], a[4 * k + 2]);
+        b[4 * k + 2] = _mm512_maskz_unpacklo_epi64(0xff, a[4 * k + 1], a[4 * k + 3]);
+        b[4 * k + 3] = _mm512_maskz_unpackhi_epi64(0xff, a[4 * k + 1], a[4 * k + 3]);
     }
     for (q = 0; q < 4; q++) { /* column 4L+q: lane L of b[q], b[4+q], b[8+q], b[12+q] */
-        c0 = _mm512_shuffle_i32x4(b[q], b[4 + q], 0x44);
-        c1 = _mm512_shuffle_i32x4(b[q], b[4 + q], 0xee);
-        c2 = _mm512_shuffle_i32x4(b[8 + q], b[12 + q], 0x44);
-        c3 = _mm512_shuffle_i32x4(b[8 + q], b[12 + q], 0xee);
-        u[q] = _mm512_shuffle_i32x4(c0, c2, 0x88);
-        u[4 + q] = _mm512_shuffle_i32x4(c0, c2, 0xdd);
-        u[8 + q] = _mm512_shuffle_i32x4(c1, c3, 0x88);
-        u[12 + q] = _mm512_shuffle_i32x4(c1, c3, 0xdd);
+        c0 = _mm512_maskz_shuffle_i32x4(0xffff, b[q], b[4 + q], 0x44);
+        c1 = _mm512_maskz_shuffle_i32x4(0xffff, b[q], b[4 + q], 0xee);
+        c2 = _mm512_maskz_shuffle_i32x4(0xffff, b[8 + q], b[12 + q], 0x44);
+        c3 = _mm512_maskz_shuffle_i32x4(0xffff, b[8 + q], b[12 + q], 0xee);
+        u[q] = _mm512_maskz_shuffle_i32x4(0xffff, c0, c2, 0x88);
+        u[4 + q] = _mm512_maskz_shuffle_i32x4(0xffff, c0, c2, 0xdd);
+        u[8 + q] = _mm512_maskz_shuffle_i32x4(0xffff, c1, c3, 0x88);
+        u[12 + q] = _mm512_maskz_shuffle_i32x4(0xffff, c1, c3, 0xdd);
     }
 }
 

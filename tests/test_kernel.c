@@ -97,7 +97,7 @@ static void kcase_free(kcase *k) {
 static int bf16_path(const kcase *k) {
     const char *name = mla_kernel_name();
     if (k->type != MLA_BF16) return 0;
-    if (!strncmp(name, "amx", 3) && k->H >= 8 && k->r % 16 == 0 && (k->r + k->m) % 2 == 0) return 2;
+    if (!strncmp(name, "amx", 3) && k->H >= 16 && k->r % 16 == 0 && (k->r + k->m) % 2 == 0) return 2;
     return strstr(name, "bf16dot") != NULL;
 }
 
@@ -190,7 +190,7 @@ static void test_kernel_shapes(void) {
     static const struct { int H, r, m, bs, n; } cs[] = {
         {1, 1, 0, 1, 1},     {2, 7, 2, 1, 5},      {3, 16, 6, 3, 31},     {4, 37, 6, 64, 32},   {5, 24, 8, 5, 33},
         {7, 128, 64, 64, 100}, {9, 128, 64, 16, 600}, {16, 40, 0, 7, 257},  {128, 512, 64, 64, 130}, {9, 129, 62, 33, 520},
-        {8, 16, 2, 3, 45},   {12, 48, 14, 64, 200}, {33, 32, 0, 100, 70}, /* AMX tails: rows, dk % 32, head groups */
+        {16, 16, 2, 3, 45},  {17, 48, 14, 64, 200}, {33, 32, 0, 100, 70}, /* AMX tails: rows, dk % 32, head groups */
     };
     static const mla_dtype types[] = {MLA_F32, MLA_F16, MLA_BF16, MLA_I8};
     double worst[4][4] = {{0}}, worst0 = 0;
