@@ -1248,12 +1248,13 @@ typedef struct {
     int rp, mp;         /* int8 rows: c (dv) and k_pe (dk-dv) parts padded to IPAD */
     int dk32;           /* bf16 query row stride (dk padded to 32)                 */
     float *q;           /* [H][dk] queries, softmax scale folded in                */
-    float *o, *mx, *l;  /* [Hp][dv] output (unnormalised), [H] running max and sum */
-    float *p;           /* [Hp][PST] scores, then probabilities (pad rows 0)       */
+    float *o, *mx, *l;  /* [max(Hp,H16)][dv] output (unnormalised), [H] max, sum   */
+    float *p;           /* [max(Hp,H16)][PST] scores, then probabilities           */
     float *kb, *vb;     /* [TILE][dk], [TILE][dv] rows converted to f32            */
     int16_t *qi, *ki;   /* int8 rows: [H][rp+mp] query, [TILE][rp+mp] rows         */
     float *qs, *rs;     /* int8 rows: [2][H] query scales, [2][PST] row scales     */
-    uint16_t *qh;       /* bf16 rows: [2][H16][dk32] query as bf16 hi + lo         */
+    uint16_t *qh;       /* bf16 rows: [2][H16][dk32] query as bf16 hi + lo (AMX;   */
+                        /* vdpbf16ps uses hi: the query rounded to bf16)           */
     uint32_t *kt;       /* AMX: [dk32/32][2][16][16] bf16 pairs of k, transposed   */
     uint16_t *vv;       /* AMX: [2][dv/16][16][32] value rows, pairs interleaved   */
     uint16_t *pa;       /* AMX: [2][2][16][32] probabilities of 16 heads, hi + lo  */
@@ -1644,9 +1645,9 @@ static void mla__pv_512(float *o, int Hp, int dv, const float *p, mla_dtype type
 #ifdef MLA__AMX
 /* ---- AMX tiles (Intel Xeon 4th gen and later) for bf16 rows ----
    A tile multiply tdpbf16ps adds a 16 x 32 by 32 x 16 bf16 product into 16 x
-   16 f32, some ten times the rate of the vector units. Scores: 16 heads of
+   16 f32, about ten times the rate of the vector units. Scores: 16 heads of
    the query (bf16 hi and lo parts, row-major) by 16 cached rows whose value
-   pairs are transposed into a B tile by gathers; P.V: 16 heads' probabilities
+   pairs are transposed into a B tile (mla__transpose16); P.V: 16 heads' probabilities
    (f32 split into bf16 hi + lo) by value rows interleaved in pairs. Both
    splits keep every product within 2^-16 of its f32 value. Linux grants the
    tile state on request (arch_prctl ARCH_REQ_XCOMP_PERM, once per process);
@@ -1670,7 +1671,8 @@ static void mla__amx_config(void) { /* static: ldtilecfg's asm operand names onl
     _tile_loadconfig(cfg);
 }
 
-/* u[j][i] = r[i][j]: a 16 x 16 transpose of 32-bit values (4 x 16 shuffles) */
+/* u[j][i] = r[i][j]: a 16 x 16 transpose of 32-bit values (4 x 16 shuffles;
+   the maskz forms because GCC 12 warns on the plain ones in C++) */
 static void mla__transpose16(const __m512i *r, __m512i *u) {
     __m512i a[16], b[16], c0, c1, c2, c3;
     int k, q;
