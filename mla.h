@@ -1244,7 +1244,8 @@ static int mla__rows_at(const mla__rows *src, int t, int want, const char **k, c
    MLA: k row = [c | k_pe] (dk = r+m), v row = the same row (dv = r). */
 typedef struct {
     int H, Hp, dk, dv;  /* heads (Hp: rounded up to MLA__HB), lengths              */
-    int H16, amx;       /* heads rounded up to 16; AMX tiles in use (bf16 rows)    */
+    int H16, Hr, amx;   /* heads rounded up to 16; rows of o and p, max(Hp, H16);  */
+                        /* AMX tiles in use (bf16 rows)                            */
     int rp, mp;         /* int8 rows: c (dv) and k_pe (dk-dv) parts padded to IPAD */
     int dk32;           /* bf16 query row stride (dk padded to 32)                 */
     float *q;           /* [H][dk] queries, softmax scale folded in                */
@@ -1277,7 +1278,7 @@ static size_t mla__slot_layout(int H, int dk, int dv, float *base, mla__slot *s)
     s->olat = mla__carve(base, &off, (size_t)H * dv);
     s->lse = mla__carve(base, &off, (size_t)H);
     s->a.H = H; s->a.Hp = (int)Hp; s->a.dk = dk; s->a.dv = dv; s->a.rp = rp; s->a.mp = mp;
-    s->a.dk32 = (dk + 31) & ~31; s->a.H16 = (int)H16; s->a.amx = 0;
+    s->a.dk32 = (dk + 31) & ~31; s->a.H16 = (int)H16; s->a.Hr = (int)Hr; s->a.amx = 0;
     s->a.q = mla__carve(base, &off, (size_t)H * dk);
     s->a.o = mla__carve(base, &off, Hr * dv);
     s->a.mx = mla__carve(base, &off, (size_t)H);
@@ -1981,13 +1982,13 @@ static void mla__att_query(mla__att *a, mla_dtype type, const float *qa, size_t 
 
 /* Runs a state over rows [t0, t1) of src from empty; leaves o normalised, lse. */
 static void mla__att_run(mla__att *a, const mla__rows *src, int t0, int t1, float *lse) {
-    int H = a->H, dv = a->dv, j, t, n, u, rows = a->Hp > a->H16 ? a->Hp : a->H16;
+    int H = a->H, dv = a->dv, j, t, n, u;
 #ifdef MLA__AMX
     a->amx = MLA__AMX_FOR(src->type, H, dv, a->dk) && mla__amx_ok();
     if (a->amx) mla__amx_config();
 #endif
-    memset(a->o, 0, sizeof(float) * (size_t)rows * dv);
-    memset(a->p, 0, sizeof(float) * (size_t)rows * MLA__PST);
+    memset(a->o, 0, sizeof(float) * (size_t)a->Hr * dv);
+    memset(a->p, 0, sizeof(float) * (size_t)a->Hr * MLA__PST);
     memset(a->rs, 0, sizeof(float) * 2 * MLA__PST);
     for (j = 0; j < H; j++) { a->mx[j] = -INFINITY; a->l[j] = 0.0f; }
     for (t = t0; t < t1; t += n) {

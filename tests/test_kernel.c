@@ -164,10 +164,10 @@ static double maxdiff(const float *a, const double *b, size_t n, double *bmax) {
 /* The bound a case is held to: fp32 rounding of the kernel, 1e-5 of max|o|;
    where the query was rounded, scores off by at most dq move every
    probability by a factor within exp(+-2 dq), so o moves by at most
-   (exp(2 dq) - 1) max|c|; AMX probabilities within 2^-16: o within
-   2^-16 max|c| more. */
-static double bound(const kcase *k, double omax, double dq, double cmax) {
-    return 1e-5 * omax + (exp(2 * dq) - 1) * cmax + (bf16_path(k) == 2 ? ldexp(cmax, -16) : 0.0);
+   (exp(2 dq) - 1) max|c|; with split probabilities (AMX, psplit) within
+   2^-16: o within 2^-16 max|c| more. */
+static double bound(double omax, double dq, double cmax, int psplit) {
+    return 1e-5 * omax + (exp(2 * dq) - 1) * cmax + (psplit ? ldexp(cmax, -16) : 0.0);
 }
 
 static double cmax_of(const kcase *k) {
@@ -221,12 +221,12 @@ static void test_kernel_shapes(void) {
                 CHECK(rc == MLA_OK);
                 if (b == 1) { /* the plain build rounds only int8 queries */
                     e = maxdiff(o, ref0, (size_t)H * r, &omax);
-                    lim = bound(&k, omax, types[ti] == MLA_I8 ? dq0 : 0.0, cm);
+                    lim = bound(omax, types[ti] == MLA_I8 ? dq0 : 0.0, cm, 0);
                 } else {
                     e = maxdiff(o, ref, (size_t)H * r, &omax);
-                    lim = bound(&k, omax, dq, cm);
+                    lim = bound(omax, dq, cm, bf16_path(&k) == 2);
                     if (bf16_path(&k) == 1) { /* and the stated bound against the exact query */
-                        double e0 = maxdiff(o, ref0, (size_t)H * r, &omax), lim0 = bound(&k, omax, dq0, cm);
+                        double e0 = maxdiff(o, ref0, (size_t)H * r, &omax), lim0 = bound(omax, dq0, cm, 0);
                         CHECK(e0 <= lim0);
                         worst0 = e0 / lim0 > worst0 ? e0 / lim0 : worst0;
                     }
@@ -243,11 +243,11 @@ static void test_kernel_shapes(void) {
             free(scratch); free(o); free(ref); free(ref0); free(lse);
         }
     if (strstr(mla_kernel_name(), "bf16dot"))
-        th_note("bf16 rows: %d of 13 shapes on AMX tiles (bound 2^-16); the rest with the query rounded to bf16: "
-                "worst err / bound against the exact query %.3f", amx_cases, worst0);
+        th_note("bf16 rows: %d of %d shapes on AMX tiles (bound 2^-16); the rest with the query rounded to bf16: "
+                "worst err / bound against the exact query %.3f", amx_cases, (int)(sizeof cs / sizeof cs[0]), worst0);
     for (ti = 0; ti < 4; ti++)
-        th_note("%-4s rows, 13 shapes: worst err / bound: this build (%s) %.3f, plain (%s) %.3f, OpenMP 1 thread %.3f, 2 threads %.3f",
-                tname(types[ti]), mla_kernel_name(), worst[ti][0], plain_kernel_name(), worst[ti][1], worst[ti][2],
+        th_note("%-4s rows, %d shapes: worst err / bound: this build (%s) %.3f, plain (%s) %.3f, OpenMP 1 thread %.3f, 2 threads %.3f",
+                tname(types[ti]), (int)(sizeof cs / sizeof cs[0]), mla_kernel_name(), worst[ti][0], plain_kernel_name(), worst[ti][1], worst[ti][2],
                 worst[ti][3]);
 }
 
