@@ -27,13 +27,19 @@ static void usage(void) {
             "  --lossless          exact GQA->MLA rewrite only (same cache size)\n"
             "  --q-rank N          low-rank query: W_q = W_qb W_qa of rank N (PCA of the queries)\n"
             "  --eval FILE         perplexity of original and converted on FILE (windows of --ctx, 512)\n"
+            "  --format F          llama-mla (default: this project's file, runs in mla-run, keeps everything),\n"
+            "                      gguf (architecture deepseek2: runs in stock llama.cpp and in mla-run)\n"
+            "  --type T            --format gguf: attention tensors as f32 (default), f16, bf16, q8_0, q4_0, q4_1\n"
+            "  --lossy             --format gguf: export even what deepseek2 cannot express (attention biases,\n"
+            "                      a non-standard RoPE table), dropping it; --eval then measures the cost\n"
             "  --threads N\n");
 }
 
 int main(int argc, char **argv) {
     const char *in = NULL, *out = NULL, *calib_files = CALIB_TEXTS, *eval_file = NULL, *ff = NULL;
     static const char *P = "mla-convert";
-    int i, calib_max = 0, weight_only = 0, ctx = 512, threads = 0, n_calib = 0, bad = 0;
+    int i, calib_max = 0, weight_only = 0, ctx = 512, threads = 0, n_calib = 0, bad = 0, ds = 0, lossy = 0;
+    uint32_t type = GGML_F32;
     convert_opts o;
     gguf_file f;
     model src, dst;
@@ -52,6 +58,7 @@ int main(int argc, char **argv) {
         if (!strcmp(a, "--weight-only")) { weight_only = 1; continue; }
         if (!strcmp(a, "--lossless")) { o.lossless = 1; continue; }
         if (!strcmp(a, "--no-expected-rope")) { o.expected_rope = 0; continue; }
+        if (!strcmp(a, "--lossy")) { lossy = 1; continue; }
         if (!v) { usage(); return 2; }
         if (!strcmp(a, "--model")) in = v;
         else if (!strcmp(a, "--out")) out = v;
@@ -71,11 +78,27 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--threads")) bad = arg_int(P, a, v, 0, 1024, &threads);
         else if (!strcmp(a, "--q-rank")) bad = arg_int(P, a, v, 0, 1 << 20, &o.q_rank);
         else if (!strcmp(a, "--key-weight")) bad = arg_num(P, a, v, 1e-6, 1e6, &o.key_weight);
+        else if (!strcmp(a, "--format")) {
+            if (!strcmp(v, "gguf") || !strcmp(v, "deepseek2")) ds = 1;
+            else if (!strcmp(v, "llama-mla")) ds = 0;
+            else { fprintf(stderr, "mla-convert: unknown format %s (llama-mla or gguf)\n", v); return 2; }
+        } else if (!strcmp(a, "--type")) {
+            static const char *names[] = {"f32", "f16", "bf16", "q8_0", "q4_0", "q4_1"};
+            static const uint32_t types[] = {GGML_F32, GGML_F16, GGML_BF16, GGML_Q8_0, GGML_Q4_0, GGML_Q4_1};
+            int t;
+            for (t = 0; t < 6 && strcmp(v, names[t]); t++) {}
+            if (t == 6) { fprintf(stderr, "mla-convert: unknown type %s (f32, f16, bf16, q8_0, q4_0, q4_1)\n", v); return 2; }
+            type = types[t];
+        }
         else { usage(); return 2; }
         if (bad) return 2;
         i++;
     }
     if (!in || !out) { usage(); return 2; }
+    if (!ds && (type != GGML_F32 || lossy)) {
+        fprintf(stderr, "mla-convert: --type and --lossy apply to --format gguf (llama-mla stores attention in F32)\n");
+        return 2;
+    }
     if (o.expected_rope < 0) o.expected_rope = o.method == MLA_CONVERT_QAWARE;
     if (same_file(in, out)) { /* the write is atomic, but replacing the source is never what was meant */
         fprintf(stderr, "mla-convert: --out %s is the source model; choose another path\n", out);
@@ -167,14 +190,29 @@ int main(int argc, char **argv) {
            model_kv_values_per_token(&src), 2 * model_kv_values_per_token(&src), model_kv_values_per_token(&dst),
            2 * model_kv_values_per_token(&dst),
            100.0 * (1.0 - (double)model_kv_values_per_token(&dst) / model_kv_values_per_token(&src)));
-    if (save_converted(&dst, &f, out, err, sizeof err)) { fprintf(stderr, "mla-convert: %s\n", err); return 1; }
-    printf("wrote %s\n", out);
+    if (ds ? save_deepseek2(&dst, &f, out, type, lossy, err, sizeof err) : save_converted(&dst, &f, out, err, sizeof err)) {
+        fprintf(stderr, "mla-convert: %s\n", err);
+        return 1;
+    }
+    printf("wrote %s (%s)\n", out, ds ? "deepseek2 GGUF: llama.cpp and mla-run" : "llama-mla GGUF: mla-run");
     if (eval_file) {
         int n;
         int *toks = tokenize_file(tk, eval_file, &n);
+        gguf_file of;
+        model om;
         if (!toks) { fprintf(stderr, "mla-convert: cannot read %s\n", eval_file); return 1; }
-        printf("perplexity on %s (windows of %d): original %.4f, converted %.4f\n", eval_file, ctx,
+        printf("perplexity on %s (windows of %d): original %.4f, converted %.4f", eval_file, ctx,
                perplexity(&src, toks, n, ctx, 1, NULL), perplexity(&dst, toks, n, ctx, 1, NULL));
+        if (ds) { /* what the written file gives, read back as a runner reads it */
+            if (gguf_read(&of, out) || model_load(&om, &of)) {
+                fprintf(stderr, "\nmla-convert: reading back %s: %s\n", out, of.err);
+                return 1;
+            }
+            printf(", %s as written %.4f", out, perplexity(&om, toks, n, ctx, 1, NULL));
+            model_free(&om);
+            gguf_close(&of);
+        }
+        printf("\n");
         free(toks);
     }
     free(calib);

@@ -300,6 +300,192 @@ static void test_loader_nan_weights(void) {
     }
 }
 
+/* ---- deepseek2 export (mla-convert --format gguf) on a small random model ---- */
+
+/* A random llama file: 2 layers, D 128, 4 heads of 32, n_kv (1 or 2) kv heads, ffn 96,
+   vocab 48; q/k/v biases when asked. Weights uniform in [-0.25, 0.25) from a
+   fixed LCG, norms around 1. */
+static int random_llama(const char *path, int with_bias, int n_kv) {
+    static float buf[128 * 128];
+    static const struct { const char *name; int rows, cols; } t[] = {
+        {"token_embd.weight", 48, 128}, {"output_norm.weight", 1, 128}, {"attn_norm.weight", 1, 128},
+        {"ffn_norm.weight", 1, 128},    {"ffn_gate.weight", 96, 128},   {"ffn_up.weight", 96, 128},
+        {"ffn_down.weight", 128, 96},   {"attn_q.weight", 128, 128},    {"attn_k.weight", 32, 128},
+        {"attn_v.weight", 32, 128},     {"attn_output.weight", 128, 128}, {"attn_q.bias", 1, 128},
+        {"attn_k.bias", 1, 32},         {"attn_v.bias", 1, 32}};
+    gguf_writer *w = gguf_writer_new();
+    char err[128], name[64];
+    size_t i, k;
+    int rc, l;
+    uint32_t seed = 12345u;
+    gguf_w_str(w, "general.architecture", "llama");
+    gguf_w_str(w, "general.name", "random-tiny");
+    gguf_w_u32(w, "llama.block_count", 2);
+    gguf_w_u32(w, "llama.embedding_length", 128);
+    gguf_w_u32(w, "llama.feed_forward_length", 96);
+    gguf_w_u32(w, "llama.attention.head_count", 4);
+    gguf_w_u32(w, "llama.attention.head_count_kv", (uint32_t)n_kv);
+    gguf_w_str(w, "tokenizer.ggml.model", "none"); /* copied unchanged by every export */
+    for (l = 0; l < 2; l++)
+        for (i = 0; i < sizeof t / sizeof t[0]; i++) {
+            uint64_t ne[2];
+            if (i >= 11 && !with_bias) break;
+            if (i < 2 && l) continue;
+            if (i < 2) snprintf(name, sizeof name, "%s", t[i].name);
+            else snprintf(name, sizeof name, "blk.%d.%s", l, t[i].name);
+            ne[0] = (uint64_t)(t[i].cols * (i >= 12 ? n_kv : 1)); /* k/v rows and biases: per kv head */
+            ne[1] = (uint64_t)(t[i].rows * (i == 8 || i == 9 ? n_kv : 1));
+            for (k = 0; k < ne[0] * ne[1]; k++) {
+                seed = seed * 1664525u + 1013904223u;
+                buf[k] = ((float)(seed >> 8) / 16777216.0f - 0.5f) * 0.5f + (strstr(name, "norm") ? 1.0f : 0.0f);
+            }
+            gguf_w_tensor_f32(w, name, buf, t[i].rows == 1 ? 1 : 2, ne);
+        }
+    rc = gguf_writer_save(w, path, err, sizeof err);
+    gguf_writer_free(w);
+    return rc;
+}
+
+/* logits of 12 fixed tokens: one prefill call, or one token at a time */
+static float *tiny_logits(const model *m, int one_by_one) {
+    static const int toks[12] = {1, 7, 3, 40, 22, 9, 9, 31, 0, 47, 12, 5};
+    model_state st;
+    float *hidden = (float *)malloc(sizeof(float) * 12 * m->dim), *logits = (float *)malloc(sizeof(float) * 12 * m->vocab);
+    int t;
+    if (!hidden || !logits || model_state_init(&st, m, 16, 12, MLA_F32)) { free(hidden); free(logits); return NULL; }
+    if (!one_by_one) CHECK(model_forward(m, &st, toks, 12, hidden) == 0);
+    else
+        for (t = 0; t < 12; t++) CHECK(model_forward(m, &st, toks + t, 1, hidden + (size_t)t * m->dim) == 0);
+    model_logits(m, hidden, 12, logits);
+    free(hidden);
+    model_state_free(&st);
+    return logits;
+}
+
+/* worst logits error of the model in `path` against m (prefill and decode) */
+static double file_vs_model(const char *path, const model *m) {
+    gguf_file f;
+    model x;
+    double worst = 1e30;
+    int mode;
+    if (gguf_read(&f, path) || model_load(&x, &f)) {
+        fprintf(stderr, "  %s: %s\n", path, f.err);
+        gguf_close(&f);
+        return worst;
+    }
+    CHECK(!strcmp(x.arch, "deepseek2") && x.mla.kv_norm == 1 && x.mla.q_norm == (x.mla.q_lora_rank > 0));
+    worst = 0;
+    for (mode = 0; mode < 2; mode++) {
+        float *a = tiny_logits(m, mode), *b = tiny_logits(&x, mode);
+        double e = a && b ? th_relerr(b, a, (size_t)12 * m->vocab) : 1e30;
+        worst = e > worst ? e : worst;
+        free(a); free(b);
+    }
+    model_free(&x);
+    gguf_close(&f);
+    return worst;
+}
+
+/* The exported deepseek2 file computes what the converted model computes:
+   the latent norm construction, the scale fold, the split of W_kvb into
+   attn_k_b / attn_v_b and the zero nope dim of a lossless rewrite, all read
+   back by the runner with the latent norm ON. Relative logits error <= 1e-5
+   in F32 (measured ~1e-7). Biases are refused unless --lossy. Every file is
+   then checked by llama.cpp's own Python reader (tools/check_deepseek2.py,
+   when python3 has the gguf package): metadata, the exact tensor shapes
+   llama.cpp's loader creates, tokenizer keys and untouched tensors equal to
+   the source's, and each quantized tensor within its type's rounding bound
+   of the F32 export. */
+static void test_deepseek2_export(void) {
+    static const struct { uint32_t type; const char *file; } types[] = {
+        {GGML_F16, "build/test_ds_f16.gguf"},   {GGML_BF16, "build/test_ds_bf16.gguf"},
+        {GGML_Q8_0, "build/test_ds_q8_0.gguf"}, {GGML_Q4_0, "build/test_ds_q4_0.gguf"},
+        {GGML_Q4_1, "build/test_ds_q4_1.gguf"}};
+    gguf_file f, fb, fm;
+    model src, mla, lossless, lowq, srcb, mlab, mqa;
+    convert_opts o;
+    char err[256], cmd[1024];
+    double e_comp, e_lossless = 1e30, e_lowq, e_type[5];
+    size_t i;
+    CHECK(random_llama("build/test_rand.gguf", 0, 2) == 0 && random_llama("build/test_rand_bias.gguf", 1, 2) == 0);
+    if (gguf_read(&f, "build/test_rand.gguf") || model_load(&src, &f)) { CHECK(0); return; }
+    memset(&o, 0, sizeof o);
+    o.rank = 32; o.rope_dim = 32; o.freqfold = 2; o.method = MLA_CONVERT_QAWARE;
+    CHECK(convert_model(&src, NULL, 0, NULL, &o, &mla, err, sizeof err) == 0);
+    CHECK(save_deepseek2(&mla, &f, "build/test_ds_f32.gguf", GGML_F32, 0, err, sizeof err) == 0);
+    e_comp = file_vs_model("build/test_ds_f32.gguf", &mla);
+    for (i = 0; i < 5; i++) {
+        CHECK(save_deepseek2(&mla, &f, types[i].file, types[i].type, 0, err, sizeof err) == 0);
+        e_type[i] = file_vs_model(types[i].file, &mla);
+        CHECK(e_type[i] == e_type[i] && e_type[i] < 1); /* runs; the exact bound is per tensor, checked below */
+    }
+    o.q_rank = 40;
+    CHECK(convert_model(&src, NULL, 0, NULL, &o, &lowq, err, sizeof err) == 0);
+    CHECK(save_deepseek2(&lowq, &f, "build/test_ds_lowq.gguf", GGML_F32, 0, err, sizeof err) == 0);
+    e_lowq = file_vs_model("build/test_ds_lowq.gguf", &lowq);
+    memset(&o, 0, sizeof o);
+    o.lossless = 1; /* one RoPE key per kv head: two copies of the table, which deepseek2 cannot say */
+    CHECK(convert_model(&src, NULL, 0, NULL, &o, &lossless, err, sizeof err) == 0);
+    err[0] = 0;
+    CHECK(save_deepseek2(&lossless, &f, "build/test_ds_lossless.gguf", GGML_F32, 0, err, sizeof err) != 0);
+    CHECK(strstr(err, "RoPE") && strstr(err, "--lossy"));
+    model_free(&lossless);
+    /* with one kv head the lossless rewrite keeps RoPE on every key dim (d_nope = 0): exported
+       with one zero nope dim, it reproduces the original GQA model */
+    CHECK(random_llama("build/test_rand_mqa.gguf", 0, 1) == 0);
+    if (gguf_read(&fm, "build/test_rand_mqa.gguf") == 0 && model_load(&mqa, &fm) == 0) {
+        CHECK(convert_model(&mqa, NULL, 0, NULL, &o, &lossless, err, sizeof err) == 0 && lossless.mla.qk_nope_head_dim == 0);
+        CHECK(save_deepseek2(&lossless, &fm, "build/test_ds_lossless.gguf", GGML_F32, 0, err, sizeof err) == 0);
+        e_lossless = file_vs_model("build/test_ds_lossless.gguf", &mqa);
+        model_free(&lossless);
+        model_free(&mqa);
+    } else {
+        CHECK(0);
+    }
+    gguf_close(&fm);
+    th_note("deepseek2 export, logits rel err vs the converted model: F32 %.1e, low-rank q %.1e, lossless vs GQA %.1e; "
+            "F16 %.1e BF16 %.1e Q8_0 %.1e Q4_0 %.1e Q4_1 %.1e", e_comp, e_lowq, e_lossless, e_type[0], e_type[1],
+            e_type[2], e_type[3], e_type[4]);
+    CHECK_LE(e_comp, 1e-5);
+    CHECK_LE(e_lowq, 1e-5);
+    CHECK_LE(e_lossless, 1e-5);
+    CHECK_LE(e_type[0], 1e-2); /* F16: 2^-11 per weight */
+    /* attention biases: deepseek2 has none -> refused with the reason, or dropped under lossy */
+    if (gguf_read(&fb, "build/test_rand_bias.gguf") == 0 && model_load(&srcb, &fb) == 0) {
+        memset(&o, 0, sizeof o);
+        o.rank = 32; o.rope_dim = 32; o.freqfold = 2;
+        CHECK(convert_model(&srcb, NULL, 0, NULL, &o, &mlab, err, sizeof err) == 0);
+        err[0] = 0;
+        CHECK(save_deepseek2(&mlab, &fb, "build/test_ds_bias.gguf", GGML_F32, 0, err, sizeof err) != 0);
+        CHECK(strstr(err, "biases") && strstr(err, "--lossy"));
+        CHECK(save_deepseek2(&mlab, &fb, "build/test_ds_bias.gguf", GGML_F32, 1, err, sizeof err) == 0);
+        CHECK(file_vs_model("build/test_ds_bias.gguf", &mlab) > 1e-3); /* the cost is real, not hidden */
+        model_free(&mlab);
+        model_free(&srcb);
+    } else {
+        CHECK(0);
+    }
+    gguf_close(&fb);
+    if (system("python3 -c 'import gguf, numpy' >/dev/null 2>&1") == 0) {
+        snprintf(cmd, sizeof cmd,
+                 "python3 tools/check_deepseek2.py --source build/test_rand.gguf --ref build/test_ds_f32.gguf "
+                 "build/test_ds_f32.gguf build/test_ds_f16.gguf build/test_ds_bf16.gguf build/test_ds_q8_0.gguf "
+                 "build/test_ds_q4_0.gguf build/test_ds_q4_1.gguf > build/check_deepseek2.txt 2>&1");
+        CHECK(system(cmd) == 0);
+        CHECK(system("python3 tools/check_deepseek2.py --source build/test_rand.gguf build/test_ds_lowq.gguf "
+                     ">> build/check_deepseek2.txt 2>&1") == 0);
+        CHECK(system("python3 tools/check_deepseek2.py --source build/test_rand_mqa.gguf build/test_ds_lossless.gguf "
+                     ">> build/check_deepseek2.txt 2>&1") == 0);
+        th_note("llama.cpp's gguf reader agrees on every file (build/check_deepseek2.txt)");
+    } else {
+        th_skip("test_deepseek2_export (gguf-py part)", "python3 with the gguf package (pip install gguf) not found");
+    }
+    model_free(&lowq);
+    model_free(&mla);
+    model_free(&src);
+    gguf_close(&f);
+}
+
 /* logits of every position of the three reference prompts: prefill in one
    call (naive for MLA) or token by token (absorbed decode for MLA) */
 static float *prompt_logits(const model *m, int p, int one_by_one, int *n_out) {
@@ -416,6 +602,7 @@ void suite_model(void) {
     FILE *fp = fopen(MODEL_PATH, "rb");
     RUN(test_loader_errors); /* small crafted files: no model needed */
     RUN(test_loader_nan_weights);
+    RUN(test_deepseek2_export);
     if (!fp && !getenv("MLA_REQUIRE_MODEL")) { /* offline: say why, run the rest */
         static const char *need[] = {"test_tokenizer_vs_hf", "test_logits_vs_reference", "test_chat_and_generation",
                                      "test_lossless_smollm2", "test_compressed_smollm2"};

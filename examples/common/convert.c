@@ -1,5 +1,6 @@
 #include "convert.h"
 #include "run.h"
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -235,5 +236,206 @@ int save_converted(const model *m, const gguf_file *sf, const char *path, char *
     }
     rc = gguf_writer_save(w, path, err, errlen);
     gguf_writer_free(w);
+    return rc;
+}
+
+/* ---------------------------------------------------------------------
+   deepseek2 export: the converted model as a GGUF that stock llama.cpp runs
+   (../shared notes: GGUF.md "deepseek2 files"). What llama.cpp's deepseek2
+   computes differs from the converted model in four places, each handled
+   exactly or refused:
+   - it always RMS-normalises the latent (and the query latent): the rows are
+     scaled by a tiny alpha so that eps dominates the norm, which is then
+     linear, and the norm weight sqrt(eps)/alpha undoes the scale (below);
+   - its softmax scale is 1/sqrt(d_nope + m): the difference is folded into
+     the query rows;
+   - it needs d_nope >= 1: the lossless rewrite (d_nope = 0) gets zero
+     nope dims, which add nothing to any score;
+   - no attention biases and only the standard RoPE table theta^(-2p/m):
+     models that need either are refused, or with lossy set, exported without
+     them (the caller measures the cost).
+   --------------------------------------------------------------------- */
+
+/* Relative change of the latent the norm construction may cause (bound, not
+   estimate): with norm(a c) = a c / sqrt(a^2 mean(c^2) + eps), the latent comes
+   back as c / sqrt(1 + a^2 mean(c^2)/eps), off by at most a^2 max mean(c^2) / (2 eps). */
+#define LATENT_NORM_TOL 1e-8
+
+/* alpha for the rows W [n][D] of a latent fed by RMSNorm(x) * g: the norm's
+   input has |x|^2 <= D max g^2, so mean(c^2) <= |W|_F^2 D max g^2 / n. */
+static double norm_alpha(const float *W, int n, int D, const float *g, double eps) {
+    double fro = 0, gmax = 0, bound;
+    size_t i;
+    for (i = 0; i < (size_t)n * D; i++) fro += (double)W[i] * W[i];
+    for (i = 0; i < (size_t)D; i++) gmax = fabs(g[i]) > gmax ? fabs(g[i]) : gmax;
+    bound = fro * D * gmax * gmax / n;
+    return bound > 0 ? sqrt(2.0 * eps * LATENT_NORM_TOL / bound) : 1.0;
+}
+
+/* what a converted model needs that deepseek2 cannot say; NULL if nothing */
+const char *deepseek2_lossy_reason(const model *m, char *buf, size_t n) {
+    const mla_config *c = &m->mla;
+    int p, l, M = c->qk_rope_head_dim;
+    double worst = 0, theta = c->rope_theta > 0 ? c->rope_theta : 10000.0;
+    if (c->attn_bias) return "the model has attention biases (Qwen-style q/k/v biases); deepseek2 has none";
+    for (l = 0; l < m->n_layers; l++)
+        if (m->layers[l].mla.b_o) return "the model has an output-projection bias; deepseek2 has none";
+    if (c->yarn_factor > 1) return "YaRN RoPE scaling is not exported";
+    for (p = 0; p < M / 2 && c->rope_freqs; p++) {
+        double ref = pow(theta, -2.0 * p / M), dev = fabs(c->rope_freqs[p] - ref) / ref;
+        worst = dev > worst ? dev : worst;
+    }
+    if (worst > 1e-6) {
+        snprintf(buf, n, "its RoPE frequencies are not the standard table theta^(-2p/m) (off by up to %.3g relative; "
+                 "FreqFold with a non-default fold?); deepseek2 has no per-pair table", worst);
+        return buf;
+    }
+    return NULL;
+}
+
+/* the source tensor `name` if it holds exactly `p` (then copied as stored) */
+static const gguf_tensor *same_as_source(const gguf_file *sf, const char *name, const float *p, size_t n) {
+    const gguf_tensor *t = gguf_tensor_find(sf, name);
+    float *s;
+    int same;
+    if (!t || t->n_elem != n || !(s = (float *)malloc(sizeof(float) * n))) return NULL;
+    same = !gguf_dequant(t->type, t->data, s, n) && !memcmp(s, p, sizeof(float) * n);
+    free(s);
+    return same ? t : NULL;
+}
+
+/* a tensor in `type` if its rows allow, else F32 (said once per name) */
+static void put_typed(gguf_writer *w, const char *name, uint32_t type, const float *p, int n_dims, const uint64_t *ne) {
+    if (gguf_w_tensor_as(w, name, type, p, n_dims, ne)) {
+        fprintf(stderr, "  %s: rows of %llu do not fit %s blocks, stored as F32\n", name,
+                (unsigned long long)ne[0], ggml_type_name(type));
+        gguf_w_tensor_as(w, name, GGML_F32, p, n_dims, ne);
+    }
+}
+
+int save_deepseek2(const model *m, const gguf_file *sf, const char *path, uint32_t type, int lossy, char *err,
+                   size_t errlen) {
+    const mla_config *c = &m->mla;
+    int H = m->n_heads, D = m->dim, R = c->kv_lora_rank, M = c->qk_rope_head_dim, dn = c->qk_nope_head_dim;
+    int dv = c->v_head_dim, rq = c->q_lora_rank, dn2 = dn > 0 ? dn : 1, qd = dn + M, qd2 = dn2 + M, l, h, i, e, rc;
+    uint32_t lat_type = type == GGML_BF16 ? GGML_BF16 : GGML_F32; /* F16/Q8_0 block scales would underflow */
+    double scale = mla_softmax_scale(c) * sqrt((double)qd2), worst = 0;
+    const char *why;
+    char key[160], buf[256];
+    gguf_writer *w;
+    float *q = NULL, *kva = NULL, *nrm = NULL, *kb = NULL, *vb = NULL, *qa = NULL, *qn = NULL;
+    uint64_t ne[3], k;
+    if (!m->is_mla || !m->conv) { snprintf(err, errlen, "not a converted model"); return -1; }
+    if (c->kv_norm || c->q_norm) { snprintf(err, errlen, "the model already has latent norms (not a conversion of ours)"); return -1; }
+    if ((why = deepseek2_lossy_reason(m, buf, sizeof buf))) {
+        if (!lossy) {
+            snprintf(err, errlen, "cannot export to deepseek2 exactly: %s (--lossy exports it anyway)", why);
+            return -1;
+        }
+        fprintf(stderr, "  --lossy: %s; exported without it\n", why);
+    }
+    w = gguf_writer_new();
+    q = (float *)calloc((size_t)H * qd2 * (rq ? rq : D), sizeof(float));
+    kva = (float *)malloc(sizeof(float) * (size_t)(R + M) * D);
+    nrm = (float *)malloc(sizeof(float) * (size_t)(R > rq ? R : rq));
+    kb = (float *)calloc((size_t)H * R * dn2, sizeof(float));
+    vb = (float *)malloc(sizeof(float) * (size_t)H * R * dv);
+    qa = rq ? (float *)malloc(sizeof(float) * (size_t)rq * D) : NULL;
+    qn = rq ? (float *)malloc(sizeof(float) * (size_t)rq) : NULL;
+    if (!w || !q || !kva || !nrm || !kb || !vb || (rq && (!qa || !qn))) {
+        snprintf(err, errlen, "out of memory");
+        rc = -1;
+        goto done;
+    }
+    gguf_w_str(w, "general.architecture", "deepseek2");
+    for (k = 0; k < sf->n_kv; k++) { /* general.* and tokenizer.* unchanged; llama.* rewritten below */
+        const gguf_kv *kv = &sf->kv[k];
+        if (kv->key.n == 20 && !memcmp(kv->key.p, "general.architecture", 20)) continue;
+        if ((kv->key.n > 8 && !memcmp(kv->key.p, "general.", 8)) || (kv->key.n > 10 && !memcmp(kv->key.p, "tokenizer.", 10)))
+            gguf_w_copy(w, kv);
+    }
+#define DS(name, v) gguf_w_u32(w, "deepseek2." name, (uint32_t)(v))
+    DS("context_length", m->ctx_len); DS("embedding_length", D); DS("block_count", m->n_layers);
+    DS("feed_forward_length", m->ffn_dim); DS("expert_feed_forward_length", m->ffn_dim);
+    DS("leading_dense_block_count", m->n_layers); DS("expert_shared_count", 0);
+    DS("attention.head_count", H); DS("attention.head_count_kv", 1);
+    DS("attention.key_length", R + M); DS("attention.value_length", R); /* what the cache holds */
+    DS("attention.key_length_mla", qd2); DS("attention.value_length_mla", dv); /* absorbed path */
+    DS("attention.kv_lora_rank", R); DS("attention.q_lora_rank", rq);
+    DS("rope.dimension_count", M);
+    DS("vocab_size", m->vocab);
+#undef DS
+    gguf_w_f32(w, "deepseek2.attention.layer_norm_rms_epsilon", m->eps);
+    gguf_w_f32(w, "deepseek2.rope.freq_base", c->rope_theta > 0 ? c->rope_theta : 10000.0f);
+    gguf_w_f32(w, "deepseek2.expert_weights_scale", 1.0f);
+    for (k = 0; k < sf->n_tensors; k++) { /* embeddings, norms, FFN: as stored */
+        const gguf_tensor *t = &sf->tensors[k];
+        if (!strstr(t->name, ".attn_q.") && !strstr(t->name, ".attn_k.") && !strstr(t->name, ".attn_v.") &&
+            !strstr(t->name, ".attn_output."))
+            gguf_w_tensor_raw(w, t->name, t->type, t->data, (int)t->n_dims, t->ne);
+    }
+    for (l = 0; l < m->n_layers; l++) {
+        const mla_layer_weights *lw = &m->layers[l].mla;
+        const float *g = m->layers[l].attn_norm;
+        const gguf_tensor *o;
+        int in = rq ? rq : D;
+        double a = norm_alpha(lw->w_kva, R, D, g, m->eps), aq;
+        /* query rows: per head dn nope (+ zero pad) then M rope, times the scale fix */
+        for (h = 0; h < H; h++)
+            for (i = 0; i < qd; i++) {
+                const float *src = (rq ? lw->w_qb : lw->w_q) + ((size_t)h * qd + i) * in;
+                float *dst = q + ((size_t)h * qd2 + (i < dn ? i : i - dn + dn2)) * in;
+                for (e = 0; e < in; e++) dst[e] = (float)(src[e] * scale);
+            }
+        for (i = 0; i < (R + M) * D; i++) kva[i] = i < R * D ? (float)(lw->w_kva[i] * a) : lw->w_kva[i];
+        for (i = 0; i < R; i++) nrm[i] = (float)(sqrt((double)m->eps) / a);
+        for (h = 0; h < H; h++) /* k_b [h][c][i] = W_uk[i][c]; v_b [h][e][c] = W_uv[e][c] */
+            for (i = 0; i < R; i++) {
+                for (e = 0; e < dn; e++) kb[((size_t)h * R + i) * dn2 + e] = lw->w_kvb[((size_t)h * (dn + dv) + e) * R + i];
+                for (e = 0; e < dv; e++) vb[((size_t)h * dv + e) * R + i] = lw->w_kvb[((size_t)h * (dn + dv) + dn + e) * R + i];
+            }
+        if (rq) {
+            aq = norm_alpha(lw->w_qa, rq, D, g, m->eps);
+            for (i = 0; i < rq * D; i++) qa[i] = (float)(lw->w_qa[i] * aq);
+            for (i = 0; i < rq; i++) qn[i] = (float)(sqrt((double)m->eps) / aq);
+            snprintf(key, sizeof key, "blk.%d.attn_q_a.weight", l);
+            ne[0] = (uint64_t)D; ne[1] = (uint64_t)rq;
+            gguf_w_tensor_as(w, key, lat_type, qa, 2, ne);
+            snprintf(key, sizeof key, "blk.%d.attn_q_a_norm.weight", l);
+            gguf_w_tensor_as(w, key, GGML_F32, qn, 1, ne + 1);
+            snprintf(key, sizeof key, "blk.%d.attn_q_b.weight", l);
+            ne[0] = (uint64_t)rq; ne[1] = (uint64_t)H * qd2;
+            put_typed(w, key, type, q, 2, ne);
+        } else {
+            snprintf(key, sizeof key, "blk.%d.attn_q.weight", l);
+            ne[0] = (uint64_t)D; ne[1] = (uint64_t)H * qd2;
+            put_typed(w, key, type, q, 2, ne);
+        }
+        snprintf(key, sizeof key, "blk.%d.attn_kv_a_mqa.weight", l);
+        ne[0] = (uint64_t)D; ne[1] = (uint64_t)(R + M);
+        gguf_w_tensor_as(w, key, lat_type, kva, 2, ne);
+        snprintf(key, sizeof key, "blk.%d.attn_kv_a_norm.weight", l);
+        ne[0] = (uint64_t)R;
+        gguf_w_tensor_as(w, key, GGML_F32, nrm, 1, ne);
+        snprintf(key, sizeof key, "blk.%d.attn_k_b.weight", l);
+        ne[0] = (uint64_t)dn2; ne[1] = (uint64_t)R; ne[2] = (uint64_t)H;
+        put_typed(w, key, type, kb, 3, ne);
+        snprintf(key, sizeof key, "blk.%d.attn_v_b.weight", l);
+        ne[0] = (uint64_t)R; ne[1] = (uint64_t)dv; ne[2] = (uint64_t)H;
+        put_typed(w, key, type, vb, 3, ne);
+        snprintf(key, sizeof key, "blk.%d.attn_output.weight", l);
+        ne[0] = (uint64_t)H * dv; ne[1] = (uint64_t)D;
+        if ((o = same_as_source(sf, key, lw->w_o, (size_t)D * H * dv))) gguf_w_tensor_raw(w, key, o->type, o->data, 2, ne);
+        else put_typed(w, key, type, lw->w_o, 2, ne);
+        worst = a > worst ? a : worst;
+    }
+    fprintf(stderr, "  deepseek2: latent norm made linear (rows scaled by alpha <= %.3g, latent off by <= %.0e relative), "
+            "softmax scale %.6g folded into the query, attention tensors %s (kv_a_mqa %s)%s\n",
+            worst, LATENT_NORM_TOL, scale, ggml_type_name(type), ggml_type_name(lat_type),
+            dn == 0 ? ", one zero nope dim (llama.cpp needs d_nope >= 1)" : "");
+    rc = gguf_writer_save(w, path, err, errlen);
+done:
+    gguf_writer_free(w);
+    free(q); free(kva); free(nrm); free(kb); free(vb); free(qa); free(qn);
     return rc;
 }

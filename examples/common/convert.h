@@ -37,4 +37,14 @@ int convert_model(const model *src, const int *calib, int n_calib, const mla_cal
    source file, non-attention tensors copied unchanged (same quantization),
    attention tensors in F32. */
 int save_converted(const model *dst, const gguf_file *src_file, const char *path, char *err, size_t errlen);
+/* Writes dst as a GGUF of architecture deepseek2 that stock llama.cpp runs
+   with its absorbed MLA path (latent-only cache): the attention tensors in
+   `type` (GGML_F32, F16, BF16, Q8_0, Q4_0, Q4_1; a tensor whose rows do not
+   fit the blocks stays F32), attn_kv_a_mqa in F32 (BF16 when type is BF16),
+   everything else copied as stored. What deepseek2 cannot express (biases, a
+   non-standard RoPE table) is refused with the reason in err, unless lossy. */
+int save_deepseek2(const model *dst, const gguf_file *src_file, const char *path, uint32_t type, int lossy,
+                   char *err, size_t errlen);
+/* NULL if the converted model fits deepseek2 exactly; else why not (may use buf) */
+const char *deepseek2_lossy_reason(const model *m, char *buf, size_t n);
 #endif

@@ -2,6 +2,7 @@
 #include "gguf.h"
 #include "../../mla.h" /* f16/bf16 conversions */
 #include "outfile.h"
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -367,6 +368,73 @@ int gguf_dequant(uint32_t type, const void *src, float *dst, uint64_t n) {
     return 0;
 }
 
+static void f2h(uint8_t *p, float v) {
+    uint16_t h = mla_f32_to_f16(v);
+    memcpy(p, &h, 2);
+}
+
+/* The inverse of gguf_dequant, with the rounding of llama.cpp's reference
+   quantizers: Q8_0 d = absmax/127; Q4_0 d = (the value of largest magnitude,
+   sign kept)/-8, so that value lands exactly on code 0; Q4_1 d = (max-min)/15
+   from m = min. Codes round to nearest. */
+int gguf_quant(uint32_t type, const float *src, void *dst, uint64_t n) {
+    uint8_t *s = (uint8_t *)dst;
+    uint64_t i, b;
+    int j, blk, bb;
+    if (ggml_type_info(type, &blk, &bb) || n % (uint64_t)blk) return -1;
+    switch (type) {
+    case GGML_F32: memcpy(s, src, 4 * n); break;
+    case GGML_F16: for (i = 0; i < n; i++) f2h(s + 2 * i, src[i]); break;
+    case GGML_BF16:
+        for (i = 0; i < n; i++) { uint16_t h = mla_f32_to_bf16(src[i]); memcpy(s + 2 * i, &h, 2); }
+        break;
+    case GGML_Q8_0:
+        for (b = 0; b < n / 32; b++, s += 34, src += 32) {
+            float amax = 0, d, id;
+            for (j = 0; j < 32; j++) amax = fabsf(src[j]) > amax ? fabsf(src[j]) : amax;
+            d = amax / 127.0f;
+            id = d > 0 ? 1.0f / d : 0.0f;
+            f2h(s, d);
+            for (j = 0; j < 32; j++) s[2 + j] = (uint8_t)(int8_t)lrintf(src[j] * id);
+        }
+        break;
+    case GGML_Q4_0:
+        for (b = 0; b < n / 32; b++, s += 18, src += 32) {
+            float amax = 0, vmax = 0, d, id;
+            for (j = 0; j < 32; j++)
+                if (fabsf(src[j]) > amax) { amax = fabsf(src[j]); vmax = src[j]; }
+            d = vmax / -8.0f;
+            id = d != 0 ? 1.0f / d : 0.0f;
+            f2h(s, d);
+            for (j = 0; j < 16; j++) {
+                int lo = (int)(src[j] * id + 8.5f), hi = (int)(src[j + 16] * id + 8.5f);
+                lo = lo < 0 ? 0 : lo > 15 ? 15 : lo;
+                hi = hi < 0 ? 0 : hi > 15 ? 15 : hi;
+                s[2 + j] = (uint8_t)(lo | hi << 4);
+            }
+        }
+        break;
+    case GGML_Q4_1:
+        for (b = 0; b < n / 32; b++, s += 20, src += 32) {
+            float lo = src[0], hi = src[0], d, id;
+            for (j = 1; j < 32; j++) { lo = src[j] < lo ? src[j] : lo; hi = src[j] > hi ? src[j] : hi; }
+            d = (hi - lo) / 15.0f;
+            id = d > 0 ? 1.0f / d : 0.0f;
+            f2h(s, d);
+            f2h(s + 2, lo);
+            for (j = 0; j < 16; j++) {
+                int a = (int)((src[j] - lo) * id + 0.5f), c = (int)((src[j + 16] - lo) * id + 0.5f);
+                a = a > 15 ? 15 : a;
+                c = c > 15 ? 15 : c;
+                s[4 + j] = (uint8_t)(a | c << 4);
+            }
+        }
+        break;
+    default: return -1;
+    }
+    return 0;
+}
+
 float *gguf_tensor_f32(gguf_file *f, const char *name, int64_t rows, int64_t cols) {
     const gguf_tensor *t = gguf_tensor_find(f, name);
     float *out;
@@ -482,6 +550,20 @@ void gguf_w_tensor_raw(gguf_writer *w, const char *name, uint32_t type, const vo
 
 void gguf_w_tensor_f32(gguf_writer *w, const char *name, const float *data, int n_dims, const uint64_t *ne) {
     gguf_w_tensor_raw(w, name, GGML_F32, data, n_dims, ne);
+}
+
+int gguf_w_tensor_as(gguf_writer *w, const char *name, uint32_t type, const float *data, int n_dims,
+                     const uint64_t *ne) {
+    int d, blk, bb;
+    uint64_t n = 1;
+    void *q;
+    if (ggml_type_info(type, &blk, &bb) || n_dims < 1 || ne[0] % (uint64_t)blk) return -1;
+    for (d = 0; d < n_dims; d++) n *= ne[d];
+    if (!(q = malloc((size_t)(n / (uint64_t)blk * (uint64_t)bb)))) { w->oom = 1; return 0; }
+    gguf_quant(type, data, q, n);
+    gguf_w_tensor_raw(w, name, type, q, n_dims, ne);
+    free(q);
+    return 0;
 }
 
 static int wr(FILE *fp, const void *p, size_t n) { return fwrite(p, 1, n, fp) == n ? 0 : -1; }

@@ -68,6 +68,9 @@ const char *ggml_type_name(uint32_t type);
 int ggml_type_info(uint32_t type, int *block, int *block_bytes);
 /* Dequantize n values (n a multiple of the block) of `type` from src. */
 int gguf_dequant(uint32_t type, const void *src, float *dst, uint64_t n);
+/* Quantize n f32 values (n a multiple of the block) into `type`: the inverse
+   of gguf_dequant, rounding as llama.cpp's reference quantizers do. */
+int gguf_quant(uint32_t type, const float *src, void *dst, uint64_t n);
 /* Whole tensor to a new f32 array [n_elem]; NULL and f->err on failure. If
    rows/cols are > 0 the tensor must be exactly that matrix (ne = {cols, rows}). */
 float *gguf_tensor_f32(gguf_file *f, const char *name, int64_t rows, int64_t cols);
@@ -89,6 +92,10 @@ void gguf_w_tensor_raw(gguf_writer *w, const char *name, uint32_t type, const vo
                        const uint64_t *ne);
 /* f32 tensor; ne = {cols, rows} for a matrix; data copied */
 void gguf_w_tensor_f32(gguf_writer *w, const char *name, const float *data, int n_dims, const uint64_t *ne);
+/* f32 data stored as `type` (quantized here); -1 if the type is unknown or
+   ne[0] is not a multiple of its block (nothing added) */
+int gguf_w_tensor_as(gguf_writer *w, const char *name, uint32_t type, const float *data, int n_dims,
+                     const uint64_t *ne);
 /* writes the file atomically (outfile.h): whole or not at all; 0 or -1 with err */
 int gguf_writer_save(gguf_writer *w, const char *path, char *err, size_t errlen);
 #endif

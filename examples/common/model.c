@@ -34,11 +34,12 @@ static int all_finite(const float *p, size_t n) {
     return 1;
 }
 
-/* tensor `name` as an f32 [rows][cols] matrix (rows 1 = vector); NaN or Inf
+/* tensor `name` as an f32 [rows][cols] matrix (rows 1 = vector; 0, 0 = any
+   shape, checked by the caller); NaN or Inf
    anywhere is a load error (a NaN norm weight makes every logit NaN) */
 static float *tensor(gguf_file *f, const char *name, int64_t rows, int64_t cols) {
     float *p = gguf_tensor_f32(f, name, rows, cols);
-    if (p && !all_finite(p, (size_t)rows * (size_t)cols)) {
+    if (p && !all_finite(p, (size_t)gguf_tensor_find(f, name)->n_elem)) {
         snprintf(f->err, sizeof f->err, "tensor %s has NaN or Inf values", name);
         free(p);
         return NULL;
@@ -61,6 +62,83 @@ static int optional_tensor(gguf_file *f, int l, const char *name, int64_t rows, 
     return *out || !gguf_tensor_find(f, k) ? 0 : -1;
 }
 
+/* deepseek2 (llama.cpp's name for DeepSeek-V2/V3 attention): dense blocks
+   only; the latent (and query latent) RMSNorms are on, as that format says. */
+static int load_deepseek2_config(model *m, gguf_file *f) {
+    mla_config *c = &m->mla;
+    const char *bad = NULL;
+    int64_t v, kl, vl;
+    if (get_i(f, "deepseek2", "leading_dense_block_count", &v, 0, 0)) return -1;
+    if (v < m->n_layers) {
+        snprintf(f->err, sizeof f->err, "deepseek2 blocks %d..%d are mixture-of-experts; this runner has dense FFNs only",
+                 (int)v, m->n_layers - 1);
+        return -1;
+    }
+    if (gguf_find(f, "deepseek2.attention.temperature_scale")) {
+        snprintf(f->err, sizeof f->err, "deepseek2 attention temperature scaling is not supported by this runner");
+        return -1;
+    }
+    if (get_i(f, "deepseek2", "attention.kv_lora_rank", &v, 1, 0)) return -1;
+    c->kv_lora_rank = (int)v;
+    if (get_i(f, "deepseek2", "attention.q_lora_rank", &v, 0, 0)) return -1;
+    c->q_lora_rank = (int)v;
+    if (get_i(f, "deepseek2", "rope.dimension_count", &v, 1, 0)) return -1;
+    c->qk_rope_head_dim = (int)v;
+    /* absorbed files give the per-head sizes in the *_mla keys (key/value_length
+       then describe the latent cache); legacy ones in key/value_length */
+    if (gguf_find(f, "deepseek2.attention.key_length_mla")) {
+        if (get_i(f, "deepseek2", "attention.key_length_mla", &kl, 1, 0) ||
+            get_i(f, "deepseek2", "attention.value_length_mla", &vl, 1, 0))
+            return -1;
+    } else if (get_i(f, "deepseek2", "attention.key_length", &kl, 1, 0) ||
+               get_i(f, "deepseek2", "attention.value_length", &vl, 1, 0)) {
+        return -1;
+    }
+    c->qk_nope_head_dim = (int)(kl - c->qk_rope_head_dim);
+    c->v_head_dim = (int)vl;
+    c->dim = m->dim; c->n_heads = m->n_heads; c->rms_eps = m->eps; c->rope_theta = m->rope_theta;
+    c->rope_layout = MLA_ROPE_INTERLEAVED; /* llama.cpp's NORM rope, DeepSeek's stored layout */
+    c->kv_norm = 1;
+    c->q_norm = c->q_lora_rank > 0;
+    if (mla_config_validate(c, &bad) != MLA_OK) {
+        snprintf(f->err, sizeof f->err, "bad deepseek2 hyper-parameter %s", bad ? bad : "?");
+        return -1;
+    }
+    return 0;
+}
+
+/* w_kvb [h*(d_nope+d_v)][r] from attn_k_b {d_nope, r, h} ([h][c][i] = W_uk[i][c])
+   and attn_v_b {r, d_v, h} ([h][e][c] = W_uv[e][c]) */
+static float *split_kv_b(gguf_file *f, int l, const mla_config *c) {
+    int H = c->n_heads, R = c->kv_lora_rank, dn = c->qk_nope_head_dim, dv = c->v_head_dim, h, i, e;
+    char kn[64], vn[64];
+    const gguf_tensor *tk, *tv;
+    float *kb = NULL, *vb = NULL, *out = NULL;
+    snprintf(kn, sizeof kn, "blk.%d.attn_k_b.weight", l);
+    snprintf(vn, sizeof vn, "blk.%d.attn_v_b.weight", l);
+    tk = gguf_tensor_find(f, kn);
+    tv = gguf_tensor_find(f, vn);
+    if (!tk || !tv || tk->n_dims != 3 || tv->n_dims != 3 || tk->ne[0] != (uint64_t)dn || tk->ne[1] != (uint64_t)R ||
+        tk->ne[2] != (uint64_t)H || tv->ne[0] != (uint64_t)R || tv->ne[1] != (uint64_t)dv || tv->ne[2] != (uint64_t)H) {
+        snprintf(f->err, sizeof f->err, "layer %d: attn_k_b / attn_v_b missing or not {%d, %d, %d} / {%d, %d, %d}", l, dn,
+                 R, H, R, dv, H);
+        return NULL;
+    }
+    if (!(kb = tensor(f, kn, 0, 0)) || !(vb = tensor(f, vn, 0, 0)) ||
+        !(out = (float *)malloc(sizeof(float) * (size_t)H * (dn + dv) * R))) {
+        if (kb && vb) snprintf(f->err, sizeof f->err, "out of memory");
+        free(kb); free(vb);
+        return NULL;
+    }
+    for (h = 0; h < H; h++)
+        for (i = 0; i < R; i++) {
+            for (e = 0; e < dn; e++) out[((size_t)h * (dn + dv) + e) * R + i] = kb[((size_t)h * R + i) * dn + e];
+            for (e = 0; e < dv; e++) out[((size_t)h * (dn + dv) + dn + e) * R + i] = vb[((size_t)h * dv + e) * R + i];
+        }
+    free(kb); free(vb);
+    return out;
+}
+
 #define LOAD(dst, expr)                \
     do {                               \
         if (!((dst) = (expr))) goto bad; \
@@ -70,18 +148,20 @@ int model_load(model *m, gguf_file *f) {
     gguf_str arch;
     int64_t v;
     double d;
-    int l;
+    int l, ds;
     const char *a;
+    char key[128];
     memset(m, 0, sizeof *m);
     if (gguf_get_str(f, "general.architecture", &arch)) return -1;
     if (arch.n >= sizeof m->arch) { snprintf(f->err, sizeof f->err, "architecture name too long"); return -1; }
     memcpy(m->arch, arch.p, arch.n);
-    if (strcmp(m->arch, "llama") && strcmp(m->arch, "llama-mla")) {
-        snprintf(f->err, sizeof f->err, "architecture '%s' is not supported (llama or llama-mla)", m->arch);
+    if (strcmp(m->arch, "llama") && strcmp(m->arch, "llama-mla") && strcmp(m->arch, "deepseek2")) {
+        snprintf(f->err, sizeof f->err, "architecture '%s' is not supported (llama, llama-mla or deepseek2)", m->arch);
         return -1;
     }
     a = m->arch;
-    m->is_mla = !strcmp(a, "llama-mla");
+    m->is_mla = strcmp(a, "llama") != 0;
+    ds = !strcmp(a, "deepseek2");
     if (get_i(f, a, "block_count", &v, 1, 0)) return -1;
     m->n_layers = (int)v;
     if (get_i(f, a, "embedding_length", &v, 1, 0)) return -1;
@@ -100,18 +180,19 @@ int model_load(model *m, gguf_file *f) {
     m->rope_theta = (float)d;
     if (m->n_layers <= 0 || m->n_layers > 1024 || m->dim <= 0 || m->dim > 65536 || m->ffn_dim <= 0 ||
         m->ffn_dim > 262144 || m->n_heads <= 0 || m->n_kv_heads <= 0 || m->n_heads % m->n_kv_heads ||
-        m->dim % m->n_heads) {
+        (!ds && m->dim % m->n_heads)) {
         snprintf(f->err, sizeof f->err, "inconsistent model shape (layers %d, dim %d, heads %d/%d, ffn %d)",
                  m->n_layers, m->dim, m->n_heads, m->n_kv_heads, m->ffn_dim);
         return -1;
     }
     m->head_dim = m->dim / m->n_heads;
     if (get_i(f, a, "rope.dimension_count", &v, 0, m->head_dim)) return -1;
-    if (v != m->head_dim) {
+    if (v != m->head_dim && !ds) {
         snprintf(f->err, sizeof f->err, "partial RoPE (%d of %d dims) is not supported", (int)v, m->head_dim);
         return -1;
     }
-    if (gguf_find(f, "llama.rope.scaling.type") || gguf_tensor_find(f, "rope_freqs.weight")) {
+    snprintf(key, sizeof key, "%s.rope.scaling.type", a);
+    if (gguf_find(f, key) || gguf_tensor_find(f, "rope_freqs.weight")) {
         snprintf(f->err, sizeof f->err, "RoPE scaling / rope_freqs are not supported by this runner");
         return -1;
     }
@@ -126,7 +207,8 @@ int model_load(model *m, gguf_file *f) {
     m->gqa.dim = m->dim; m->gqa.n_heads = m->n_heads; m->gqa.n_kv_heads = m->n_kv_heads;
     m->gqa.head_dim = m->head_dim; m->gqa.rope_theta = m->rope_theta;
     m->gqa.rope_layout = MLA_ROPE_INTERLEAVED; /* GGUF llama: Q/K rows permuted for NORM rope */
-    if (m->is_mla) {
+    if (ds && load_deepseek2_config(m, f)) return -1;
+    if (m->is_mla && !ds) {
         mla_config *c = &m->mla;
         const char *bad = NULL;
         if (get_i(f, a, "mla.kv_lora_rank", &v, 1, 0)) return -1;
@@ -196,9 +278,12 @@ int model_load(model *m, gguf_file *f) {
                 LOAD(w->w_q, layer_tensor(f, l, "attn_q.weight", H * qd, D));
                 if (c->attn_bias) LOAD(w->b_q, layer_tensor(f, l, "attn_q.bias", 1, H * qd));
             }
+            if (c->q_norm) LOAD(w->q_norm, layer_tensor(f, l, "attn_q_a_norm.weight", 1, c->q_lora_rank));
             LOAD(w->w_kva, layer_tensor(f, l, "attn_kv_a_mqa.weight", rm, D));
             if (c->attn_bias) LOAD(w->b_kva, layer_tensor(f, l, "attn_kv_a_mqa.bias", 1, rm));
-            LOAD(w->w_kvb, layer_tensor(f, l, "attn_kv_b.weight", H * (c->qk_nope_head_dim + c->v_head_dim), r));
+            if (c->kv_norm) LOAD(w->kv_norm, layer_tensor(f, l, "attn_kv_a_norm.weight", 1, r));
+            if (ds && !gguf_tensor_find(f, "blk.0.attn_kv_b.weight")) LOAD(w->w_kvb, split_kv_b(f, l, c));
+            else LOAD(w->w_kvb, layer_tensor(f, l, "attn_kv_b.weight", H * (c->qk_nope_head_dim + c->v_head_dim), r));
             LOAD(w->w_o, layer_tensor(f, l, "attn_output.weight", D, H * c->v_head_dim));
             if (mla_weights_validate(c, w, 1, &bad) != MLA_OK) {
                 snprintf(f->err, sizeof f->err, "layer %d: bad MLA weight %s", l, bad ? bad : "?");
@@ -229,6 +314,7 @@ void model_free(model *m) {
             free((void *)L->gqa.b_q); free((void *)L->gqa.b_k); free((void *)L->gqa.b_v);
             free((void *)L->mla.w_q); free((void *)L->mla.b_q); free((void *)L->mla.w_qa); free((void *)L->mla.b_qa);
             free((void *)L->mla.w_qb); free((void *)L->mla.w_kva); free((void *)L->mla.b_kva);
+            free((void *)L->mla.q_norm); free((void *)L->mla.kv_norm);
             free((void *)L->mla.w_kvb); free((void *)L->mla.w_o);
         }
     free(m->layers);
