@@ -589,6 +589,35 @@ static void test_compressed_smollm2(void) {
     th_note("r=128 m=64 (half the cache) greedy reply: \"%s\"", text[0]);
     CHECK(!strcmp(text[0], text[1]));
     CHECK(strstr(text[0], "Paris") != NULL);
+    { /* exported for llama.cpp (deepseek2, latent norm on), read back: same logits, same reply */
+        gguf_file f2;
+        model ds;
+        double worst = 0;
+        int p, n1, n2;
+        CHECK(save_deepseek2(&mla, &g_file, "build/test_smollm2_ds.gguf", GGML_F32, 0, err, sizeof err) == 0);
+        if (gguf_read(&f2, "build/test_smollm2_ds.gguf") == 0 && model_load(&ds, &f2) == 0) {
+            model_state st;
+            sampler sp = {0.0f, 1.0f, 1};
+            for (p = 0; p < 3; p++)
+                for (mode = 0; mode < 2; mode++) {
+                    float *a = prompt_logits(&mla, p, mode, &n1), *b = prompt_logits(&ds, p, mode, &n2);
+                    double e = a && b && n1 == n2 ? th_relerr(b, a, (size_t)n1) : 1e30;
+                    worst = e > worst ? e : worst;
+                    free(a); free(b);
+                }
+            CHECK(model_state_init(&st, &ds, 128, 16, MLA_F32) == 0);
+            CHECK(generate(&ds, &st, g_tok, toks, n, 10, &sp, NULL, text[1], sizeof text[1], NULL, NULL) > 0);
+            model_state_free(&st);
+            th_note("deepseek2 export read back: logits rel err %.1e (prefill and decode), reply \"%s\"", worst, text[1]);
+            CHECK_LE(worst, 1e-4);
+            CHECK(!strcmp(text[0], text[1]));
+            model_free(&ds);
+        } else {
+            CHECK(0);
+        }
+        gguf_close(&f2);
+        remove("build/test_smollm2_ds.gguf");
+    }
     model_free(&mla);
     free(calib);
 }
