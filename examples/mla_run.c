@@ -1,4 +1,5 @@
-/* mla-run: run a LLaMA GGUF (GQA) or a converted llama-mla GGUF (MLA):
+/* mla-run: run a LLaMA GGUF (GQA), a converted llama-mla GGUF or a dense
+   deepseek2 GGUF (MLA, e.g. from mla-convert --format gguf):
    generate text, chat, or measure perplexity. */
 #include "common/run.h"
 #include <limits.h>
@@ -10,9 +11,11 @@ static void usage(void) {
     fprintf(stderr,
             "usage: mla-run --model F [--prompt TEXT | --chat TEXT] [-n N] [--ppl FILE --ctx N]\n"
             "               [--threads N] [--temp T] [--top-p P] [--seed S] [--cache f32|f16|bf16|i8]\n"
-            "               [--naive] [--absorbed]\n"
+            "               [--naive] [--absorbed] [--ppl-half]\n"
             "  --prompt  raw text continuation      --chat  one user turn in the model's chat template\n"
             "  --ppl     perplexity of a text file in non-overlapping windows of --ctx tokens (default 512)\n"
+            "  --ppl-half  score only the second half of each window, BOS first when the vocabulary adds it:\n"
+            "              what llama.cpp's llama-perplexity computes (same windows, same numbers)\n"
             "  --naive     MLA models: decode with decompressed K/V (reference path) instead of absorbed\n"
             "  --absorbed  MLA models: prefill with the absorbed path too (default: naive prefill)\n"
             "  --cache     KV cache storage (default f32; i8: MLA models only, int8 latent rows)\n");
@@ -21,7 +24,7 @@ static void usage(void) {
 int main(int argc, char **argv) {
     const char *path = NULL, *prompt = NULL, *chat = NULL, *ppl_file = NULL, *cache = "f32";
     static const char *P = "mla-run";
-    int n_new = 128, ctx = 512, threads = 0, i, naive = 0, absorbed = 0, bad = 0;
+    int n_new = 128, ctx = 512, threads = 0, i, naive = 0, absorbed = 0, bad = 0, half = 0;
     long long seed = 0;
     double x = 0;
     sampler sp = {0.0f, 0.95f, 42};
@@ -34,6 +37,7 @@ int main(int argc, char **argv) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--naive")) { naive = 1; continue; }
         if (!strcmp(a, "--absorbed")) { absorbed = 1; continue; }
+        if (!strcmp(a, "--ppl-half")) { half = 1; continue; }
         if (!v) { usage(); return 2; }
         if (!strcmp(a, "--model")) path = v;
         else if (!strcmp(a, "--prompt")) prompt = v;
@@ -94,17 +98,21 @@ int main(int argc, char **argv) {
         free(toks);
     }
     if (ppl_file) {
-        int n;
+        int n, bos = -1;
         long scored = 0;
         int *toks = tokenize_file(tk, ppl_file, &n);
         double ppl, t1;
         if (!toks) { fprintf(stderr, "mla-run: cannot read %s\n", ppl_file); return 1; }
         if (n < ctx) { fprintf(stderr, "mla-run: %s has %d tokens, fewer than --ctx %d\n", ppl_file, n, ctx); return 1; }
         t1 = now_s();
-        ppl = perplexity_with(&m, toks, n, ctx, 1, &scored, ct, absorbed);
-        printf("perplexity %.4f over %ld tokens (%d windows of %d) of %s; %s cache, %s prefill; %.1f tok/s\n", ppl,
-               scored, n / ctx, ctx, ppl_file, cache, m.is_mla && absorbed ? "absorbed" : "naive",
-               (n / ctx) * ctx / (now_s() - t1));
+        if (half) { /* llama-perplexity: BOS over the first token when the vocabulary adds one */
+            const gguf_kv *ab = gguf_find(&f, "tokenizer.ggml.add_bos_token");
+            bos = ab && ab->type == GGUF_T_BOOL && ab->val[0] ? tok_bos(tk) : -1;
+        }
+        ppl = perplexity_with(&m, toks, n, ctx, 1, &scored, ct, absorbed, half ? ctx / 2 : 0, bos);
+        printf("perplexity %.4f over %ld tokens (%d windows of %d%s) of %s; %s cache, %s prefill; %.1f tok/s\n", ppl,
+               scored, n / ctx, ctx, half ? ", second halves scored" : "", ppl_file, cache,
+               m.is_mla && absorbed ? "absorbed" : "naive", (n / ctx) * ctx / (now_s() - t1));
         free(toks);
         if (!(ppl == ppl) || ppl <= 0) { /* nan: the evaluation failed, say so in the exit code */
             fprintf(stderr, "mla-run: perplexity evaluation failed\n");

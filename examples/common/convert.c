@@ -313,36 +313,107 @@ static void put_typed(gguf_writer *w, const char *name, uint32_t type, const flo
     }
 }
 
-int save_deepseek2(const model *m, const gguf_file *sf, const char *path, uint32_t type, int lossy, char *err,
-                   size_t errlen) {
+/* One layer's attention in the form DeepSeek's stock code computes it. */
+typedef struct {
+    int H, D, R, M, dn, dn2, dv, rq, in, qd2; /* dn2 = max(dn, 1): the nope dims written */
+    double scale;                              /* softmax-scale fix folded into q        */
+    float *q;   /* q_proj [H*qd2][D] or q_b_proj [H*qd2][rq]: per head dn2 nope rows, M rope rows */
+    float *qa;  /* q_a_proj [rq][D], rows times alpha_q                                 */
+    float *qan; /* q_a_layernorm [rq] = sqrt(eps)/alpha_q                                */
+    float *kva; /* kv_a_proj_with_mqa [R+M][D], latent rows times alpha                  */
+    float *kvn; /* kv_a_layernorm [R] = sqrt(eps)/alpha                                  */
+    float *kvb; /* kv_b_proj [H*(dn2+dv)][R]: per head dn2 k rows (zero pad), dv v rows   */
+    double alpha;
+} ds_attn;
+
+static void ds_free(ds_attn *a) {
+    free(a->q); free(a->qa); free(a->qan); free(a->kva); free(a->kvn); free(a->kvb);
+}
+
+static int ds_init(ds_attn *a, const model *m) {
     const mla_config *c = &m->mla;
-    int H = m->n_heads, D = m->dim, R = c->kv_lora_rank, M = c->qk_rope_head_dim, dn = c->qk_nope_head_dim;
-    int dv = c->v_head_dim, rq = c->q_lora_rank, dn2 = dn > 0 ? dn : 1, qd = dn + M, qd2 = dn2 + M, l, h, i, e, rc;
-    uint32_t lat_type = type == GGML_BF16 ? GGML_BF16 : GGML_F32; /* F16/Q8_0 block scales would underflow */
-    double scale = mla_softmax_scale(c) * sqrt((double)qd2), worst = 0;
+    memset(a, 0, sizeof *a);
+    a->H = m->n_heads; a->D = m->dim; a->R = c->kv_lora_rank; a->M = c->qk_rope_head_dim;
+    a->dn = c->qk_nope_head_dim; a->dn2 = a->dn > 0 ? a->dn : 1; a->dv = c->v_head_dim; a->rq = c->q_lora_rank;
+    a->in = a->rq ? a->rq : a->D; a->qd2 = a->dn2 + a->M;
+    a->scale = mla_softmax_scale(c) * sqrt((double)a->qd2);
+    a->q = (float *)calloc((size_t)a->H * a->qd2 * a->in, sizeof(float));
+    a->kva = (float *)malloc(sizeof(float) * (size_t)(a->R + a->M) * a->D);
+    a->kvn = (float *)malloc(sizeof(float) * (size_t)a->R);
+    a->kvb = (float *)calloc((size_t)a->H * (a->dn2 + a->dv) * a->R, sizeof(float));
+    if (a->rq) {
+        a->qa = (float *)malloc(sizeof(float) * (size_t)a->rq * a->D);
+        a->qan = (float *)malloc(sizeof(float) * (size_t)a->rq);
+    }
+    if (!a->q || !a->kva || !a->kvn || !a->kvb || (a->rq && (!a->qa || !a->qan))) { ds_free(a); return -1; }
+    return 0;
+}
+
+/* fills a with layer l (pad rows stay zero from ds_init) */
+static void ds_layer(ds_attn *a, const model *m, int l) {
+    const mla_layer_weights *lw = &m->layers[l].mla;
+    const float *g = m->layers[l].attn_norm;
+    int qd = a->dn + a->M, h, i, e;
+    size_t k;
+    for (h = 0; h < a->H; h++)
+        for (i = 0; i < qd; i++) {
+            const float *src = (a->rq ? lw->w_qb : lw->w_q) + ((size_t)h * qd + i) * a->in;
+            float *dst = a->q + ((size_t)h * a->qd2 + (i < a->dn ? i : i - a->dn + a->dn2)) * a->in;
+            for (e = 0; e < a->in; e++) dst[e] = (float)(src[e] * a->scale);
+        }
+    a->alpha = norm_alpha(lw->w_kva, a->R, a->D, g, m->eps);
+    for (k = 0; k < (size_t)(a->R + a->M) * a->D; k++)
+        a->kva[k] = k < (size_t)a->R * a->D ? (float)(lw->w_kva[k] * a->alpha) : lw->w_kva[k];
+    for (i = 0; i < a->R; i++) a->kvn[i] = (float)(sqrt((double)m->eps) / a->alpha);
+    for (h = 0; h < a->H; h++)
+        for (i = 0; i < a->dn + a->dv; i++)
+            memcpy(a->kvb + ((size_t)h * (a->dn2 + a->dv) + (i < a->dn ? i : i - a->dn + a->dn2)) * a->R,
+                   lw->w_kvb + ((size_t)h * (a->dn + a->dv) + i) * a->R, sizeof(float) * a->R);
+    if (a->rq) {
+        double aq = norm_alpha(lw->w_qa, a->rq, a->D, g, m->eps);
+        for (k = 0; k < (size_t)a->rq * a->D; k++) a->qa[k] = (float)(lw->w_qa[k] * aq);
+        for (i = 0; i < a->rq; i++) a->qan[i] = (float)(sqrt((double)m->eps) / aq);
+    }
+}
+
+/* the checks every deepseek-format export makes; 0 or -1 with err */
+static int ds_check(const model *m, int lossy, char *err, size_t errlen) {
+    char buf[256];
     const char *why;
-    char key[160], buf[256];
-    gguf_writer *w;
-    float *q = NULL, *kva = NULL, *nrm = NULL, *kb = NULL, *vb = NULL, *qa = NULL, *qn = NULL;
-    uint64_t ne[3], k;
     if (!m->is_mla || !m->conv) { snprintf(err, errlen, "not a converted model"); return -1; }
-    if (c->kv_norm || c->q_norm) { snprintf(err, errlen, "the model already has latent norms (not a conversion of ours)"); return -1; }
+    if (m->mla.kv_norm || m->mla.q_norm) { snprintf(err, errlen, "the model already has latent norms (not a conversion of ours)"); return -1; }
     if ((why = deepseek2_lossy_reason(m, buf, sizeof buf))) {
         if (!lossy) {
-            snprintf(err, errlen, "cannot export to deepseek2 exactly: %s (--lossy exports it anyway)", why);
+            snprintf(err, errlen, "cannot export to the DeepSeek format exactly: %s (--lossy exports it anyway)", why);
             return -1;
         }
         fprintf(stderr, "  --lossy: %s; exported without it\n", why);
     }
+    return 0;
+}
+
+static void ds_report(const char *fmt, const ds_attn *a, double worst_alpha, const char *types) {
+    fprintf(stderr, "  %s: latent norm made linear (rows scaled by alpha <= %.3g, latent off by <= %.0e relative), "
+            "softmax scale x%.6g folded into the query, %s%s\n", fmt, worst_alpha, LATENT_NORM_TOL, a->scale, types,
+            a->dn == 0 ? ", one zero nope dim (stock code needs d_nope >= 1)" : "");
+}
+
+int save_deepseek2(const model *m, const gguf_file *sf, const char *path, uint32_t type, int lossy, char *err,
+                   size_t errlen) {
+    uint32_t lat_type = type == GGML_BF16 ? GGML_BF16 : GGML_F32; /* F16/Q8_0 block scales would underflow */
+    double worst = 0;
+    char key[160], types[96];
+    gguf_writer *w;
+    float *kb = NULL, *vb = NULL;
+    uint64_t ne[3], k;
+    ds_attn a;
+    int l, h, i, e, rc;
+    if (ds_check(m, lossy, err, errlen)) return -1;
+    if (ds_init(&a, m)) { snprintf(err, errlen, "out of memory"); return -1; }
     w = gguf_writer_new();
-    q = (float *)calloc((size_t)H * qd2 * (rq ? rq : D), sizeof(float));
-    kva = (float *)malloc(sizeof(float) * (size_t)(R + M) * D);
-    nrm = (float *)malloc(sizeof(float) * (size_t)(R > rq ? R : rq));
-    kb = (float *)calloc((size_t)H * R * dn2, sizeof(float));
-    vb = (float *)malloc(sizeof(float) * (size_t)H * R * dv);
-    qa = rq ? (float *)malloc(sizeof(float) * (size_t)rq * D) : NULL;
-    qn = rq ? (float *)malloc(sizeof(float) * (size_t)rq) : NULL;
-    if (!w || !q || !kva || !nrm || !kb || !vb || (rq && (!qa || !qn))) {
+    kb = (float *)malloc(sizeof(float) * (size_t)a.H * a.R * a.dn2);
+    vb = (float *)malloc(sizeof(float) * (size_t)a.H * a.R * a.dv);
+    if (!w || !kb || !vb) {
         snprintf(err, errlen, "out of memory");
         rc = -1;
         goto done;
@@ -355,18 +426,18 @@ int save_deepseek2(const model *m, const gguf_file *sf, const char *path, uint32
             gguf_w_copy(w, kv);
     }
 #define DS(name, v) gguf_w_u32(w, "deepseek2." name, (uint32_t)(v))
-    DS("context_length", m->ctx_len); DS("embedding_length", D); DS("block_count", m->n_layers);
+    DS("context_length", m->ctx_len); DS("embedding_length", a.D); DS("block_count", m->n_layers);
     DS("feed_forward_length", m->ffn_dim); DS("expert_feed_forward_length", m->ffn_dim);
     DS("leading_dense_block_count", m->n_layers); DS("expert_shared_count", 0);
-    DS("attention.head_count", H); DS("attention.head_count_kv", 1);
-    DS("attention.key_length", R + M); DS("attention.value_length", R); /* what the cache holds */
-    DS("attention.key_length_mla", qd2); DS("attention.value_length_mla", dv); /* absorbed path */
-    DS("attention.kv_lora_rank", R); DS("attention.q_lora_rank", rq);
-    DS("rope.dimension_count", M);
+    DS("attention.head_count", a.H); DS("attention.head_count_kv", 1);
+    DS("attention.key_length", a.R + a.M); DS("attention.value_length", a.R); /* what the cache holds */
+    DS("attention.key_length_mla", a.qd2); DS("attention.value_length_mla", a.dv); /* absorbed path */
+    DS("attention.kv_lora_rank", a.R); DS("attention.q_lora_rank", a.rq);
+    DS("rope.dimension_count", a.M);
     DS("vocab_size", m->vocab);
 #undef DS
     gguf_w_f32(w, "deepseek2.attention.layer_norm_rms_epsilon", m->eps);
-    gguf_w_f32(w, "deepseek2.rope.freq_base", c->rope_theta > 0 ? c->rope_theta : 10000.0f);
+    gguf_w_f32(w, "deepseek2.rope.freq_base", m->mla.rope_theta > 0 ? m->mla.rope_theta : 10000.0f);
     gguf_w_f32(w, "deepseek2.expert_weights_scale", 1.0f);
     for (k = 0; k < sf->n_tensors; k++) { /* embeddings, norms, FFN: as stored */
         const gguf_tensor *t = &sf->tensors[k];
@@ -375,67 +446,49 @@ int save_deepseek2(const model *m, const gguf_file *sf, const char *path, uint32
             gguf_w_tensor_raw(w, t->name, t->type, t->data, (int)t->n_dims, t->ne);
     }
     for (l = 0; l < m->n_layers; l++) {
-        const mla_layer_weights *lw = &m->layers[l].mla;
-        const float *g = m->layers[l].attn_norm;
         const gguf_tensor *o;
-        int in = rq ? rq : D;
-        double a = norm_alpha(lw->w_kva, R, D, g, m->eps), aq;
-        /* query rows: per head dn nope (+ zero pad) then M rope, times the scale fix */
-        for (h = 0; h < H; h++)
-            for (i = 0; i < qd; i++) {
-                const float *src = (rq ? lw->w_qb : lw->w_q) + ((size_t)h * qd + i) * in;
-                float *dst = q + ((size_t)h * qd2 + (i < dn ? i : i - dn + dn2)) * in;
-                for (e = 0; e < in; e++) dst[e] = (float)(src[e] * scale);
+        const float *wo = m->layers[l].mla.w_o;
+        ds_layer(&a, m, l);
+        worst = a.alpha > worst ? a.alpha : worst;
+        for (h = 0; h < a.H; h++) /* k_b [h][c][i] = W_uk[i][c]; v_b [h][e][c] = W_uv[e][c] */
+            for (i = 0; i < a.R; i++) {
+                const float *kvb = a.kvb + (size_t)h * (a.dn2 + a.dv) * a.R + i;
+                for (e = 0; e < a.dn2; e++) kb[((size_t)h * a.R + i) * a.dn2 + e] = kvb[(size_t)e * a.R];
+                for (e = 0; e < a.dv; e++) vb[((size_t)h * a.dv + e) * a.R + i] = kvb[(size_t)(a.dn2 + e) * a.R];
             }
-        for (i = 0; i < (R + M) * D; i++) kva[i] = i < R * D ? (float)(lw->w_kva[i] * a) : lw->w_kva[i];
-        for (i = 0; i < R; i++) nrm[i] = (float)(sqrt((double)m->eps) / a);
-        for (h = 0; h < H; h++) /* k_b [h][c][i] = W_uk[i][c]; v_b [h][e][c] = W_uv[e][c] */
-            for (i = 0; i < R; i++) {
-                for (e = 0; e < dn; e++) kb[((size_t)h * R + i) * dn2 + e] = lw->w_kvb[((size_t)h * (dn + dv) + e) * R + i];
-                for (e = 0; e < dv; e++) vb[((size_t)h * dv + e) * R + i] = lw->w_kvb[((size_t)h * (dn + dv) + dn + e) * R + i];
-            }
-        if (rq) {
-            aq = norm_alpha(lw->w_qa, rq, D, g, m->eps);
-            for (i = 0; i < rq * D; i++) qa[i] = (float)(lw->w_qa[i] * aq);
-            for (i = 0; i < rq; i++) qn[i] = (float)(sqrt((double)m->eps) / aq);
+        if (a.rq) {
             snprintf(key, sizeof key, "blk.%d.attn_q_a.weight", l);
-            ne[0] = (uint64_t)D; ne[1] = (uint64_t)rq;
-            gguf_w_tensor_as(w, key, lat_type, qa, 2, ne);
+            ne[0] = (uint64_t)a.D; ne[1] = (uint64_t)a.rq;
+            gguf_w_tensor_as(w, key, lat_type, a.qa, 2, ne);
             snprintf(key, sizeof key, "blk.%d.attn_q_a_norm.weight", l);
-            gguf_w_tensor_as(w, key, GGML_F32, qn, 1, ne + 1);
-            snprintf(key, sizeof key, "blk.%d.attn_q_b.weight", l);
-            ne[0] = (uint64_t)rq; ne[1] = (uint64_t)H * qd2;
-            put_typed(w, key, type, q, 2, ne);
-        } else {
-            snprintf(key, sizeof key, "blk.%d.attn_q.weight", l);
-            ne[0] = (uint64_t)D; ne[1] = (uint64_t)H * qd2;
-            put_typed(w, key, type, q, 2, ne);
+            gguf_w_tensor_as(w, key, GGML_F32, a.qan, 1, ne + 1);
         }
+        snprintf(key, sizeof key, a.rq ? "blk.%d.attn_q_b.weight" : "blk.%d.attn_q.weight", l);
+        ne[0] = (uint64_t)a.in; ne[1] = (uint64_t)a.H * a.qd2;
+        put_typed(w, key, type, a.q, 2, ne);
         snprintf(key, sizeof key, "blk.%d.attn_kv_a_mqa.weight", l);
-        ne[0] = (uint64_t)D; ne[1] = (uint64_t)(R + M);
-        gguf_w_tensor_as(w, key, lat_type, kva, 2, ne);
+        ne[0] = (uint64_t)a.D; ne[1] = (uint64_t)(a.R + a.M);
+        gguf_w_tensor_as(w, key, lat_type, a.kva, 2, ne);
         snprintf(key, sizeof key, "blk.%d.attn_kv_a_norm.weight", l);
-        ne[0] = (uint64_t)R;
-        gguf_w_tensor_as(w, key, GGML_F32, nrm, 1, ne);
+        ne[0] = (uint64_t)a.R;
+        gguf_w_tensor_as(w, key, GGML_F32, a.kvn, 1, ne);
         snprintf(key, sizeof key, "blk.%d.attn_k_b.weight", l);
-        ne[0] = (uint64_t)dn2; ne[1] = (uint64_t)R; ne[2] = (uint64_t)H;
+        ne[0] = (uint64_t)a.dn2; ne[1] = (uint64_t)a.R; ne[2] = (uint64_t)a.H;
         put_typed(w, key, type, kb, 3, ne);
         snprintf(key, sizeof key, "blk.%d.attn_v_b.weight", l);
-        ne[0] = (uint64_t)R; ne[1] = (uint64_t)dv; ne[2] = (uint64_t)H;
+        ne[0] = (uint64_t)a.R; ne[1] = (uint64_t)a.dv; ne[2] = (uint64_t)a.H;
         put_typed(w, key, type, vb, 3, ne);
         snprintf(key, sizeof key, "blk.%d.attn_output.weight", l);
-        ne[0] = (uint64_t)H * dv; ne[1] = (uint64_t)D;
-        if ((o = same_as_source(sf, key, lw->w_o, (size_t)D * H * dv))) gguf_w_tensor_raw(w, key, o->type, o->data, 2, ne);
-        else put_typed(w, key, type, lw->w_o, 2, ne);
-        worst = a > worst ? a : worst;
+        ne[0] = (uint64_t)a.H * a.dv; ne[1] = (uint64_t)a.D;
+        if ((o = same_as_source(sf, key, wo, (size_t)a.D * a.H * a.dv))) gguf_w_tensor_raw(w, key, o->type, o->data, 2, ne);
+        else put_typed(w, key, type, wo, 2, ne);
     }
-    fprintf(stderr, "  deepseek2: latent norm made linear (rows scaled by alpha <= %.3g, latent off by <= %.0e relative), "
-            "softmax scale %.6g folded into the query, attention tensors %s (kv_a_mqa %s)%s\n",
-            worst, LATENT_NORM_TOL, scale, ggml_type_name(type), ggml_type_name(lat_type),
-            dn == 0 ? ", one zero nope dim (llama.cpp needs d_nope >= 1)" : "");
+    snprintf(types, sizeof types, "attention tensors %s (kv_a_mqa %s)", ggml_type_name(type), ggml_type_name(lat_type));
+    ds_report("deepseek2", &a, worst, types);
     rc = gguf_writer_save(w, path, err, errlen);
 done:
     gguf_writer_free(w);
-    free(q); free(kva); free(nrm); free(kb); free(vb); free(qa); free(qn);
+    free(kb); free(vb);
+    ds_free(&a);
     return rc;
 }

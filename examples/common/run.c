@@ -109,36 +109,42 @@ int *tokenize_files(const tokenizer *tk, const char *paths, int *n) {
 }
 
 double perplexity(const model *m, const int *toks, int n, int ctx, int progress, long *scored) {
-    return perplexity_with(m, toks, n, ctx, progress, scored, MLA_F32, 0);
+    return perplexity_with(m, toks, n, ctx, progress, scored, MLA_F32, 0, 0, -1);
 }
 
 double perplexity_with(const model *m, const int *toks, int n, int ctx, int progress, long *scored, mla_dtype cache,
-                       int absorbed) {
+                       int absorbed, int first, int bos) {
     model_state st;
     int chunk = ctx < 512 ? ctx : 512, w, n_win = n / ctx;
     float *hidden = (float *)malloc(sizeof(float) * (size_t)chunk * m->dim);
     float *logits = (float *)malloc(sizeof(float) * (size_t)chunk * m->vocab);
+    int *wt = (int *)malloc(sizeof(int) * (size_t)(ctx > 0 ? ctx : 1));
     double nll = 0;
     long cnt = 0;
     double t0 = now_s();
     fflush(stdout); /* progress goes to stderr: keep the order on a shared terminal */
-    if (!hidden || !logits || model_state_init(&st, m, ctx, chunk, cache)) { free(hidden); free(logits); return NAN; }
+    if (!hidden || !logits || !wt || model_state_init(&st, m, ctx, chunk, cache)) {
+        free(hidden); free(logits); free(wt);
+        return NAN;
+    }
     if (absorbed) st.prefill_mode = MLA_ABSORBED;
     for (w = 0; w < n_win; w++) {
-        const int *wt = toks + (size_t)w * ctx;
         int off;
+        memcpy(wt, toks + (size_t)w * ctx, sizeof(int) * (size_t)ctx);
+        if (bos >= 0) wt[0] = bos;
         model_state_reset(&st);
         for (off = 0; off < ctx; off += chunk) {
             int T = ctx - off < chunk ? ctx - off : chunk, t;
             if (model_forward(m, &st, wt + off, T, hidden)) { nll = NAN; goto done; }
             model_logits(m, hidden, T, logits);
             {
-                int last = off + T < ctx ? T : T - 1; /* the window's last token predicts nothing */
+                int last = off + T < ctx ? T : T - 1, from = first - off > 0 ? first - off : 0; /* the window's
+                                                                  last token predicts nothing */
                 double part = 0;
 #ifdef _OPENMP
 #pragma omp parallel for reduction(+ : part) schedule(static)
 #endif
-                for (t = 0; t < last; t++) {
+                for (t = from; t < last; t++) {
                     const float *lg = logits + (size_t)t * m->vocab;
                     double mx = lg[0], se = 0;
                     int v;
@@ -147,7 +153,7 @@ double perplexity_with(const model *m, const int *toks, int n, int ctx, int prog
                     part += mx + log(se) - lg[wt[off + t + 1]];
                 }
                 nll += part;
-                cnt += last;
+                cnt += last > from ? last - from : 0;
             }
         }
         if (progress) {
@@ -158,7 +164,7 @@ double perplexity_with(const model *m, const int *toks, int n, int ctx, int prog
 done:
     if (progress) fprintf(stderr, "\n");
     model_state_free(&st);
-    free(hidden); free(logits);
+    free(hidden); free(logits); free(wt);
     if (scored) *scored = cnt;
     return cnt ? exp(nll / cnt) : NAN;
 }

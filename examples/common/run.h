@@ -34,10 +34,14 @@ int ensure_dir(const char *path); /* mkdir unless it exists; 0 on success */
    from an empty cache; every token after the first of a window is scored.
    Returns exp(mean NLL); *scored gets the number of scored tokens. */
 /* cache: the KV cache's storage; absorbed: MLA models prefill with the
-   absorbed kernel (every token through the decode path) instead of naive */
+   absorbed kernel (every token through the decode path) instead of naive;
+   first: tokens at the start of each window that are context only (the
+   predictions of positions first .. ctx-2 are scored; llama.cpp's
+   llama-perplexity uses ctx/2); bos >= 0: each window's first token is
+   replaced by it (llama-perplexity does so when the vocabulary adds BOS). */
 double perplexity(const model *m, const int *toks, int n, int ctx, int progress, long *scored);
 double perplexity_with(const model *m, const int *toks, int n, int ctx, int progress, long *scored, mla_dtype cache,
-                       int absorbed);
+                       int absorbed, int first, int bos);
 
 typedef struct {
     float temp;   /* 0 = greedy */
