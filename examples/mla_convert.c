@@ -28,9 +28,12 @@ static void usage(void) {
             "  --q-rank N          low-rank query: W_q = W_qb W_qa of rank N (PCA of the queries)\n"
             "  --eval FILE         perplexity of original and converted on FILE (windows of --ctx, 512)\n"
             "  --format F          llama-mla (default: this project's file, runs in mla-run, keeps everything),\n"
-            "                      gguf (architecture deepseek2: runs in stock llama.cpp and in mla-run)\n"
-            "  --type T            --format gguf: attention tensors as f32 (default), f16, bf16, q8_0, q4_0, q4_1\n"
-            "  --lossy             --format gguf: export even what deepseek2 cannot express (attention biases,\n"
+            "                      gguf (architecture deepseek2: runs in stock llama.cpp and in mla-run),\n"
+            "                      safetensors (--out is a directory: model.safetensors + config.json in\n"
+            "                      DeepSeek-V3's Hugging Face form)\n"
+            "  --type T            gguf: attention tensors as f32 (default), f16, bf16, q8_0, q4_0, q4_1;\n"
+            "                      safetensors: every tensor as f32 (default), f16, bf16\n"
+            "  --lossy             gguf/safetensors: export even what DeepSeek's format cannot express (biases,\n"
             "                      a non-standard RoPE table), dropping it; --eval then measures the cost\n"
             "  --threads N\n");
 }
@@ -80,8 +83,9 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--key-weight")) bad = arg_num(P, a, v, 1e-6, 1e6, &o.key_weight);
         else if (!strcmp(a, "--format")) {
             if (!strcmp(v, "gguf") || !strcmp(v, "deepseek2")) ds = 1;
+            else if (!strcmp(v, "safetensors")) ds = 2;
             else if (!strcmp(v, "llama-mla")) ds = 0;
-            else { fprintf(stderr, "mla-convert: unknown format %s (llama-mla or gguf)\n", v); return 2; }
+            else { fprintf(stderr, "mla-convert: unknown format %s (llama-mla, gguf or safetensors)\n", v); return 2; }
         } else if (!strcmp(a, "--type")) {
             static const char *names[] = {"f32", "f16", "bf16", "q8_0", "q4_0", "q4_1"};
             static const uint32_t types[] = {GGML_F32, GGML_F16, GGML_BF16, GGML_Q8_0, GGML_Q4_0, GGML_Q4_1};
@@ -96,7 +100,11 @@ int main(int argc, char **argv) {
     }
     if (!in || !out) { usage(); return 2; }
     if (!ds && (type != GGML_F32 || lossy)) {
-        fprintf(stderr, "mla-convert: --type and --lossy apply to --format gguf (llama-mla stores attention in F32)\n");
+        fprintf(stderr, "mla-convert: --type and --lossy apply to --format gguf/safetensors (llama-mla stores attention in F32)\n");
+        return 2;
+    }
+    if (ds == 2 && type != GGML_F32 && type != GGML_F16 && type != GGML_BF16) {
+        fprintf(stderr, "mla-convert: --format safetensors stores f32, f16 or bf16\n");
         return 2;
     }
     if (o.expected_rope < 0) o.expected_rope = o.method == MLA_CONVERT_QAWARE;
@@ -104,7 +112,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "mla-convert: --out %s is the source model; choose another path\n", out);
         return 2;
     }
-    if (outfile_check(out, err, sizeof err)) { fprintf(stderr, "mla-convert: %s\n", err); return 1; }
+    if (ds != 2 && outfile_check(out, err, sizeof err)) { fprintf(stderr, "mla-convert: %s\n", err); return 1; }
     set_threads(threads);
     t0 = now_s();
     if (gguf_read(&f, in) || model_load(&src, &f) || !(tk = tok_load(&f))) {
@@ -190,11 +198,17 @@ int main(int argc, char **argv) {
            model_kv_values_per_token(&src), 2 * model_kv_values_per_token(&src), model_kv_values_per_token(&dst),
            2 * model_kv_values_per_token(&dst),
            100.0 * (1.0 - (double)model_kv_values_per_token(&dst) / model_kv_values_per_token(&src)));
-    if (ds ? save_deepseek2(&dst, &f, out, type, lossy, err, sizeof err) : save_converted(&dst, &f, out, err, sizeof err)) {
+    if (ds == 2 ? save_deepseek_safetensors(&dst, &f, out, type == GGML_F16 ? ST_F16 : type == GGML_BF16 ? ST_BF16 : ST_F32,
+                                            lossy, err, sizeof err)
+        : ds     ? save_deepseek2(&dst, &f, out, type, lossy, err, sizeof err)
+                 : save_converted(&dst, &f, out, err, sizeof err)) {
         fprintf(stderr, "mla-convert: %s\n", err);
         return 1;
     }
-    printf("wrote %s (%s)\n", out, ds ? "deepseek2 GGUF: llama.cpp and mla-run" : "llama-mla GGUF: mla-run");
+    printf("wrote %s (%s)\n", out,
+           ds == 2 ? "model.safetensors + config.json, DeepSeek-V3 form"
+           : ds    ? "deepseek2 GGUF: llama.cpp and mla-run"
+                   : "llama-mla GGUF: mla-run");
     if (eval_file) {
         int n;
         int *toks = tokenize_file(tk, eval_file, &n);
@@ -203,7 +217,7 @@ int main(int argc, char **argv) {
         if (!toks) { fprintf(stderr, "mla-convert: cannot read %s\n", eval_file); return 1; }
         printf("perplexity on %s (windows of %d): original %.4f, converted %.4f", eval_file, ctx,
                perplexity(&src, toks, n, ctx, 1, NULL), perplexity(&dst, toks, n, ctx, 1, NULL));
-        if (ds) { /* what the written file gives, read back as a runner reads it */
+        if (ds == 1) { /* what the written file gives, read back as a runner reads it */
             if (gguf_read(&of, out) || model_load(&om, &of)) {
                 fprintf(stderr, "\nmla-convert: reading back %s: %s\n", out, of.err);
                 return 1;

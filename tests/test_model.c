@@ -386,6 +386,46 @@ static double file_vs_model(const char *path, const model *m) {
     return worst;
 }
 
+/* writes layer l's attention of m (mla.h, naive, from an empty cache) on T
+   random tokens of residual stream as a .mlav file for tools/check_safetensors.py */
+static int write_attention_vectors(const model *m, int l, int T, const char *path) {
+    model_state st;
+    float *x = (float *)malloc(sizeof(float) * (size_t)T * m->dim), *xn = (float *)malloc(sizeof(float) * (size_t)T * m->dim);
+    float *out = (float *)malloc(sizeof(float) * (size_t)T * m->dim), tl[2];
+    const char *names[4] = {"x", "out", "T", "layer"};
+    const float *data[4];
+    unsigned cnt[4], i, n;
+    uint32_t seed = 777u;
+    FILE *fp;
+    int t, rc = -1;
+    if (!x || !xn || !out || model_state_init(&st, m, T, T, MLA_F32)) goto done;
+    for (i = 0; i < (unsigned)(T * m->dim); i++) {
+        seed = seed * 1664525u + 1013904223u;
+        x[i] = ((float)(seed >> 8) / 16777216.0f - 0.5f) * 4.0f;
+    }
+    for (t = 0; t < T; t++) mla_rmsnorm(xn + (size_t)t * m->dim, x + (size_t)t * m->dim, m->layers[l].attn_norm, m->dim, m->eps);
+    if (mla_forward(&m->mla, &m->layers[l].mla, &st.mla.pool, &st.mla.seq, l, xn, T, out, MLA_NAIVE, st.ws, st.ws_bytes))
+        goto free_st;
+    tl[0] = (float)T; tl[1] = (float)l;
+    data[0] = x; data[1] = out; data[2] = tl; data[3] = tl + 1;
+    cnt[0] = cnt[1] = (unsigned)(T * m->dim); cnt[2] = cnt[3] = 1;
+    if (!(fp = fopen(path, "wb"))) goto free_st;
+    fwrite("MLAV", 1, 4, fp);
+    n = 1; fwrite(&n, 4, 1, fp);
+    n = 4; fwrite(&n, 4, 1, fp);
+    for (i = 0; i < 4; i++) {
+        n = (unsigned)strlen(names[i]);
+        fwrite(&n, 4, 1, fp); fwrite(names[i], 1, n, fp);
+        fwrite(&cnt[i], 4, 1, fp); fwrite(data[i], 4, cnt[i], fp);
+    }
+    rc = fclose(fp) ? -1 : 0;
+free_st:
+    model_state_free(&st);
+done:
+    free(x); free(xn); free(out);
+    return rc;
+}
+
 /* The exported deepseek2 file computes what the converted model computes:
    the latent norm construction, the scale fold, the split of W_kvb into
    attn_k_b / attn_v_b and the zero nope dim of a lossless rewrite, all read
@@ -479,6 +519,18 @@ static void test_deepseek2_export(void) {
         th_note("llama.cpp's gguf reader agrees on every file (build/check_deepseek2.txt)");
     } else {
         th_skip("test_deepseek2_export (gguf-py part)", "python3 with the gguf package (pip install gguf) not found");
+    }
+    /* DeepSeek-V3 safetensors: an independent numpy DeepSeek attention over the files == mla.h's */
+    CHECK(save_deepseek_safetensors(&mla, &f, "build/test_st", ST_F32, 0, err, sizeof err) == 0);
+    CHECK(save_deepseek_safetensors(&lowq, &f, "build/test_st_lowq", ST_F32, 0, err, sizeof err) == 0);
+    CHECK(write_attention_vectors(&mla, 1, 9, "build/test_st/attn.mlav") == 0);
+    CHECK(write_attention_vectors(&lowq, 0, 9, "build/test_st_lowq/attn.mlav") == 0);
+    if (system("python3 -c 'import safetensors.numpy, numpy' >/dev/null 2>&1") == 0) {
+        CHECK(system("python3 tools/check_safetensors.py build/test_st build/test_st/attn.mlav > build/check_st.txt 2>&1 && "
+                     "python3 tools/check_safetensors.py build/test_st_lowq build/test_st_lowq/attn.mlav >> build/check_st.txt 2>&1") == 0);
+        th_note("DeepSeek-V3 safetensors: numpy DeepSeek attention == mla.h within 1e-4 (build/check_st.txt)");
+    } else {
+        th_skip("test_deepseek2_export (safetensors part)", "python3 with numpy and safetensors (pip) not found");
     }
     model_free(&lowq);
     model_free(&mla);

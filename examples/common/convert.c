@@ -1,6 +1,10 @@
+#define _POSIX_C_SOURCE 200809L /* mkdir */
 #include "convert.h"
 #include "run.h"
+#include "outfile.h"
+#include <errno.h>
 #include <math.h>
+#include <sys/stat.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -489,6 +493,104 @@ int save_deepseek2(const model *m, const gguf_file *sf, const char *path, uint32
 done:
     gguf_writer_free(w);
     free(kb); free(vb);
+    ds_free(&a);
+    return rc;
+}
+
+/* a malloc'd copy of n floats (NULL on out of memory: st_add then refuses) */
+static float *dup_f32(const float *p, size_t n) {
+    float *d = (float *)malloc(sizeof(float) * n);
+    if (d) memcpy(d, p, sizeof(float) * n);
+    return d;
+}
+
+static int write_config_json(const model *m, const gguf_file *sf, const ds_attn *a, st_dtype dt, const char *path,
+                             char *err, size_t errlen) {
+    outfile o;
+    int64_t bos = -1, eos = -1;
+    gguf_file *f = (gguf_file *)sf; /* the getters only write f->err */
+    if (gguf_find(sf, "tokenizer.ggml.bos_token_id")) gguf_get_int(f, "tokenizer.ggml.bos_token_id", &bos);
+    if (gguf_find(sf, "tokenizer.ggml.eos_token_id")) gguf_get_int(f, "tokenizer.ggml.eos_token_id", &eos);
+    if (outfile_open(&o, path, err, errlen)) return -1;
+    fprintf(o.fp,
+            "{\n  \"architectures\": [\"DeepseekV3ForCausalLM\"],\n  \"model_type\": \"deepseek_v3\",\n"
+            "  \"vocab_size\": %d,\n  \"hidden_size\": %d,\n  \"intermediate_size\": %d,\n"
+            "  \"moe_intermediate_size\": %d,\n  \"num_hidden_layers\": %d,\n  \"num_attention_heads\": %d,\n"
+            "  \"num_key_value_heads\": %d,\n  \"kv_lora_rank\": %d,\n  \"q_lora_rank\": %s%.0d,\n"
+            "  \"qk_rope_head_dim\": %d,\n  \"qk_nope_head_dim\": %d,\n  \"v_head_dim\": %d,\n"
+            "  \"rope_theta\": %.9g,\n  \"rope_scaling\": null,\n  \"rope_interleave\": true,\n"
+            "  \"rms_norm_eps\": %.9g,\n  \"max_position_embeddings\": %d,\n  \"hidden_act\": \"silu\",\n"
+            "  \"attention_bias\": false,\n  \"attention_dropout\": 0.0,\n"
+            "  \"n_routed_experts\": null,\n  \"n_shared_experts\": null,\n  \"num_experts_per_tok\": null,\n"
+            "  \"first_k_dense_replace\": %d,\n  \"moe_layer_freq\": 1,\n  \"tie_word_embeddings\": false,\n",
+            m->vocab, a->D, m->ffn_dim, m->ffn_dim, m->n_layers, a->H, a->H, a->R, a->rq ? "" : "null", a->rq, a->M,
+            a->dn2, a->dv, m->mla.rope_theta > 0 ? m->mla.rope_theta : 10000.0, m->eps, m->ctx_len, m->n_layers);
+    if (bos >= 0) fprintf(o.fp, "  \"bos_token_id\": %lld,\n", (long long)bos);
+    if (eos >= 0) fprintf(o.fp, "  \"eos_token_id\": %lld,\n", (long long)eos);
+    fprintf(o.fp, "  \"torch_dtype\": \"%s\",\n  \"use_cache\": true\n}\n",
+            dt == ST_F32 ? "float32" : dt == ST_F16 ? "float16" : "bfloat16");
+    return outfile_commit(&o, err, errlen);
+}
+
+int save_deepseek_safetensors(const model *m, const gguf_file *sf, const char *dir, st_dtype dt, int lossy, char *err,
+                              size_t errlen) {
+    static const char *const dn[] = {"F32", "F16", "BF16"};
+    char path[1024], name[160], types[64];
+    st_writer *w;
+    ds_attn a;
+    double worst = 0;
+    int64_t sh[2];
+    int l, rc;
+    size_t D, F;
+    if (ds_check(m, lossy, err, errlen)) return -1;
+    if (mkdir(dir, 0777) && errno != EEXIST) {
+        snprintf(err, errlen, "cannot create directory %s: %s", dir, strerror(errno));
+        return -1;
+    }
+    if (ds_init(&a, m) || !(w = st_writer_new(dt))) {
+        if (a.q) ds_free(&a);
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    D = (size_t)a.D; F = (size_t)m->ffn_dim;
+#define ST2(nm, p, rows, cols) (sh[0] = (rows), sh[1] = (cols), st_add(w, nm, dup_f32(p, (size_t)sh[0] * (size_t)sh[1]), 2, sh))
+#define ST1(nm, p, n) (sh[0] = (n), st_add(w, nm, dup_f32(p, (size_t)sh[0]), 1, sh))
+    ST2("model.embed_tokens.weight", m->tok_embd, m->vocab, a.D);
+    for (l = 0; l < m->n_layers; l++) {
+        const model_layer *L = &m->layers[l];
+        ds_layer(&a, m, l);
+        worst = a.alpha > worst ? a.alpha : worst;
+#define NM(x) (snprintf(name, sizeof name, "model.layers.%d.%s.weight", l, x), name)
+        ST1(NM("input_layernorm"), L->attn_norm, a.D);
+        if (a.rq) {
+            ST2(NM("self_attn.q_a_proj"), a.qa, a.rq, a.D);
+            ST1(NM("self_attn.q_a_layernorm"), a.qan, a.rq);
+            ST2(NM("self_attn.q_b_proj"), a.q, (int64_t)a.H * a.qd2, a.rq);
+        } else {
+            ST2(NM("self_attn.q_proj"), a.q, (int64_t)a.H * a.qd2, a.D);
+        }
+        ST2(NM("self_attn.kv_a_proj_with_mqa"), a.kva, a.R + a.M, a.D);
+        ST1(NM("self_attn.kv_a_layernorm"), a.kvn, a.R);
+        ST2(NM("self_attn.kv_b_proj"), a.kvb, (int64_t)a.H * (a.dn2 + a.dv), a.R);
+        ST2(NM("self_attn.o_proj"), L->mla.w_o, a.D, (int64_t)a.H * a.dv);
+        ST1(NM("post_attention_layernorm"), L->ffn_norm, a.D);
+        ST2(NM("mlp.gate_proj"), L->gate, (int64_t)F, a.D);
+        ST2(NM("mlp.up_proj"), L->up, (int64_t)F, a.D);
+        ST2(NM("mlp.down_proj"), L->down, a.D, (int64_t)F);
+#undef NM
+    }
+    ST1("model.norm.weight", m->out_norm, a.D);
+    ST2("lm_head.weight", m->output, m->vocab, a.D);
+#undef ST1
+#undef ST2
+    (void)D;
+    snprintf(types, sizeof types, "every tensor %s", dn[dt]);
+    ds_report("safetensors (DeepSeek-V3 naming)", &a, worst, types);
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    rc = st_save(w, path, err, errlen);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    if (!rc) rc = write_config_json(m, sf, &a, dt, path, err, errlen);
+    st_writer_free(w);
     ds_free(&a);
     return rc;
 }

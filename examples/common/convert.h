@@ -4,6 +4,7 @@
 #ifndef CONVERT_H
 #define CONVERT_H
 #include "model.h"
+#include "safetensors.h"
 
 #define CALIB_WINDOW 256 /* default calibration window in tokens (and the fewest tokens calibration takes) */
 
@@ -45,6 +46,12 @@ int save_converted(const model *dst, const gguf_file *src_file, const char *path
    non-standard RoPE table) is refused with the reason in err, unless lossy. */
 int save_deepseek2(const model *dst, const gguf_file *src_file, const char *path, uint32_t type, int lossy,
                    char *err, size_t errlen);
+/* Writes dst in DeepSeek-V3's Hugging Face form: dir/model.safetensors
+   (DeepSeek-V3 tensor names, every tensor in dt) and dir/config.json
+   (model_type deepseek_v3, dense layers, interleaved RoPE), with the same
+   constructions and refusals as save_deepseek2. dir is created if missing. */
+int save_deepseek_safetensors(const model *dst, const gguf_file *src_file, const char *dir, st_dtype dt, int lossy,
+                              char *err, size_t errlen);
 /* NULL if the converted model fits deepseek2 exactly; else why not (may use buf) */
 const char *deepseek2_lossy_reason(const model *m, char *buf, size_t n);
 #endif
