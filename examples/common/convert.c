@@ -590,7 +590,106 @@ int save_deepseek_safetensors(const model *m, const gguf_file *sf, const char *d
     rc = st_save(w, path, err, errlen);
     snprintf(path, sizeof path, "%s/config.json", dir);
     if (!rc) rc = write_config_json(m, sf, &a, dt, path, err, errlen);
+    if (!rc) { /* the tokenizer, where the source says enough to write it */
+        char why[256];
+        int t = write_hf_tokenizer(sf, dir, why, sizeof why);
+        if (t < 0) { snprintf(err, errlen, "%s", why); rc = -1; }
+        else if (t > 0) fprintf(stderr, "  tokenizer files not written: %s\n", why);
+    }
     st_writer_free(w);
     ds_free(&a);
+    return rc;
+}
+
+/* a JSON string literal of s (n bytes of UTF-8) */
+static void json_str(FILE *fp, const char *s, uint64_t n) {
+    uint64_t i;
+    fputc('"', fp);
+    for (i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch == '"' || ch == '\\') fprintf(fp, "\\%c", ch);
+        else if (ch < 0x20) fprintf(fp, "\\u%04x", ch);
+        else fputc(ch, fp);
+    }
+    fputc('"', fp);
+}
+
+static int str_is(gguf_str s, const char *t) { return s.n == strlen(t) && !memcmp(s.p, t, s.n); }
+
+int write_hf_tokenizer(const gguf_file *sf, const char *dir, char *why, size_t whylen) {
+    gguf_file *f = (gguf_file *)sf; /* the getters only write f->err */
+    gguf_str model, pre = {"default", 7}, *tok = NULL, *mer = NULL, tmpl;
+    uint64_t nt = 0, nm = 0, ntt = 0, i;
+    int32_t *tt = NULL;
+    int64_t bos = -1, eos = -1;
+    int digits, rc = -1, first;
+    char path[1024];
+    outfile o;
+    if (!gguf_find(sf, "tokenizer.ggml.model") || gguf_get_str(f, "tokenizer.ggml.model", &model) || !str_is(model, "gpt2")) {
+        snprintf(why, whylen, "the source tokenizer is not byte-level BPE (tokenizer.ggml.model gpt2)");
+        return 1;
+    }
+    if (gguf_find(sf, "tokenizer.ggml.pre") && gguf_get_str(f, "tokenizer.ggml.pre", &pre)) {
+        snprintf(why, whylen, "tokenizer.ggml.pre is not a string");
+        return 1;
+    }
+    if (!str_is(pre, "smollm") && !str_is(pre, "gpt2") && !str_is(pre, "default")) {
+        snprintf(why, whylen, "pre-tokenizer '%.*s' has no known Hugging Face equivalent here", (int)pre.n, pre.p);
+        return 1;
+    }
+    digits = str_is(pre, "smollm"); /* every digit alone, then GPT-2's ByteLevel regex */
+    tok = gguf_get_str_array(f, "tokenizer.ggml.tokens", &nt);
+    mer = gguf_get_str_array(f, "tokenizer.ggml.merges", &nm);
+    if (gguf_find(sf, "tokenizer.ggml.token_type")) tt = gguf_get_i32_array(f, "tokenizer.ggml.token_type", &ntt);
+    if (!tok || !mer || (tt && ntt != nt)) {
+        snprintf(why, whylen, "the source lacks tokenizer.ggml.tokens / merges / a matching token_type");
+        rc = 1;
+        goto done;
+    }
+    if (gguf_find(sf, "tokenizer.ggml.bos_token_id")) gguf_get_int(f, "tokenizer.ggml.bos_token_id", &bos);
+    if (gguf_find(sf, "tokenizer.ggml.eos_token_id")) gguf_get_int(f, "tokenizer.ggml.eos_token_id", &eos);
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    if (outfile_open(&o, path, why, whylen)) goto done;
+    fprintf(o.fp, "{\"version\":\"1.0\",\"truncation\":null,\"padding\":null,\"added_tokens\":[");
+    for (i = 0, first = 1; tt && i < nt; i++) /* control tokens (type 3) and user-defined ones (4) match whole */
+        if (tt[i] == 3 || tt[i] == 4) {
+            fprintf(o.fp, "%s{\"id\":%llu,\"content\":", first ? "" : ",", (unsigned long long)i);
+            json_str(o.fp, tok[i].p, tok[i].n);
+            fprintf(o.fp, ",\"single_word\":false,\"lstrip\":false,\"rstrip\":false,\"normalized\":false,\"special\":%s}",
+                    tt[i] == 3 ? "true" : "false");
+            first = 0;
+        }
+    fprintf(o.fp, "],\"normalizer\":null,\"pre_tokenizer\":{\"type\":\"Sequence\",\"pretokenizers\":[%s"
+            "{\"type\":\"ByteLevel\",\"add_prefix_space\":false,\"trim_offsets\":true,\"use_regex\":true}]},"
+            "\"post_processor\":null,\"decoder\":{\"type\":\"ByteLevel\",\"add_prefix_space\":true,\"trim_offsets\":true,"
+            "\"use_regex\":true},\"model\":{\"type\":\"BPE\",\"dropout\":null,\"unk_token\":null,"
+            "\"continuing_subword_prefix\":null,\"end_of_word_suffix\":null,\"fuse_unk\":false,\"byte_fallback\":false,"
+            "\"vocab\":{", digits ? "{\"type\":\"Digits\",\"individual_digits\":true}," : "");
+    for (i = 0; i < nt; i++) {
+        if (i) fputc(',', o.fp);
+        json_str(o.fp, tok[i].p, tok[i].n);
+        fprintf(o.fp, ":%llu", (unsigned long long)i);
+    }
+    fprintf(o.fp, "},\"merges\":[");
+    for (i = 0; i < nm; i++) {
+        if (i) fputc(',', o.fp);
+        json_str(o.fp, mer[i].p, mer[i].n);
+    }
+    fprintf(o.fp, "]}}\n");
+    if (outfile_commit(&o, why, whylen)) goto done;
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
+    if (outfile_open(&o, path, why, whylen)) goto done;
+    fprintf(o.fp, "{\n  \"tokenizer_class\": \"PreTrainedTokenizerFast\",\n  \"add_bos_token\": false,\n"
+            "  \"clean_up_tokenization_spaces\": false");
+    if (bos >= 0 && (uint64_t)bos < nt) { fprintf(o.fp, ",\n  \"bos_token\": "); json_str(o.fp, tok[bos].p, tok[bos].n); }
+    if (eos >= 0 && (uint64_t)eos < nt) { fprintf(o.fp, ",\n  \"eos_token\": "); json_str(o.fp, tok[eos].p, tok[eos].n); }
+    if (gguf_find(sf, "tokenizer.chat_template") && !gguf_get_str(f, "tokenizer.chat_template", &tmpl)) {
+        fprintf(o.fp, ",\n  \"chat_template\": ");
+        json_str(o.fp, tmpl.p, tmpl.n);
+    }
+    fprintf(o.fp, "\n}\n");
+    rc = outfile_commit(&o, why, whylen);
+done:
+    free(tok); free(mer); free(tt);
     return rc;
 }

@@ -48,10 +48,15 @@ int save_deepseek2(const model *dst, const gguf_file *src_file, const char *path
                    char *err, size_t errlen);
 /* Writes dst in DeepSeek-V3's Hugging Face form: dir/model.safetensors
    (DeepSeek-V3 tensor names, every tensor in dt) and dir/config.json
-   (model_type deepseek_v3, dense layers, interleaved RoPE), with the same
+   (model_type deepseek_v3, dense layers, interleaved RoPE) and the tokenizer
+   files (write_hf_tokenizer) when it can, with the same
    constructions and refusals as save_deepseek2. dir is created if missing. */
 int save_deepseek_safetensors(const model *dst, const gguf_file *src_file, const char *dir, st_dtype dt, int lossy,
                               char *err, size_t errlen);
+/* dir/tokenizer.json + dir/tokenizer_config.json (Hugging Face `tokenizers`
+   BPE, chat template, BOS/EOS) from a GGUF's byte-level BPE tokenizer keys.
+   0 written; 1 not enough to write them exactly (the reason in why); -1 error. */
+int write_hf_tokenizer(const gguf_file *src_file, const char *dir, char *why, size_t whylen);
 /* NULL if the converted model fits deepseek2 exactly; else why not (may use buf) */
 const char *deepseek2_lossy_reason(const model *m, char *buf, size_t n);
 #endif
