@@ -22,10 +22,10 @@ CBLAS_FLAGS = -DHAVE_CBLAS
 endif
 
 COMMON_SRC = examples/common/gguf.c examples/common/outfile.c examples/common/tokenizer.c examples/common/model.c examples/common/run.c \
-             examples/common/convert.c examples/common/safetensors.c examples/common/svg.c examples/common/tradeoff.c
+             examples/common/convert.c examples/common/safetensors.c examples/common/wmat.c examples/common/svg.c examples/common/tradeoff.c
 COMMON_HDR = mla.h examples/common/gguf.h examples/common/outfile.h examples/common/tokenizer.h examples/common/model.h \
              examples/common/run.h examples/common/unicode_tab.h examples/common/convert.h \
-             examples/common/svg.h examples/common/tradeoff.h examples/common/safetensors.h
+             examples/common/svg.h examples/common/tradeoff.h examples/common/safetensors.h examples/common/wmat.h
 TEST_SRC = tests/run_tests.c tests/harness.c tests/test_core.c tests/test_kernel.c tests/test_gguf.c tests/test_model.c tests/test_convert.c tests/test_cuda.c tests/test_cli.c tests/mlav.c \
            tests/impl.c $(COMMON_SRC)
 TEST_HDR = $(COMMON_HDR) tests/harness.h tests/mlav.h mla_cuda.h
@@ -197,7 +197,7 @@ valgrind: $(MODEL) | $(BIN)
 # ---- fuzzing (clang's libFuzzer + ASan/UBSan): make fuzz FUZZ_SECONDS=N ----
 FUZZ_CC    ?= clang
 FUZZ_FLAGS  = -g -O1 $(ARCH) -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -I.
-FUZZ_LIB    = examples/common/gguf.c examples/common/outfile.c examples/common/tokenizer.c examples/common/model.c \
+FUZZ_LIB    = examples/common/gguf.c examples/common/outfile.c examples/common/tokenizer.c examples/common/model.c examples/common/wmat.c \
               examples/common/mla_impl.c
 FUZZ_BIN    = $(BIN)/fuzz_gguf $(BIN)/fuzz_tokenizer $(BIN)/fuzz_api $(BIN)/fuzz_convert
 FUZZ_SECONDS ?= 60

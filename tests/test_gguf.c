@@ -2,6 +2,7 @@
    round trip, and malformed files (every truncation, bit flips, bad fields). */
 #include "harness.h"
 #include "../examples/common/gguf.h"
+#include "../examples/common/wmat.h"
 #include "../mla.h"
 #include <math.h>
 #include <stdlib.h>
@@ -221,9 +222,81 @@ static void test_malformed(void) {
     free(buf);
 }
 
+/* gguf_quant is the inverse of gguf_dequant within each type's rounding, and
+   wmat_mul on the stored bytes == the f32 product of the dequantized matrix
+   (double reference), for every type, decode (T <= 4) and prefill (T > 4)
+   sizes, row counts that are not a multiple of the 64-row tile, and F16/BF16
+   rows whose length is not a multiple of the 8-lane vector. */
+static void test_quant_and_wmat(void) {
+    static const uint32_t types[] = {GGML_F32, GGML_F16, GGML_BF16, GGML_Q8_0, GGML_Q4_0, GGML_Q4_1};
+    static const int Ts[] = {1, 3, 9};
+    uint32_t seed = 99u;
+    size_t i;
+    for (i = 0; i < sizeof types / sizeof types[0]; i++) {
+        int blk, bb, R = 70, C = types[i] == GGML_F16 || types[i] == GGML_BF16 ? 100 : 96, ti, r, c, t;
+        float *W = (float *)malloc(sizeof(float) * R * C), *D = (float *)malloc(sizeof(float) * R * C);
+        float *x = (float *)malloc(sizeof(float) * 9 * C), *y = (float *)malloc(sizeof(float) * 9 * R);
+        uint8_t *q;
+        double qerr = 0, merr = 0;
+        wmat w;
+        ggml_type_info(types[i], &blk, &bb);
+        q = (uint8_t *)malloc((size_t)R * C / blk * bb);
+        for (r = 0; r < R * C; r++) {
+            seed = seed * 1664525u + 1013904223u;
+            W[r] = ((float)(seed >> 8) / 16777216.0f - 0.5f) * (r % 7 == 0 ? 8.0f : 1.0f);
+        }
+        for (r = 0; r < 9 * C; r++) {
+            seed = seed * 1664525u + 1013904223u;
+            x[r] = (float)(seed >> 8) / 16777216.0f - 0.5f;
+        }
+        CHECK(gguf_quant(types[i], W, q, (uint64_t)R * C) == 0);
+        CHECK(gguf_dequant(types[i], q, D, (uint64_t)R * C) == 0);
+        for (r = 0; r < R * C; r += blk > 1 ? 32 : 1) { /* error per value against the block's step */
+            int n = blk > 1 ? 32 : 1, k;
+            float lo = W[r], hi = W[r], amax = 0, step;
+            for (k = 0; k < n; k++) {
+                lo = W[r + k] < lo ? W[r + k] : lo;
+                hi = W[r + k] > hi ? W[r + k] : hi;
+                amax = fabsf(W[r + k]) > amax ? fabsf(W[r + k]) : amax;
+            }
+            /* half a step (Q4_0: a whole one, the side opposite the extreme clamps at code 15) plus
+               the f16 rounding (2^-11) of the stored scale times the largest code, and of Q4_1's min */
+            step = types[i] == GGML_Q8_0 ? amax / 127 * (0.5f + 127 * 0x1p-11f)
+                 : types[i] == GGML_Q4_0 ? amax / 8 * (1.0f + 8 * 0x1p-11f)
+                 : types[i] == GGML_Q4_1 ? (hi - lo) / 15 * (0.5f + 15 * 0x1p-11f) + fabsf(lo) * 0x1p-11f : 0;
+            for (k = 0; k < n; k++) {
+                double e = fabs((double)D[r + k] - W[r + k]);
+                double b = types[i] == GGML_F16 ? fabs(W[r + k]) * 0x1p-11 + 1e-7
+                         : types[i] == GGML_BF16 ? fabs(W[r + k]) * 0x1p-8 : step;
+                if (e / (b > 0 ? b : 1e-30) > qerr) qerr = e / (b > 0 ? b : 1e-30);
+            }
+        }
+        w.type = types[i]; w.rows = R; w.cols = C; w.q = q; w.row_bytes = (size_t)C / blk * bb;
+        for (ti = 0; ti < 3; ti++) {
+            int T = Ts[ti];
+            double ymax = 0, emax = 0;
+            wmat_mul(y, x, &w, T);
+            for (t = 0; t < T; t++)
+                for (r = 0; r < R; r++) {
+                    double ref = 0;
+                    for (c = 0; c < C; c++) ref += (double)x[t * C + c] * D[(size_t)r * C + c];
+                    ymax = fabs(ref) > ymax ? fabs(ref) : ymax;
+                    emax = fabs(ref - y[t * R + r]) > emax ? fabs(ref - y[t * R + r]) : emax;
+                }
+            if (emax / ymax > merr) merr = emax / ymax;
+        }
+        th_note("%-4s: stored value error <= %.3f of its rounding bound; wmat_mul vs double product of the "
+                "dequantized matrix %.1e (T = 1, 3, 9)", ggml_type_name(types[i]), qerr, merr);
+        CHECK_LE(qerr, 1.0);
+        CHECK_LE(merr, 1e-5);
+        free(W); free(D); free(x); free(y); free(q);
+    }
+}
+
 void suite_gguf(void) {
     RUN(test_dequant_blocks);
     RUN(test_roundtrip);
+    RUN(test_quant_and_wmat);
     RUN(test_truncations);
     RUN(test_bitflips);
     RUN(test_malformed);

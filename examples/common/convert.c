@@ -37,7 +37,7 @@ static int calib_pass(const model *src, const model *through, const int *toks, i
             rc = -1;
             goto done;
         }
-        memcpy(H + t * D, src->tok_embd + (size_t)toks[t] * D, sizeof(float) * D);
+        wmat_row(&src->tok_embd, toks[t], H + t * D);
     }
     for (l = 0; l < src->n_layers; l++) {
         mla_calib cal, *c = keep ? &keep[l] : &cal;
@@ -555,7 +555,8 @@ int save_deepseek_safetensors(const model *m, const gguf_file *sf, const char *d
     D = (size_t)a.D; F = (size_t)m->ffn_dim;
 #define ST2(nm, p, rows, cols) (sh[0] = (rows), sh[1] = (cols), st_add(w, nm, dup_f32(p, (size_t)sh[0] * (size_t)sh[1]), 2, sh))
 #define ST1(nm, p, n) (sh[0] = (n), st_add(w, nm, dup_f32(p, (size_t)sh[0]), 1, sh))
-    ST2("model.embed_tokens.weight", m->tok_embd, m->vocab, a.D);
+    sh[0] = m->vocab; sh[1] = a.D;
+    st_add(w, "model.embed_tokens.weight", wmat_f32(&m->tok_embd), 2, sh);
     for (l = 0; l < m->n_layers; l++) {
         const model_layer *L = &m->layers[l];
         ds_layer(&a, m, l);
@@ -574,13 +575,16 @@ int save_deepseek_safetensors(const model *m, const gguf_file *sf, const char *d
         ST2(NM("self_attn.kv_b_proj"), a.kvb, (int64_t)a.H * (a.dn2 + a.dv), a.R);
         ST2(NM("self_attn.o_proj"), L->mla.w_o, a.D, (int64_t)a.H * a.dv);
         ST1(NM("post_attention_layernorm"), L->ffn_norm, a.D);
-        ST2(NM("mlp.gate_proj"), L->gate, (int64_t)F, a.D);
-        ST2(NM("mlp.up_proj"), L->up, (int64_t)F, a.D);
-        ST2(NM("mlp.down_proj"), L->down, a.D, (int64_t)F);
+        sh[0] = (int64_t)F; sh[1] = a.D;
+        st_add(w, NM("mlp.gate_proj"), wmat_f32(&L->gate), 2, sh);
+        st_add(w, NM("mlp.up_proj"), wmat_f32(&L->up), 2, sh);
+        sh[0] = a.D; sh[1] = (int64_t)F;
+        st_add(w, NM("mlp.down_proj"), wmat_f32(&L->down), 2, sh);
 #undef NM
     }
     ST1("model.norm.weight", m->out_norm, a.D);
-    ST2("lm_head.weight", m->output, m->vocab, a.D);
+    sh[0] = m->vocab; sh[1] = a.D;
+    st_add(w, "lm_head.weight", wmat_f32(&m->output), 2, sh);
 #undef ST1
 #undef ST2
     (void)D;

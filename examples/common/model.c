@@ -238,10 +238,13 @@ int model_load(model *m, gguf_file *f) {
             return -1;
         }
     }
-    LOAD(m->tok_embd, tensor(f, "token_embd.weight", m->vocab, m->dim));
+    if (wmat_from_gguf(&m->tok_embd, f, "token_embd.weight", m->vocab, m->dim)) goto bad;
     LOAD(m->out_norm, tensor(f, "output_norm.weight", 1, m->dim));
-    if (gguf_tensor_find(f, "output.weight")) LOAD(m->output, tensor(f, "output.weight", m->vocab, m->dim));
-    else m->output = m->tok_embd;
+    if (gguf_tensor_find(f, "output.weight")) {
+        if (wmat_from_gguf(&m->output, f, "output.weight", m->vocab, m->dim)) goto bad;
+    } else {
+        m->output = m->tok_embd;
+    }
     m->layers = (model_layer *)calloc((size_t)m->n_layers, sizeof(model_layer));
     if (!m->layers) goto bad;
     for (l = 0; l < m->n_layers; l++) {
@@ -249,9 +252,12 @@ int model_load(model *m, gguf_file *f) {
         int D = m->dim, H = m->n_heads, hd = m->head_dim, kvd = m->n_kv_heads * m->head_dim;
         LOAD(L->attn_norm, layer_tensor(f, l, "attn_norm.weight", 1, D));
         LOAD(L->ffn_norm, layer_tensor(f, l, "ffn_norm.weight", 1, D));
-        LOAD(L->gate, layer_tensor(f, l, "ffn_gate.weight", m->ffn_dim, D));
-        LOAD(L->up, layer_tensor(f, l, "ffn_up.weight", m->ffn_dim, D));
-        LOAD(L->down, layer_tensor(f, l, "ffn_down.weight", D, m->ffn_dim));
+        snprintf(key, sizeof key, "blk.%d.ffn_gate.weight", l);
+        if (wmat_from_gguf(&L->gate, f, key, m->ffn_dim, D)) goto bad;
+        snprintf(key, sizeof key, "blk.%d.ffn_up.weight", l);
+        if (wmat_from_gguf(&L->up, f, key, m->ffn_dim, D)) goto bad;
+        snprintf(key, sizeof key, "blk.%d.ffn_down.weight", l);
+        if (wmat_from_gguf(&L->down, f, key, D, m->ffn_dim)) goto bad;
         if (!m->is_mla) {
             LOAD(L->gqa.w_q, layer_tensor(f, l, "attn_q.weight", H * hd, D));
             LOAD(L->gqa.w_k, layer_tensor(f, l, "attn_k.weight", kvd, D));
@@ -309,7 +315,7 @@ void model_free(model *m) {
     if (m->layers)
         for (l = 0; l < m->n_layers; l++) {
             model_layer *L = &m->layers[l];
-            free(L->attn_norm); free(L->ffn_norm); free(L->gate); free(L->up); free(L->down);
+            free(L->attn_norm); free(L->ffn_norm);
             free((void *)L->gqa.w_q); free((void *)L->gqa.w_k); free((void *)L->gqa.w_v); free((void *)L->gqa.w_o);
             free((void *)L->gqa.b_q); free((void *)L->gqa.b_k); free((void *)L->gqa.b_v);
             free((void *)L->mla.w_q); free((void *)L->mla.b_q); free((void *)L->mla.w_qa); free((void *)L->mla.b_qa);
@@ -318,8 +324,7 @@ void model_free(model *m) {
             free((void *)L->mla.w_kvb); free((void *)L->mla.w_o);
         }
     free(m->layers);
-    if (m->output != m->tok_embd) free(m->output);
-    free(m->tok_embd); free(m->out_norm); free(m->mla_rope_freqs);
+    free(m->out_norm); free(m->mla_rope_freqs);
     memset(m, 0, sizeof *m);
 }
 
@@ -388,13 +393,13 @@ int model_layer_forward(const model *m, model_state *s, int l, float *x, int T) 
     if (rc) return rc;
     for (i = 0; i < T * m->dim; i++) x[i] += s->xc[i];
     for (t = 0; t < T; t++) mla_rmsnorm(s->xb + t * D, x + t * D, L->ffn_norm, m->dim, m->eps);
-    mla_matmul(s->hb, s->xb, L->gate, NULL, T, m->ffn_dim, m->dim);
-    mla_matmul(s->hb2, s->xb, L->up, NULL, T, m->ffn_dim, m->dim);
+    wmat_mul(s->hb, s->xb, &L->gate, T);
+    wmat_mul(s->hb2, s->xb, &L->up, T);
     for (i = 0; i < T * m->ffn_dim; i++) { /* SwiGLU */
         float g = s->hb[i];
         s->hb[i] = g / (1.0f + expf(-g)) * s->hb2[i];
     }
-    mla_matmul(s->xc, s->hb, L->down, NULL, T, m->dim, m->ffn_dim);
+    wmat_mul(s->xc, s->hb, &L->down, T);
     for (i = 0; i < T * m->dim; i++) x[i] += s->xc[i];
     return 0;
 }
@@ -411,7 +416,7 @@ int model_forward(const model *m, model_state *s, const int *tokens, int T, floa
     if (model_pos(m, s) + T > s->max_ctx) return MLA_ERR_CACHE_FULL;
     for (t = 0; t < T; t++) {
         if (tokens[t] < 0 || tokens[t] >= m->vocab) return MLA_ERR_INVALID_ARG;
-        memcpy(s->x + t * D, m->tok_embd + (size_t)tokens[t] * D, sizeof(float) * D);
+        wmat_row(&m->tok_embd, tokens[t], s->x + t * D);
     }
     for (l = 0; l < m->n_layers; l++)
         if ((rc = model_layer_forward(m, s, l, s->x, T))) return rc;
@@ -421,5 +426,5 @@ int model_forward(const model *m, model_state *s, const int *tokens, int T, floa
 }
 
 void model_logits(const model *m, const float *hidden, int T, float *logits) {
-    mla_matmul(logits, hidden, m->output, NULL, T, m->vocab, m->dim);
+    wmat_mul(logits, hidden, &m->output, T);
 }

@@ -1,14 +1,18 @@
 /* A LLaMA-architecture transformer for the examples, with its attention in
    mla.h: the original GQA (mla_gqa_forward) or a converted MLA
-   (mla_forward / mla_decode over a latent cache). Weights are dequantized to
-   f32 at load. */
+   (mla_forward / mla_decode over a latent cache). The embeddings, the FFN and
+   the output matrix are used as the file stores them (wmat.h: borrowed from
+   the gguf_file, which must stay open while the model is used); norms and
+   attention weights are dequantized to f32 at load (mla.h's API takes f32). */
 #ifndef MODEL_H
 #define MODEL_H
 #include "gguf.h"
+#include "wmat.h"
 #include "../../mla.h"
 
 typedef struct {
-    float *attn_norm, *ffn_norm, *gate, *up, *down; /* ffn: [F][D], [F][D], [D][F] */
+    float *attn_norm, *ffn_norm;
+    wmat gate, up, down;                            /* ffn: [F][D], [F][D], [D][F] */
     mla_gqa_weights gqa;                            /* when !is_mla               */
     mla_layer_weights mla;                          /* when is_mla                */
 } model_layer;
@@ -20,9 +24,9 @@ typedef struct {
     mla_gqa_config gqa;
     mla_config mla;
     float *mla_rope_freqs;  /* [m/2] when the converted model carries its own table */
-    float *tok_embd;        /* [vocab][D]                                         */
+    wmat tok_embd;          /* [vocab][D]                                         */
     float *out_norm;        /* [D]                                                */
-    float *output;          /* [vocab][D], == tok_embd when tied                  */
+    wmat output;            /* [vocab][D], == tok_embd when tied                  */
     model_layer *layers;
     mla_converted *conv;    /* [n_layers] when converted in memory: owns the attention,
                                every other weight is borrowed from the source model */

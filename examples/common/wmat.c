@@ -1,0 +1,184 @@
+#include "wmat.h"
+#include "../../mla.h"
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__) && !defined(MLA_NO_SIMD)
+#include <immintrin.h>
+#define WMAT_AVX2 1
+#endif
+
+int wmat_from_gguf(wmat *w, gguf_file *f, const char *name, int rows, int cols) {
+    const gguf_tensor *t = gguf_tensor_find(f, name);
+    int blk, bb, i, j;
+    float *row;
+    memset(w, 0, sizeof *w);
+    if (!t) { snprintf(f->err, sizeof f->err, "missing tensor %s", name); return -1; }
+    if (t->n_dims > 2 || t->ne[0] != (uint64_t)cols || (t->n_dims == 2 ? t->ne[1] : 1) != (uint64_t)rows) {
+        snprintf(f->err, sizeof f->err, "tensor %s has shape {%llu, %llu}, expected {%d, %d}", name,
+                 (unsigned long long)t->ne[0], (unsigned long long)(t->n_dims == 2 ? t->ne[1] : 1), cols, rows);
+        return -1;
+    }
+    if (ggml_type_info(t->type, &blk, &bb) || cols % blk) {
+        snprintf(f->err, sizeof f->err, "tensor %s: type %s is not supported", name, ggml_type_name(t->type));
+        return -1;
+    }
+    w->type = t->type; w->rows = rows; w->cols = cols; w->q = t->data;
+    w->row_bytes = (size_t)(cols / blk) * (size_t)bb;
+    if (!(row = (float *)malloc(sizeof(float) * (size_t)cols))) { snprintf(f->err, sizeof f->err, "out of memory"); return -1; }
+    for (i = 0; i < rows; i++) { /* NaN or Inf anywhere is a load error, as for f32 tensors */
+        wmat_row(w, i, row);
+        for (j = 0; j < cols; j++)
+            if (!(row[j] - row[j] == 0.0f)) {
+                snprintf(f->err, sizeof f->err, "tensor %s has NaN or Inf values", name);
+                free(row);
+                return -1;
+            }
+    }
+    free(row);
+    return 0;
+}
+
+void wmat_row(const wmat *w, int i, float *out) {
+    gguf_dequant(w->type, w->q + (size_t)i * w->row_bytes, out, (uint64_t)w->cols);
+}
+
+float *wmat_f32(const wmat *w) {
+    float *p = (float *)malloc(sizeof(float) * (size_t)w->rows * (size_t)w->cols);
+    int i;
+    if (p)
+        for (i = 0; i < w->rows; i++) wmat_row(w, i, p + (size_t)i * w->cols);
+    return p;
+}
+
+#ifdef WMAT_AVX2
+static float h2f(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return mla_f16_to_f32(h);
+}
+
+static float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+/* 8 bytes -> 8 floats */
+#define U8F(p) _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(p))))
+#define I8F(p) _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p))))
+#endif
+
+/* dot of one stored row with x[cols] */
+static float row_dot(const wmat *w, const uint8_t *r, const float *x) {
+    int n = w->cols, j;
+    float sum = 0;
+#ifdef WMAT_AVX2
+    __m256 acc = _mm256_setzero_ps();
+    int b;
+    switch (w->type) {
+    case GGML_Q4_0: case GGML_Q4_1:
+        for (b = 0; b < n / 32; b++, x += 32) {
+            int q41 = w->type == GGML_Q4_1;
+            const uint8_t *s = r + (size_t)b * (q41 ? 20 : 18);
+            __m256 d = _mm256_set1_ps(h2f(s)), m = _mm256_set1_ps(q41 ? h2f(s + 2) : -8.0f * h2f(s));
+            __m128i v = _mm_loadu_si128((const __m128i *)(s + (q41 ? 4 : 2))), mask = _mm_set1_epi8(15);
+            __m128i lo = _mm_and_si128(v, mask), hi = _mm_and_si128(_mm_srli_epi16(v, 4), mask);
+            __m256 w0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo)), d, m);
+            __m256 w1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8))), d, m);
+            __m256 w2 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi)), d, m);
+            __m256 w3 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8))), d, m);
+            acc = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x), acc);
+            acc = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + 8), acc);
+            acc = _mm256_fmadd_ps(w2, _mm256_loadu_ps(x + 16), acc);
+            acc = _mm256_fmadd_ps(w3, _mm256_loadu_ps(x + 24), acc);
+        }
+        return hsum8(acc);
+    case GGML_Q8_0:
+        for (b = 0; b < n / 32; b++, x += 32) {
+            const uint8_t *s = r + (size_t)b * 34;
+            __m256 d = _mm256_set1_ps(h2f(s)), p;
+            p = _mm256_mul_ps(I8F(s + 2), _mm256_loadu_ps(x));
+            p = _mm256_fmadd_ps(I8F(s + 10), _mm256_loadu_ps(x + 8), p);
+            p = _mm256_fmadd_ps(I8F(s + 18), _mm256_loadu_ps(x + 16), p);
+            p = _mm256_fmadd_ps(I8F(s + 26), _mm256_loadu_ps(x + 24), p);
+            acc = _mm256_fmadd_ps(p, d, acc);
+        }
+        return hsum8(acc);
+    case GGML_F16:
+        for (j = 0; j + 8 <= n; j += 8)
+            acc = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(r + 2 * j))), _mm256_loadu_ps(x + j), acc);
+        sum = hsum8(acc);
+        for (; j < n; j++) sum += h2f(r + 2 * j) * x[j];
+        return sum;
+    case GGML_BF16:
+        for (j = 0; j + 8 <= n; j += 8) {
+            __m256i v = _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(r + 2 * j))), 16);
+            acc = _mm256_fmadd_ps(_mm256_castsi256_ps(v), _mm256_loadu_ps(x + j), acc);
+        }
+        sum = hsum8(acc);
+        break; /* tail below */
+    default: break;
+    }
+#endif
+    { /* portable path (and the tail SIMD leaves): 32 values at a time */
+        float buf[32];
+        int blk, bb, c, k, start = 0;
+        ggml_type_info(w->type, &blk, &bb); /* F32/F16/BF16: blk 1, bb bytes per value */
+#ifdef WMAT_AVX2
+        if (w->type == GGML_BF16) start = n - n % 8;
+#endif
+        for (j = start; j < n; j += c) {
+            c = n - j < 32 ? n - j : 32; /* block types: n % 32 == 0, so always 32 */
+            gguf_dequant(w->type, r + (blk == 1 ? (size_t)j * bb : (size_t)(j / 32) * bb), buf, (uint64_t)c);
+            for (k = 0; k < c; k++) sum += buf[k] * x[j + k];
+        }
+    }
+    return sum;
+}
+
+#define WMAT_TILE 64
+
+void wmat_mul(float *y, const float *x, const wmat *w, int T) {
+    int R = w->rows, C = w->cols, i0;
+    if (w->type == GGML_F32) { /* stored f32: mla.h's product on the rows as they are */
+        mla_matmul(y, x, (const float *)(const void *)w->q, NULL, T, R, C);
+        return;
+    }
+    if (T <= 4) {
+        int i;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static)
+#endif
+        for (i = 0; i < R; i++) {
+            int t;
+            for (t = 0; t < T; t++) y[(size_t)t * R + i] = row_dot(w, w->q + (size_t)i * w->row_bytes, x + (size_t)t * C);
+        }
+        return;
+    }
+#ifdef _OPENMP
+#pragma omp parallel
+#endif
+    {
+        float *tile = (float *)malloc(sizeof(float) * WMAT_TILE * (size_t)C);
+        float *yt = (float *)malloc(sizeof(float) * WMAT_TILE * (size_t)T);
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (i0 = 0; i0 < R; i0 += WMAT_TILE) {
+            int n = R - i0 < WMAT_TILE ? R - i0 : WMAT_TILE, i, t;
+            if (!tile || !yt) { /* out of memory: the row kernel, slowly */
+                for (i = 0; i < n; i++)
+                    for (t = 0; t < T; t++)
+                        y[(size_t)t * R + i0 + i] = row_dot(w, w->q + (size_t)(i0 + i) * w->row_bytes, x + (size_t)t * C);
+                continue;
+            }
+            for (i = 0; i < n; i++) wmat_row(w, i0 + i, tile + (size_t)i * C);
+            mla_matmul(yt, x, tile, NULL, T, n, C);
+            for (t = 0; t < T; t++) memcpy(y + (size_t)t * R + i0, yt + (size_t)t * n, sizeof(float) * (size_t)n);
+        }
+        free(tile);
+        free(yt);
+    }
+}

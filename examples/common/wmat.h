@@ -1,0 +1,30 @@
+/* Weight matrices used as the GGUF stores them (F32, F16, BF16, Q8_0, Q4_0,
+   Q4_1): products dequantize a block in registers and multiply it with f32
+   activations, so there is no f32 copy of the model and a decode step reads
+   the stored bytes once (a Q4_1 matrix: 5 bits per weight instead of 32).
+   The result equals dequantize-then-multiply up to the order of the f32 sums. */
+#ifndef WMAT_H
+#define WMAT_H
+#include "gguf.h"
+#include <stddef.h>
+
+typedef struct {
+    uint32_t type;      /* GGML_*                                              */
+    int rows, cols;     /* [rows][cols], cols a multiple of the type's block   */
+    const uint8_t *q;   /* the stored rows (borrowed from the file buffer)     */
+    size_t row_bytes;
+} wmat;
+
+/* tensor `name` of f as a [rows][cols] matrix, stored bytes borrowed from f
+   (keep f open). Checks the shape, the type and that every value is finite.
+   0, or -1 with f->err set. */
+int wmat_from_gguf(wmat *w, gguf_file *f, const char *name, int rows, int cols);
+/* row i as f32 (out[cols]) */
+void wmat_row(const wmat *w, int i, float *out);
+/* y[T][rows] = x[T][cols] W^T. T <= 4 runs allocation-free (decode); larger
+   T dequantizes tiles of rows into a scratch buffer and uses mla_matmul.
+   Rows are split over OpenMP threads when compiled with it. */
+void wmat_mul(float *y, const float *x, const wmat *w, int T);
+/* a malloc'd f32 copy [rows][cols] (NULL on out of memory) */
+float *wmat_f32(const wmat *w);
+#endif
