@@ -124,7 +124,7 @@ headercheck: | $(BIN)
 
 CLI_BIN = $(BIN)/mla-run $(BIN)/mla-convert $(BIN)/mla-tradeoff
 REPLAY_BIN = $(BIN)/replay_gguf $(BIN)/replay_tokenizer $(BIN)/replay_api $(BIN)/replay_convert
-# the core and conversion suites again with the portable kernels (MLA_NO_SIMD; OpenMP on, as in run_tests)
+# the core, conversion and GGUF/weight-matrix suites again with the portable kernels (MLA_NO_SIMD; OpenMP on)
 $(BIN)/run_tests_nosimd: $(TEST_SRC) $(TEST_HDR) $(VARIANTS)
 	$(CC) $(WARN) $(OPT) $(ARCH) -DMLA_NO_SIMD -g -I. -o $@ $(TEST_SRC) $(VARIANTS) $(CBLAS_LIB) $(LDLIBS) $(OMP)
 # the README's Usage snippet, cut out of README.md and run (tests/readme_usage.c)
@@ -136,7 +136,7 @@ $(BIN)/readme_usage: README.md tests/readme_usage.c mla.h | $(BIN)
 # offline, the model tests are skipped and say why (CI sets MLA_REQUIRE_MODEL=1: there they must run)
 test: headercheck cuda-build $(BIN)/run_tests $(BIN)/run_tests_nosimd $(BIN)/readme_usage $(CLI_BIN) $(REPLAY_BIN)
 	@tools/fetch_model.sh >/dev/null || echo "note: the model could not be fetched; the tests that need it are skipped"
-	./$(BIN)/run_tests_nosimd core convert
+	./$(BIN)/run_tests_nosimd core convert gguf
 	./$(BIN)/run_tests
 
 # ---- CUDA: sm_80 and sm_90 code, PTX for newer GPUs ----

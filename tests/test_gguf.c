@@ -224,18 +224,19 @@ static void test_malformed(void) {
 
 /* gguf_quant is the inverse of gguf_dequant within each type's rounding, and
    wmat_mul on the stored bytes == the f32 product of the dequantized matrix
-   (double reference), for every type, decode (T <= 4) and prefill (T > 4)
+   (double reference), for every type, the fused kernel (T <= 16, token
+   groups of 4 with a remainder) and the tiled one (T > 16)
    sizes, row counts that are not a multiple of the 64-row tile, and F16/BF16
    rows whose length is not a multiple of the 8-lane vector. */
 static void test_quant_and_wmat(void) {
     static const uint32_t types[] = {GGML_F32, GGML_F16, GGML_BF16, GGML_Q8_0, GGML_Q4_0, GGML_Q4_1};
-    static const int Ts[] = {1, 3, 9};
+    static const int Ts[] = {1, 3, 9, 20};
     uint32_t seed = 99u;
     size_t i;
     for (i = 0; i < sizeof types / sizeof types[0]; i++) {
         int blk, bb, R = 70, C = types[i] == GGML_F16 || types[i] == GGML_BF16 ? 100 : 96, ti, r, c, t;
         float *W = (float *)malloc(sizeof(float) * R * C), *D = (float *)malloc(sizeof(float) * R * C);
-        float *x = (float *)malloc(sizeof(float) * 9 * C), *y = (float *)malloc(sizeof(float) * 9 * R);
+        float *x = (float *)malloc(sizeof(float) * 20 * C), *y = (float *)malloc(sizeof(float) * 20 * R);
         uint8_t *q;
         double qerr = 0, merr = 0;
         wmat w;
@@ -245,7 +246,7 @@ static void test_quant_and_wmat(void) {
             seed = seed * 1664525u + 1013904223u;
             W[r] = ((float)(seed >> 8) / 16777216.0f - 0.5f) * (r % 7 == 0 ? 8.0f : 1.0f);
         }
-        for (r = 0; r < 9 * C; r++) {
+        for (r = 0; r < 20 * C; r++) {
             seed = seed * 1664525u + 1013904223u;
             x[r] = (float)(seed >> 8) / 16777216.0f - 0.5f;
         }
@@ -272,7 +273,7 @@ static void test_quant_and_wmat(void) {
             }
         }
         w.type = types[i]; w.rows = R; w.cols = C; w.q = q; w.row_bytes = (size_t)C / blk * bb;
-        for (ti = 0; ti < 3; ti++) {
+        for (ti = 0; ti < 4; ti++) {
             int T = Ts[ti];
             double ymax = 0, emax = 0;
             wmat_mul(y, x, &w, T);
@@ -286,7 +287,7 @@ static void test_quant_and_wmat(void) {
             if (emax / ymax > merr) merr = emax / ymax;
         }
         th_note("%-4s: stored value error <= %.3f of its rounding bound; wmat_mul vs double product of the "
-                "dequantized matrix %.1e (T = 1, 3, 9)", ggml_type_name(types[i]), qerr, merr);
+                "dequantized matrix %.1e (T = 1, 3, 9, 20)", ggml_type_name(types[i]), qerr, merr);
         CHECK_LE(qerr, 1.0);
         CHECK_LE(merr, 1e-5);
         free(W); free(D); free(x); free(y); free(q);

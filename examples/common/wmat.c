@@ -53,10 +53,10 @@ float *wmat_f32(const wmat *w) {
 }
 
 #ifdef WMAT_AVX2
-static float h2f(const uint8_t *p) {
+static float h2f(const uint8_t *p) { /* F16C, inline: two per block, a call each would cost more */
     uint16_t h;
     memcpy(&h, p, 2);
-    return mla_f16_to_f32(h);
+    return _cvtsh_ss(h);
 }
 
 static float hsum8(__m256 v) {
@@ -66,22 +66,24 @@ static float hsum8(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 /* 8 bytes -> 8 floats */
-#define U8F(p) _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(p))))
 #define I8F(p) _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p))))
 #endif
 
-/* dot of one stored row with x[cols] */
-static float row_dot(const wmat *w, const uint8_t *r, const float *x) {
-    int n = w->cols, j;
-    float sum = 0;
+/* out[t] = dot of one stored row with x + t*C, t < T (T <= 4): each block is
+   dequantized once and used for every token */
+static void row_dot(const wmat *w, const uint8_t *r, const float *x, int C, int T, float *out) {
+    int n = w->cols, j, t;
+    float sum[4] = {0, 0, 0, 0};
 #ifdef WMAT_AVX2
-    __m256 acc = _mm256_setzero_ps();
-    int b;
+    __m256 acc[4];
+    int b, simd = 1;
+    for (t = 0; t < 4; t++) acc[t] = _mm256_setzero_ps();
     switch (w->type) {
     case GGML_Q4_0: case GGML_Q4_1:
-        for (b = 0; b < n / 32; b++, x += 32) {
+        for (b = 0; b < n / 32; b++) {
             int q41 = w->type == GGML_Q4_1;
             const uint8_t *s = r + (size_t)b * (q41 ? 20 : 18);
+            const float *xb = x + (size_t)b * 32;
             __m256 d = _mm256_set1_ps(h2f(s)), m = _mm256_set1_ps(q41 ? h2f(s + 2) : -8.0f * h2f(s));
             __m128i v = _mm_loadu_si128((const __m128i *)(s + (q41 ? 4 : 2))), mask = _mm_set1_epi8(15);
             __m128i lo = _mm_and_si128(v, mask), hi = _mm_and_si128(_mm_srli_epi16(v, 4), mask);
@@ -89,37 +91,44 @@ static float row_dot(const wmat *w, const uint8_t *r, const float *x) {
             __m256 w1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8))), d, m);
             __m256 w2 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi)), d, m);
             __m256 w3 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8))), d, m);
-            acc = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x), acc);
-            acc = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + 8), acc);
-            acc = _mm256_fmadd_ps(w2, _mm256_loadu_ps(x + 16), acc);
-            acc = _mm256_fmadd_ps(w3, _mm256_loadu_ps(x + 24), acc);
+            for (t = 0; t < T; t++, xb += C) {
+                acc[t] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xb), acc[t]);
+                acc[t] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xb + 8), acc[t]);
+                acc[t] = _mm256_fmadd_ps(w2, _mm256_loadu_ps(xb + 16), acc[t]);
+                acc[t] = _mm256_fmadd_ps(w3, _mm256_loadu_ps(xb + 24), acc[t]);
+            }
         }
-        return hsum8(acc);
+        break;
     case GGML_Q8_0:
-        for (b = 0; b < n / 32; b++, x += 32) {
+        for (b = 0; b < n / 32; b++) {
             const uint8_t *s = r + (size_t)b * 34;
-            __m256 d = _mm256_set1_ps(h2f(s)), p;
-            p = _mm256_mul_ps(I8F(s + 2), _mm256_loadu_ps(x));
-            p = _mm256_fmadd_ps(I8F(s + 10), _mm256_loadu_ps(x + 8), p);
-            p = _mm256_fmadd_ps(I8F(s + 18), _mm256_loadu_ps(x + 16), p);
-            p = _mm256_fmadd_ps(I8F(s + 26), _mm256_loadu_ps(x + 24), p);
-            acc = _mm256_fmadd_ps(p, d, acc);
+            const float *xb = x + (size_t)b * 32;
+            __m256 d = _mm256_set1_ps(h2f(s));
+            __m256 w0 = _mm256_mul_ps(I8F(s + 2), d), w1 = _mm256_mul_ps(I8F(s + 10), d);
+            __m256 w2 = _mm256_mul_ps(I8F(s + 18), d), w3 = _mm256_mul_ps(I8F(s + 26), d);
+            for (t = 0; t < T; t++, xb += C) {
+                acc[t] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xb), acc[t]);
+                acc[t] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xb + 8), acc[t]);
+                acc[t] = _mm256_fmadd_ps(w2, _mm256_loadu_ps(xb + 16), acc[t]);
+                acc[t] = _mm256_fmadd_ps(w3, _mm256_loadu_ps(xb + 24), acc[t]);
+            }
         }
-        return hsum8(acc);
-    case GGML_F16:
-        for (j = 0; j + 8 <= n; j += 8)
-            acc = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(r + 2 * j))), _mm256_loadu_ps(x + j), acc);
-        sum = hsum8(acc);
-        for (; j < n; j++) sum += h2f(r + 2 * j) * x[j];
-        return sum;
-    case GGML_BF16:
+        break;
+    case GGML_F16: case GGML_BF16:
         for (j = 0; j + 8 <= n; j += 8) {
-            __m256i v = _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(r + 2 * j))), 16);
-            acc = _mm256_fmadd_ps(_mm256_castsi256_ps(v), _mm256_loadu_ps(x + j), acc);
+            __m128i h = _mm_loadu_si128((const __m128i *)(r + 2 * j));
+            __m256 wv = w->type == GGML_F16 ? _mm256_cvtph_ps(h)
+                                            : _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+            for (t = 0; t < T; t++) acc[t] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + (size_t)t * C + j), acc[t]);
         }
-        sum = hsum8(acc);
-        break; /* tail below */
-    default: break;
+        simd = 2; /* the tail n % 8 below */
+        break;
+    default: simd = 0; break;
+    }
+    for (t = 0; t < T; t++) sum[t] = hsum8(acc[t]);
+    if (simd == 1) {
+        for (t = 0; t < T; t++) out[t] = sum[t];
+        return;
     }
 #endif
     { /* portable path (and the tail SIMD leaves): 32 values at a time */
@@ -127,18 +136,20 @@ static float row_dot(const wmat *w, const uint8_t *r, const float *x) {
         int blk, bb, c, k, start = 0;
         ggml_type_info(w->type, &blk, &bb); /* F32/F16/BF16: blk 1, bb bytes per value */
 #ifdef WMAT_AVX2
-        if (w->type == GGML_BF16) start = n - n % 8;
+        if (simd == 2) start = n - n % 8;
 #endif
         for (j = start; j < n; j += c) {
             c = n - j < 32 ? n - j : 32; /* block types: n % 32 == 0, so always 32 */
             gguf_dequant(w->type, r + (blk == 1 ? (size_t)j * bb : (size_t)(j / 32) * bb), buf, (uint64_t)c);
-            for (k = 0; k < c; k++) sum += buf[k] * x[j + k];
+            for (t = 0; t < T; t++)
+                for (k = 0; k < c; k++) sum[t] += buf[k] * x[(size_t)t * C + j + k];
         }
     }
-    return sum;
+    for (t = 0; t < T; t++) out[t] = sum[t];
 }
 
 #define WMAT_TILE 64
+#define WMAT_FUSED_T 16 /* up to this many tokens: the fused row kernel, no allocation */
 
 void wmat_mul(float *y, const float *x, const wmat *w, int T) {
     int R = w->rows, C = w->cols, i0;
@@ -146,14 +157,19 @@ void wmat_mul(float *y, const float *x, const wmat *w, int T) {
         mla_matmul(y, x, (const float *)(const void *)w->q, NULL, T, R, C);
         return;
     }
-    if (T <= 4) {
+    if (T <= WMAT_FUSED_T) { /* decode and short prompts: blocks dequantized per 4 tokens */
         int i;
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static)
 #endif
         for (i = 0; i < R; i++) {
-            int t;
-            for (t = 0; t < T; t++) y[(size_t)t * R + i] = row_dot(w, w->q + (size_t)i * w->row_bytes, x + (size_t)t * C);
+            float o[4];
+            int t0, t;
+            for (t0 = 0; t0 < T; t0 += 4) {
+                int n = T - t0 < 4 ? T - t0 : 4;
+                row_dot(w, w->q + (size_t)i * w->row_bytes, x + (size_t)t0 * C, C, n, o);
+                for (t = 0; t < n; t++) y[(size_t)(t0 + t) * R + i] = o[t];
+            }
         }
         return;
     }
@@ -171,7 +187,7 @@ void wmat_mul(float *y, const float *x, const wmat *w, int T) {
             if (!tile || !yt) { /* out of memory: the row kernel, slowly */
                 for (i = 0; i < n; i++)
                     for (t = 0; t < T; t++)
-                        y[(size_t)t * R + i0 + i] = row_dot(w, w->q + (size_t)(i0 + i) * w->row_bytes, x + (size_t)t * C);
+                        row_dot(w, w->q + (size_t)(i0 + i) * w->row_bytes, x + (size_t)t * C, C, 1, &y[(size_t)t * R + i0 + i]);
                 continue;
             }
             for (i = 0; i < n; i++) wmat_row(w, i0 + i, tile + (size_t)i * C);

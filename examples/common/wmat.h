@@ -21,8 +21,9 @@ typedef struct {
 int wmat_from_gguf(wmat *w, gguf_file *f, const char *name, int rows, int cols);
 /* row i as f32 (out[cols]) */
 void wmat_row(const wmat *w, int i, float *out);
-/* y[T][rows] = x[T][cols] W^T. T <= 4 runs allocation-free (decode); larger
-   T dequantizes tiles of rows into a scratch buffer and uses mla_matmul.
+/* y[T][rows] = x[T][cols] W^T. T <= 16 runs allocation-free (decode, short
+   prompts: each block dequantized once per 4 tokens); larger T dequantizes
+   tiles of 64 rows into a scratch buffer and uses mla_matmul.
    Rows are split over OpenMP threads when compiled with it. */
 void wmat_mul(float *y, const float *x, const wmat *w, int T);
 /* a malloc'd f32 copy [rows][cols] (NULL on out of memory) */
