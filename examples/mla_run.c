@@ -11,20 +11,22 @@ static void usage(void) {
     fprintf(stderr,
             "usage: mla-run --model F [--prompt TEXT | --chat TEXT] [-n N] [--ppl FILE --ctx N]\n"
             "               [--threads N] [--temp T] [--top-p P] [--seed S] [--cache f32|f16|bf16|i8]\n"
-            "               [--naive] [--absorbed] [--ppl-half]\n"
+            "               [--naive] [--absorbed] [--ppl-half] [--bench --depth D]\n"
             "  --prompt  raw text continuation      --chat  one user turn in the model's chat template\n"
             "  --ppl     perplexity of a text file in non-overlapping windows of --ctx tokens (default 512)\n"
             "  --ppl-half  score only the second half of each window, BOS first when the vocabulary adds it:\n"
             "              what llama.cpp's llama-perplexity computes (same windows, same numbers)\n"
             "  --naive     MLA models: decode with decompressed K/V (reference path) instead of absorbed\n"
             "  --absorbed  MLA models: prefill with the absorbed path too (default: naive prefill)\n"
-            "  --cache     KV cache storage (default f32; i8: MLA models only, int8 latent rows)\n");
+            "  --cache     KV cache storage (default f32; i8: MLA models only, int8 latent rows)\n"
+            "  --bench     timing only: prefill D tokens (--depth, default 0) in chunks of 512, then decode -n\n"
+            "              tokens (default 32) one at a time; prints one key=value line for scripts\n");
 }
 
 int main(int argc, char **argv) {
     const char *path = NULL, *prompt = NULL, *chat = NULL, *ppl_file = NULL, *cache = "f32";
     static const char *P = "mla-run";
-    int n_new = 128, ctx = 512, threads = 0, i, naive = 0, absorbed = 0, bad = 0, half = 0;
+    int n_new = -1, ctx = 512, threads = 0, i, naive = 0, absorbed = 0, bad = 0, half = 0, bench = 0, depth = 0;
     long long seed = 0;
     double x = 0;
     sampler sp = {0.0f, 0.95f, 42};
@@ -38,6 +40,7 @@ int main(int argc, char **argv) {
         if (!strcmp(a, "--naive")) { naive = 1; continue; }
         if (!strcmp(a, "--absorbed")) { absorbed = 1; continue; }
         if (!strcmp(a, "--ppl-half")) { half = 1; continue; }
+        if (!strcmp(a, "--bench")) { bench = 1; continue; }
         if (!v) { usage(); return 2; }
         if (!strcmp(a, "--model")) path = v;
         else if (!strcmp(a, "--prompt")) prompt = v;
@@ -45,6 +48,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "-n")) bad = arg_int(P, a, v, 0, 1 << 20, &n_new);
         else if (!strcmp(a, "--ppl")) ppl_file = v;
         else if (!strcmp(a, "--ctx")) bad = arg_int(P, a, v, 2, 1 << 20, &ctx);
+        else if (!strcmp(a, "--depth")) bad = arg_int(P, a, v, 0, 1 << 24, &depth);
         else if (!strcmp(a, "--threads")) bad = arg_int(P, a, v, 0, 1024, &threads);
         else if (!strcmp(a, "--temp")) { bad = arg_num(P, a, v, 0, 100, &x); sp.temp = (float)x; }
         else if (!strcmp(a, "--top-p")) { bad = arg_num(P, a, v, 1e-6, 1, &x); sp.top_p = (float)x; }
@@ -54,7 +58,8 @@ int main(int argc, char **argv) {
         if (bad) return 2;
         i++;
     }
-    if (!path || (!prompt && !chat && !ppl_file) ) { usage(); return 2; }
+    if (!path || (!prompt && !chat && !ppl_file && !bench)) { usage(); return 2; }
+    if (n_new < 0) n_new = bench ? 32 : 128;
     if (strcmp(cache, "f32") && strcmp(cache, "f16") && strcmp(cache, "bf16") && strcmp(cache, "i8")) {
         fprintf(stderr, "mla-run: --cache %s: expected f32, f16, bf16 or i8\n", cache);
         return 2;
@@ -76,6 +81,34 @@ int main(int argc, char **argv) {
     if (ct != MLA_F32 && !m.is_mla) {
         fprintf(stderr, "mla-run: --cache %s: the GQA runner's cache is f32 (convert the model to MLA first)\n", cache);
         return 2;
+    }
+    if (bench) { /* fixed pseudo-random ids: timing does not depend on the text */
+        model_state st;
+        int *toks = (int *)malloc(sizeof(int) * (size_t)(depth + n_new + 1)), k, rc = 0;
+        float *hidden = (float *)malloc(sizeof(float) * 512 * (size_t)m.dim), *logits = (float *)malloc(sizeof(float) * m.vocab);
+        unsigned s = 1u;
+        double t1, tp = 0, td;
+        if (!toks || !hidden || !logits || model_state_init(&st, &m, depth + n_new + 1, 512, ct)) {
+            fprintf(stderr, "mla-run: out of memory for --depth %d\n", depth);
+            return 1;
+        }
+        for (k = 0; k < depth + n_new + 1; k++) { s = s * 1664525u + 1013904223u; toks[k] = (int)((s >> 8) % (unsigned)m.vocab); }
+        if (naive) st.mode = MLA_NAIVE;
+        if (absorbed) st.prefill_mode = MLA_ABSORBED;
+        t1 = now_s();
+        for (k = 0; k < depth && !rc; k += 512) rc = model_forward(&m, &st, toks + k, depth - k < 512 ? depth - k : 512, hidden);
+        tp = now_s() - t1;
+        t1 = now_s();
+        for (k = 0; k < n_new && !rc; k++) {
+            rc = model_forward(&m, &st, toks + depth + k, 1, hidden);
+            if (!rc) model_logits(&m, hidden, 1, logits); /* a decode step includes its logits */
+        }
+        td = now_s() - t1;
+        if (rc) { fprintf(stderr, "mla-run: --bench: %s\n", mla_result_string((mla_result)rc)); return 1; }
+        printf("bench model=%s arch=%s threads=%d cache=%s prefill_tokens=%d prefill_tps=%.1f depth=%d decode_tokens=%d "
+               "decode_tps=%.2f\n", path, m.arch, threads, cache, depth, depth ? depth / tp : 0.0, depth, n_new, n_new / td);
+        model_state_free(&st);
+        free(toks); free(hidden); free(logits);
     }
     if (prompt || chat) {
         int *toks = (int *)malloc(sizeof(int) * 8192), n;

@@ -69,6 +69,19 @@ static float hsum8(__m256 v) {
 #define I8F(p) _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p))))
 #endif
 
+#ifdef WMAT_AVX2
+/* acc[t] += the 32 dequantized weights w0..w3 times token t's 32 activations */
+static void block_fma(__m256 *acc, __m256 w0, __m256 w1, __m256 w2, __m256 w3, const float *xb, int C, int T) {
+    int t;
+    for (t = 0; t < T; t++, xb += C) {
+        acc[t] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xb), acc[t]);
+        acc[t] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xb + 8), acc[t]);
+        acc[t] = _mm256_fmadd_ps(w2, _mm256_loadu_ps(xb + 16), acc[t]);
+        acc[t] = _mm256_fmadd_ps(w3, _mm256_loadu_ps(xb + 24), acc[t]);
+    }
+}
+#endif
+
 /* out[t] = dot of one stored row with x + t*C, t < T (T <= 4): each block is
    dequantized once and used for every token */
 static void row_dot(const wmat *w, const uint8_t *r, const float *x, int C, int T, float *out) {
@@ -91,12 +104,7 @@ static void row_dot(const wmat *w, const uint8_t *r, const float *x, int C, int 
             __m256 w1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8))), d, m);
             __m256 w2 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi)), d, m);
             __m256 w3 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8))), d, m);
-            for (t = 0; t < T; t++, xb += C) {
-                acc[t] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xb), acc[t]);
-                acc[t] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xb + 8), acc[t]);
-                acc[t] = _mm256_fmadd_ps(w2, _mm256_loadu_ps(xb + 16), acc[t]);
-                acc[t] = _mm256_fmadd_ps(w3, _mm256_loadu_ps(xb + 24), acc[t]);
-            }
+            block_fma(acc, w0, w1, w2, w3, xb, C, T);
         }
         break;
     case GGML_Q8_0:
@@ -106,12 +114,7 @@ static void row_dot(const wmat *w, const uint8_t *r, const float *x, int C, int 
             __m256 d = _mm256_set1_ps(h2f(s));
             __m256 w0 = _mm256_mul_ps(I8F(s + 2), d), w1 = _mm256_mul_ps(I8F(s + 10), d);
             __m256 w2 = _mm256_mul_ps(I8F(s + 18), d), w3 = _mm256_mul_ps(I8F(s + 26), d);
-            for (t = 0; t < T; t++, xb += C) {
-                acc[t] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xb), acc[t]);
-                acc[t] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xb + 8), acc[t]);
-                acc[t] = _mm256_fmadd_ps(w2, _mm256_loadu_ps(xb + 16), acc[t]);
-                acc[t] = _mm256_fmadd_ps(w3, _mm256_loadu_ps(xb + 24), acc[t]);
-            }
+            block_fma(acc, w0, w1, w2, w3, xb, C, T);
         }
         break;
     case GGML_F16: case GGML_BF16:
