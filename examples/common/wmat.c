@@ -70,16 +70,24 @@ static float hsum8(__m256 v) {
 #endif
 
 #ifdef WMAT_AVX2
-/* acc[t] += the 32 dequantized weights w0..w3 times token t's 32 activations */
-static void block_fma(__m256 *acc, __m256 w0, __m256 w1, __m256 w2, __m256 w3, const float *xb, int C, int T) {
-    int t;
-    for (t = 0; t < T; t++, xb += C) {
-        acc[t] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xb), acc[t]);
-        acc[t] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xb + 8), acc[t]);
-        acc[t] = _mm256_fmadd_ps(w2, _mm256_loadu_ps(xb + 16), acc[t]);
-        acc[t] = _mm256_fmadd_ps(w3, _mm256_loadu_ps(xb + 24), acc[t]);
-    }
+/* the 32 dequantized weights w0..w3 times 32 activations, as 8 partial sums:
+   two independent products and one add per block, so that the accumulator's
+   chain has one add per block (four FMAs into it made every block wait on
+   FMA latency) */
+static __m256 block_dot(__m256 w0, __m256 w1, __m256 w2, __m256 w3, const float *xb) {
+    __m256 p0 = _mm256_mul_ps(w0, _mm256_loadu_ps(xb)), p1 = _mm256_mul_ps(w1, _mm256_loadu_ps(xb + 8));
+    p0 = _mm256_fmadd_ps(w2, _mm256_loadu_ps(xb + 16), p0);
+    p1 = _mm256_fmadd_ps(w3, _mm256_loadu_ps(xb + 24), p1);
+    return _mm256_add_ps(p0, p1);
 }
+/* accumulators a0..a3 (tokens 0..3) named, not indexed, so they stay in registers */
+#define BLOCK_FMA(xb)                                                                 \
+    do {                                                                              \
+        a0 = _mm256_add_ps(a0, block_dot(w0, w1, w2, w3, xb));                        \
+        if (T > 1) a1 = _mm256_add_ps(a1, block_dot(w0, w1, w2, w3, (xb) + C));       \
+        if (T > 2) a2 = _mm256_add_ps(a2, block_dot(w0, w1, w2, w3, (xb) + 2 * C));   \
+        if (T > 3) a3 = _mm256_add_ps(a3, block_dot(w0, w1, w2, w3, (xb) + 3 * (size_t)C)); \
+    } while (0)
 #endif
 
 /* out[t] = dot of one stored row with x + t*C, t < T (T <= 4): each block is
@@ -88,9 +96,8 @@ static void row_dot(const wmat *w, const uint8_t *r, const float *x, int C, int 
     int n = w->cols, j, t;
     float sum[4] = {0, 0, 0, 0};
 #ifdef WMAT_AVX2
-    __m256 acc[4];
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     int b, simd = 1;
-    for (t = 0; t < 4; t++) acc[t] = _mm256_setzero_ps();
     switch (w->type) {
     case GGML_Q4_0: case GGML_Q4_1:
         for (b = 0; b < n / 32; b++) {
@@ -104,7 +111,7 @@ static void row_dot(const wmat *w, const uint8_t *r, const float *x, int C, int 
             __m256 w1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8))), d, m);
             __m256 w2 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi)), d, m);
             __m256 w3 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8))), d, m);
-            block_fma(acc, w0, w1, w2, w3, xb, C, T);
+            BLOCK_FMA(xb);
         }
         break;
     case GGML_Q8_0:
@@ -114,7 +121,7 @@ static void row_dot(const wmat *w, const uint8_t *r, const float *x, int C, int 
             __m256 d = _mm256_set1_ps(h2f(s));
             __m256 w0 = _mm256_mul_ps(I8F(s + 2), d), w1 = _mm256_mul_ps(I8F(s + 10), d);
             __m256 w2 = _mm256_mul_ps(I8F(s + 18), d), w3 = _mm256_mul_ps(I8F(s + 26), d);
-            block_fma(acc, w0, w1, w2, w3, xb, C, T);
+            BLOCK_FMA(xb);
         }
         break;
     case GGML_F16: case GGML_BF16:
@@ -122,13 +129,16 @@ static void row_dot(const wmat *w, const uint8_t *r, const float *x, int C, int 
             __m128i h = _mm_loadu_si128((const __m128i *)(r + 2 * j));
             __m256 wv = w->type == GGML_F16 ? _mm256_cvtph_ps(h)
                                             : _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-            for (t = 0; t < T; t++) acc[t] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + (size_t)t * C + j), acc[t]);
+            a0 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + j), a0);
+            if (T > 1) a1 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + C + j), a1);
+            if (T > 2) a2 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + 2 * (size_t)C + j), a2);
+            if (T > 3) a3 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + 3 * (size_t)C + j), a3);
         }
         simd = 2; /* the tail n % 8 below */
         break;
     default: simd = 0; break;
     }
-    for (t = 0; t < T; t++) sum[t] = hsum8(acc[t]);
+    sum[0] = hsum8(a0); sum[1] = hsum8(a1); sum[2] = hsum8(a2); sum[3] = hsum8(a3);
     if (simd == 1) {
         for (t = 0; t < T; t++) out[t] = sum[t];
         return;
