@@ -349,7 +349,11 @@ static int ds_init(ds_attn *a, const model *m) {
         a->qa = (float *)malloc(sizeof(float) * (size_t)a->rq * a->D);
         a->qan = (float *)malloc(sizeof(float) * (size_t)a->rq);
     }
-    if (!a->q || !a->kva || !a->kvn || !a->kvb || (a->rq && (!a->qa || !a->qan))) { ds_free(a); return -1; }
+    if (!a->q || !a->kva || !a->kvn || !a->kvb || (a->rq && (!a->qa || !a->qan))) {
+        ds_free(a);
+        memset(a, 0, sizeof *a); /* nothing left to free */
+        return -1;
+    }
     return 0;
 }
 
@@ -516,7 +520,8 @@ static int write_config_json(const model *m, const gguf_file *sf, const ds_attn 
             "{\n  \"architectures\": [\"DeepseekV3ForCausalLM\"],\n  \"model_type\": \"deepseek_v3\",\n"
             "  \"vocab_size\": %d,\n  \"hidden_size\": %d,\n  \"intermediate_size\": %d,\n"
             "  \"moe_intermediate_size\": %d,\n  \"num_hidden_layers\": %d,\n  \"num_attention_heads\": %d,\n"
-            "  \"num_key_value_heads\": %d,\n  \"kv_lora_rank\": %d,\n  \"q_lora_rank\": %s%.0d,\n"
+            "  \"num_key_value_heads\": %d,\n  \"kv_lora_rank\": %d,\n  \"q_lora_rank\": %s%.0d,\n" /* null, or the rank
+                                                              (%.0d prints nothing for 0) */
             "  \"qk_rope_head_dim\": %d,\n  \"qk_nope_head_dim\": %d,\n  \"v_head_dim\": %d,\n"
             "  \"rope_theta\": %.9g,\n  \"rope_scaling\": null,\n  \"rope_interleave\": true,\n"
             "  \"rms_norm_eps\": %.9g,\n  \"max_position_embeddings\": %d,\n  \"hidden_act\": \"silu\",\n"
@@ -548,7 +553,7 @@ int save_deepseek_safetensors(const model *m, const gguf_file *sf, const char *d
         return -1;
     }
     if (ds_init(&a, m) || !(w = st_writer_new(dt))) {
-        if (a.q) ds_free(&a);
+        ds_free(&a); /* all NULL when ds_init failed */
         snprintf(err, errlen, "out of memory");
         return -1;
     }

@@ -1,6 +1,7 @@
 #include "wmat.h"
 #include "../../mla.h"
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -166,7 +167,9 @@ static void row_dot(const wmat *w, const uint8_t *r, const float *x, int C, int 
 
 void wmat_mul(float *y, const float *x, const wmat *w, int T) {
     int R = w->rows, C = w->cols, i0;
-    if (w->type == GGML_F32) { /* stored f32: mla.h's product on the rows as they are */
+    if (w->type == GGML_F32 && (uintptr_t)w->q % sizeof(float) == 0) { /* stored f32: mla.h's product on the
+                                                                          rows as they are (aligned: a file read
+                                                                          whole is; a borrowed buffer may not be) */
         mla_matmul(y, x, (const float *)(const void *)w->q, NULL, T, R, C);
         return;
     }
