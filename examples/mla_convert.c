@@ -31,7 +31,8 @@ static void usage(void) {
             "                      gguf (architecture deepseek2: runs in stock llama.cpp and in mla-run),\n"
             "                      safetensors (--out is a directory: model.safetensors + config.json in\n"
             "                      DeepSeek-V3's Hugging Face form)\n"
-            "  --type T            gguf: attention tensors as f32 (default), f16, bf16, q8_0, q4_0, q4_1;\n"
+            "  --type T            llama-mla, gguf: new attention matrices as f32 (default, exact), f16, bf16,\n"
+            "                      q8_0, q4_0, q4_1;\n"
             "                      safetensors: every tensor as f32 (default), f16, bf16\n"
             "  --lossy             gguf/safetensors: export even what DeepSeek's format cannot express (biases,\n"
             "                      a non-standard RoPE table), dropping it; --eval then measures the cost\n"
@@ -99,8 +100,8 @@ int main(int argc, char **argv) {
         i++;
     }
     if (!in || !out) { usage(); return 2; }
-    if (!ds && (type != GGML_F32 || lossy)) {
-        fprintf(stderr, "mla-convert: --type and --lossy apply to --format gguf/safetensors (llama-mla stores attention in F32)\n");
+    if (!ds && lossy) {
+        fprintf(stderr, "mla-convert: --lossy applies to --format gguf/safetensors (llama-mla stores everything)\n");
         return 2;
     }
     if (ds == 2 && type != GGML_F32 && type != GGML_F16 && type != GGML_BF16) {
@@ -201,7 +202,7 @@ int main(int argc, char **argv) {
     if (ds == 2 ? save_deepseek_safetensors(&dst, &f, out, type == GGML_F16 ? ST_F16 : type == GGML_BF16 ? ST_BF16 : ST_F32,
                                             lossy, err, sizeof err)
         : ds     ? save_deepseek2(&dst, &f, out, type, lossy, err, sizeof err)
-                 : save_converted(&dst, &f, out, err, sizeof err)) {
+                 : save_converted(&dst, &f, out, type, err, sizeof err)) {
         fprintf(stderr, "mla-convert: %s\n", err);
         return 1;
     }
@@ -217,7 +218,7 @@ int main(int argc, char **argv) {
         if (!toks) { fprintf(stderr, "mla-convert: cannot read %s\n", eval_file); return 1; }
         printf("perplexity on %s (windows of %d): original %.4f, converted %.4f", eval_file, ctx,
                perplexity(&src, toks, n, ctx, 1, NULL), perplexity(&dst, toks, n, ctx, 1, NULL));
-        if (ds == 1) { /* what the written file gives, read back as a runner reads it */
+        if (ds == 1 || (ds == 0 && type != GGML_F32)) { /* what the written file gives, read back as a runner reads it */
             if (gguf_read(&of, out) || model_load(&om, &of)) {
                 fprintf(stderr, "\nmla-convert: reading back %s: %s\n", out, of.err);
                 return 1;

@@ -373,7 +373,7 @@ static double file_vs_model(const char *path, const model *m) {
         gguf_close(&f);
         return worst;
     }
-    CHECK(!strcmp(x.arch, "deepseek2") && x.mla.kv_norm == 1 && x.mla.q_norm == (x.mla.q_lora_rank > 0));
+    if (!strcmp(x.arch, "deepseek2")) CHECK(x.mla.kv_norm == 1 && x.mla.q_norm == (x.mla.q_lora_rank > 0));
     worst = 0;
     for (mode = 0; mode < 2; mode++) {
         float *a = tiny_logits(m, mode), *b = tiny_logits(&x, mode);
@@ -458,6 +458,19 @@ static void test_deepseek2_export(void) {
         CHECK(save_deepseek2(&mla, &f, types[i].file, types[i].type, 0, err, sizeof err) == 0);
         e_type[i] = file_vs_model(types[i].file, &mla);
         CHECK(e_type[i] == e_type[i] && e_type[i] < 1); /* runs; the exact bound is per tensor, checked below */
+    }
+    { /* llama-mla with Q8_0 attention: loads, close to the model, smaller than F32 */
+        FILE *fp;
+        long n32 = 0, n8 = 0;
+        double e8;
+        CHECK(save_converted(&mla, &f, "build/test_lm_f32.gguf", GGML_F32, err, sizeof err) == 0);
+        CHECK(save_converted(&mla, &f, "build/test_lm_q8_0.gguf", GGML_Q8_0, err, sizeof err) == 0);
+        if ((fp = fopen("build/test_lm_f32.gguf", "rb"))) { fseek(fp, 0, SEEK_END); n32 = ftell(fp); fclose(fp); }
+        if ((fp = fopen("build/test_lm_q8_0.gguf", "rb"))) { fseek(fp, 0, SEEK_END); n8 = ftell(fp); fclose(fp); }
+        CHECK_LE(file_vs_model("build/test_lm_f32.gguf", &mla), 1e-6);
+        e8 = file_vs_model("build/test_lm_q8_0.gguf", &mla);
+        th_note("llama-mla attention F32 -> Q8_0: file %ld -> %ld bytes, logits rel err 0 -> %.1e", n32, n8, e8);
+        CHECK(n8 > 0 && n8 < n32 && e8 > 0 && e8 < 0.1);
     }
     o.q_rank = 40;
     CHECK(convert_model(&src, NULL, 0, NULL, &o, &lowq, err, sizeof err) == 0);
@@ -603,7 +616,7 @@ static void test_lossless_smollm2(void) {
     o.lossless = 1;
     CHECK(convert_model(&g_model, NULL, 0, NULL, &o, &mla, err, sizeof err) == 0);
     CHECK(model_kv_values_per_token(&mla) == model_kv_values_per_token(&g_model));
-    CHECK(save_converted(&mla, &g_file, "build/test_lossless.gguf", err, sizeof err) == 0);
+    CHECK(save_converted(&mla, &g_file, "build/test_lossless.gguf", GGML_F32, err, sizeof err) == 0);
     loaded_ok = gguf_read(&f2, "build/test_lossless.gguf") == 0 && model_load(&loaded, &f2) == 0;
     CHECK(loaded_ok);
     for (p = 0; p < 3; p++)

@@ -179,13 +179,23 @@ int convert_model(const model *src, const int *calib, int n_calib, const mla_cal
     return 0;
 }
 
-static void put_matrix(gguf_writer *w, const char *name, const float *p, int rows, int cols) {
-    uint64_t ne[2];
-    ne[0] = (uint64_t)cols; ne[1] = (uint64_t)rows;
-    gguf_w_tensor_f32(w, name, p, rows == 1 ? 1 : 2, ne);
+/* a tensor in `type` if its rows allow, else F32 (said once per name) */
+static void put_typed(gguf_writer *w, const char *name, uint32_t type, const float *p, int n_dims, const uint64_t *ne) {
+    if (gguf_w_tensor_as(w, name, type, p, n_dims, ne)) {
+        fprintf(stderr, "  %s: rows of %llu do not fit %s blocks, stored as F32\n", name,
+                (unsigned long long)ne[0], ggml_type_name(type));
+        gguf_w_tensor_as(w, name, GGML_F32, p, n_dims, ne);
+    }
 }
 
-int save_converted(const model *m, const gguf_file *sf, const char *path, char *err, size_t errlen) {
+/* [rows][cols] matrices in the chosen type; vectors (biases, tables) in F32 */
+static void put_matrix(gguf_writer *w, const char *name, uint32_t type, const float *p, int rows, int cols) {
+    uint64_t ne[2];
+    ne[0] = (uint64_t)cols; ne[1] = (uint64_t)rows;
+    put_typed(w, name, rows == 1 ? GGML_F32 : type, p, rows == 1 ? 1 : 2, ne);
+}
+
+int save_converted(const model *m, const gguf_file *sf, const char *path, uint32_t type, char *err, size_t errlen) {
     gguf_writer *w = gguf_writer_new();
     const mla_config *c = &m->mla;
     uint64_t i;
@@ -210,7 +220,7 @@ int save_converted(const model *m, const gguf_file *sf, const char *path, char *
     gguf_w_u32(w, "llama-mla.mla.v_head_dim", (uint32_t)c->v_head_dim);
     gguf_w_u32(w, "llama-mla.mla.q_lora_rank", (uint32_t)c->q_lora_rank);
     gguf_w_u32(w, "llama-mla.mla.attn_bias", (uint32_t)c->attn_bias);
-    put_matrix(w, "mla_rope_freqs.weight", m->conv[0].rope_freqs, 1, c->qk_rope_head_dim / 2);
+    put_matrix(w, "mla_rope_freqs.weight", type, m->conv[0].rope_freqs, 1, c->qk_rope_head_dim / 2);
     for (i = 0; i < sf->n_tensors; i++) { /* everything but attention q/k/v: unchanged bytes */
         const gguf_tensor *t = &sf->tensors[i];
         if (strstr(t->name, ".attn_q.") || strstr(t->name, ".attn_k.") || strstr(t->name, ".attn_v.")) continue;
@@ -220,23 +230,23 @@ int save_converted(const model *m, const gguf_file *sf, const char *path, char *
         const mla_layer_weights *lw = &m->layers[l].mla;
         if (c->q_lora_rank) {
             snprintf(key, sizeof key, "blk.%d.attn_q_a.weight", l);
-            put_matrix(w, key, lw->w_qa, c->q_lora_rank, m->dim);
+            put_matrix(w, key, type, lw->w_qa, c->q_lora_rank, m->dim);
             snprintf(key, sizeof key, "blk.%d.attn_q_b.weight", l);
-            put_matrix(w, key, lw->w_qb, H * qd, c->q_lora_rank);
-            if (c->attn_bias) { snprintf(key, sizeof key, "blk.%d.attn_q_a.bias", l); put_matrix(w, key, lw->b_qa, 1, c->q_lora_rank); }
+            put_matrix(w, key, type, lw->w_qb, H * qd, c->q_lora_rank);
+            if (c->attn_bias) { snprintf(key, sizeof key, "blk.%d.attn_q_a.bias", l); put_matrix(w, key, type, lw->b_qa, 1, c->q_lora_rank); }
         } else {
             snprintf(key, sizeof key, "blk.%d.attn_q.weight", l);
-            put_matrix(w, key, lw->w_q, H * qd, m->dim);
-            if (c->attn_bias) { snprintf(key, sizeof key, "blk.%d.attn_q.bias", l); put_matrix(w, key, lw->b_q, 1, H * qd); }
+            put_matrix(w, key, type, lw->w_q, H * qd, m->dim);
+            if (c->attn_bias) { snprintf(key, sizeof key, "blk.%d.attn_q.bias", l); put_matrix(w, key, type, lw->b_q, 1, H * qd); }
         }
         snprintf(key, sizeof key, "blk.%d.attn_kv_a_mqa.weight", l);
-        put_matrix(w, key, lw->w_kva, r + c->qk_rope_head_dim, m->dim);
+        put_matrix(w, key, type, lw->w_kva, r + c->qk_rope_head_dim, m->dim);
         if (c->attn_bias) {
             snprintf(key, sizeof key, "blk.%d.attn_kv_a_mqa.bias", l);
-            put_matrix(w, key, lw->b_kva, 1, r + c->qk_rope_head_dim);
+            put_matrix(w, key, type, lw->b_kva, 1, r + c->qk_rope_head_dim);
         }
         snprintf(key, sizeof key, "blk.%d.attn_kv_b.weight", l);
-        put_matrix(w, key, lw->w_kvb, H * (c->qk_nope_head_dim + c->v_head_dim), r);
+        put_matrix(w, key, type, lw->w_kvb, H * (c->qk_nope_head_dim + c->v_head_dim), r);
     }
     rc = gguf_writer_save(w, path, err, errlen);
     gguf_writer_free(w);
@@ -306,15 +316,6 @@ static const gguf_tensor *same_as_source(const gguf_file *sf, const char *name, 
     same = !gguf_dequant(t->type, t->data, s, n) && !memcmp(s, p, sizeof(float) * n);
     free(s);
     return same ? t : NULL;
-}
-
-/* a tensor in `type` if its rows allow, else F32 (said once per name) */
-static void put_typed(gguf_writer *w, const char *name, uint32_t type, const float *p, int n_dims, const uint64_t *ne) {
-    if (gguf_w_tensor_as(w, name, type, p, n_dims, ne)) {
-        fprintf(stderr, "  %s: rows of %llu do not fit %s blocks, stored as F32\n", name,
-                (unsigned long long)ne[0], ggml_type_name(type));
-        gguf_w_tensor_as(w, name, GGML_F32, p, n_dims, ne);
-    }
 }
 
 /* One layer's attention in the form DeepSeek's stock code computes it. */

@@ -36,8 +36,10 @@ int convert_model(const model *src, const int *calib, int n_calib, const mla_cal
                   model *dst, char *err, size_t errlen);
 /* Writes dst as a llama-mla GGUF: metadata and tokenizer copied from the
    source file, non-attention tensors copied unchanged (same quantization),
-   attention tensors in F32. */
-int save_converted(const model *dst, const gguf_file *src_file, const char *path, char *err, size_t errlen);
+   attention matrices in `type` (GGML_F32 exact; F16, BF16, Q8_0, Q4_0, Q4_1;
+   rows that do not fit the blocks stay F32), vectors in F32. */
+int save_converted(const model *dst, const gguf_file *src_file, const char *path, uint32_t type, char *err,
+                   size_t errlen);
 /* Writes dst as a GGUF of architecture deepseek2 that stock llama.cpp runs
    with its absorbed MLA path (latent-only cache): the attention tensors in
    `type` (GGML_F32, F16, BF16, Q8_0, Q4_0, Q4_1; a tensor whose rows do not

@@ -107,7 +107,7 @@ int main(void) {
     memset(&o, 0, sizeof o);
     o.lossless = 1;
     if (convert_model(&src, NULL, 0, NULL, &o, &dst, err, sizeof err) ||
-        save_converted(&dst, &f, "tests/corpus/gguf/llama_mla.gguf", err, sizeof err)) {
+        save_converted(&dst, &f, "tests/corpus/gguf/llama_mla.gguf", GGML_F32, err, sizeof err)) {
         fprintf(stderr, "%s\n", err);
         return 1;
     }
