@@ -179,6 +179,11 @@ int convert_model(const model *src, const int *calib, int n_calib, const mla_cal
     return 0;
 }
 
+/* the source's q/k/v projections (weights and biases), which a conversion replaces */
+static int gqa_attention(const char *name) {
+    return strstr(name, ".attn_q.") || strstr(name, ".attn_k.") || strstr(name, ".attn_v.");
+}
+
 /* a tensor in `type` if its rows allow, else F32 (said once per name) */
 static void put_typed(gguf_writer *w, const char *name, uint32_t type, const float *p, int n_dims, const uint64_t *ne) {
     if (gguf_w_tensor_as(w, name, type, p, n_dims, ne)) {
@@ -223,7 +228,7 @@ int save_converted(const model *m, const gguf_file *sf, const char *path, uint32
     put_matrix(w, "mla_rope_freqs.weight", type, m->conv[0].rope_freqs, 1, c->qk_rope_head_dim / 2);
     for (i = 0; i < sf->n_tensors; i++) { /* everything but attention q/k/v: unchanged bytes */
         const gguf_tensor *t = &sf->tensors[i];
-        if (strstr(t->name, ".attn_q.") || strstr(t->name, ".attn_k.") || strstr(t->name, ".attn_v.")) continue;
+        if (gqa_attention(t->name)) continue;
         gguf_w_tensor_raw(w, t->name, t->type, t->data, (int)t->n_dims, t->ne);
     }
     for (l = 0; l < m->n_layers; l++) {
@@ -358,6 +363,9 @@ static int ds_init(ds_attn *a, const model *m) {
     return 0;
 }
 
+/* where a head's row i (nope rows first) lands once the nope part is padded to dn2 */
+static int ds_row(const ds_attn *a, int i) { return i < a->dn ? i : i - a->dn + a->dn2; }
+
 /* fills a with layer l (pad rows stay zero from ds_init) */
 static void ds_layer(ds_attn *a, const model *m, int l) {
     const mla_layer_weights *lw = &m->layers[l].mla;
@@ -367,7 +375,7 @@ static void ds_layer(ds_attn *a, const model *m, int l) {
     for (h = 0; h < a->H; h++)
         for (i = 0; i < qd; i++) {
             const float *src = (a->rq ? lw->w_qb : lw->w_q) + ((size_t)h * qd + i) * a->in;
-            float *dst = a->q + ((size_t)h * a->qd2 + (i < a->dn ? i : i - a->dn + a->dn2)) * a->in;
+            float *dst = a->q + ((size_t)h * a->qd2 + ds_row(a, i)) * a->in;
             for (e = 0; e < a->in; e++) dst[e] = (float)(src[e] * a->scale);
         }
     a->alpha = norm_alpha(lw->w_kva, a->R, a->D, g, m->eps);
@@ -376,7 +384,7 @@ static void ds_layer(ds_attn *a, const model *m, int l) {
     for (i = 0; i < a->R; i++) a->kvn[i] = (float)(sqrt((double)m->eps) / a->alpha);
     for (h = 0; h < a->H; h++)
         for (i = 0; i < a->dn + a->dv; i++)
-            memcpy(a->kvb + ((size_t)h * (a->dn2 + a->dv) + (i < a->dn ? i : i - a->dn + a->dn2)) * a->R,
+            memcpy(a->kvb + ((size_t)h * (a->dn2 + a->dv) + ds_row(a, i)) * a->R,
                    lw->w_kvb + ((size_t)h * (a->dn + a->dv) + i) * a->R, sizeof(float) * a->R);
     if (a->rq) {
         double aq = norm_alpha(lw->w_qa, a->rq, a->D, g, m->eps);
@@ -450,8 +458,7 @@ int save_deepseek2(const model *m, const gguf_file *sf, const char *path, uint32
     gguf_w_f32(w, "deepseek2.expert_weights_scale", 1.0f);
     for (k = 0; k < sf->n_tensors; k++) { /* embeddings, norms, FFN: as stored */
         const gguf_tensor *t = &sf->tensors[k];
-        if (!strstr(t->name, ".attn_q.") && !strstr(t->name, ".attn_k.") && !strstr(t->name, ".attn_v.") &&
-            !strstr(t->name, ".attn_output."))
+        if (!gqa_attention(t->name) && !strstr(t->name, ".attn_output."))
             gguf_w_tensor_raw(w, t->name, t->type, t->data, (int)t->n_dims, t->ne);
     }
     for (l = 0; l < m->n_layers; l++) {
@@ -509,13 +516,17 @@ static float *dup_f32(const float *p, size_t n) {
     return d;
 }
 
+/* an integer token id key of the source, -1 when absent or not an integer */
+static int64_t token_id(const gguf_file *sf, const char *key) {
+    int64_t v = -1;
+    if (gguf_find(sf, key) && gguf_get_int((gguf_file *)sf, key, &v)) v = -1; /* the getter only writes f->err */
+    return v;
+}
+
 static int write_config_json(const model *m, const gguf_file *sf, const ds_attn *a, st_dtype dt, const char *path,
                              char *err, size_t errlen) {
     outfile o;
-    int64_t bos = -1, eos = -1;
-    gguf_file *f = (gguf_file *)sf; /* the getters only write f->err */
-    if (gguf_find(sf, "tokenizer.ggml.bos_token_id")) gguf_get_int(f, "tokenizer.ggml.bos_token_id", &bos);
-    if (gguf_find(sf, "tokenizer.ggml.eos_token_id")) gguf_get_int(f, "tokenizer.ggml.eos_token_id", &eos);
+    int64_t bos = token_id(sf, "tokenizer.ggml.bos_token_id"), eos = token_id(sf, "tokenizer.ggml.eos_token_id");
     if (outfile_open(&o, path, err, errlen)) return -1;
     fprintf(o.fp,
             "{\n  \"architectures\": [\"DeepseekV3ForCausalLM\"],\n  \"model_type\": \"deepseek_v3\",\n"
@@ -540,14 +551,13 @@ static int write_config_json(const model *m, const gguf_file *sf, const ds_attn 
 
 int save_deepseek_safetensors(const model *m, const gguf_file *sf, const char *dir, st_dtype dt, int lossy, char *err,
                               size_t errlen) {
-    static const char *const dn[] = {"F32", "F16", "BF16"};
     char path[1024], name[160], types[64];
     st_writer *w;
     ds_attn a;
     double worst = 0;
     int64_t sh[2];
     int l, rc;
-    size_t D, F;
+    size_t F = (size_t)m->ffn_dim;
     if (ds_check(m, lossy, err, errlen)) return -1;
     if (mkdir(dir, 0777) && errno != EEXIST) {
         snprintf(err, errlen, "cannot create directory %s: %s", dir, strerror(errno));
@@ -558,7 +568,6 @@ int save_deepseek_safetensors(const model *m, const gguf_file *sf, const char *d
         snprintf(err, errlen, "out of memory");
         return -1;
     }
-    D = (size_t)a.D; F = (size_t)m->ffn_dim;
 #define ST2(nm, p, rows, cols) (sh[0] = (rows), sh[1] = (cols), st_add(w, nm, dup_f32(p, (size_t)sh[0] * (size_t)sh[1]), 2, sh))
 #define ST1(nm, p, n) (sh[0] = (n), st_add(w, nm, dup_f32(p, (size_t)sh[0]), 1, sh))
     sh[0] = m->vocab; sh[1] = a.D;
@@ -593,8 +602,7 @@ int save_deepseek_safetensors(const model *m, const gguf_file *sf, const char *d
     st_add(w, "lm_head.weight", wmat_f32(&m->output), 2, sh);
 #undef ST1
 #undef ST2
-    (void)D;
-    snprintf(types, sizeof types, "every tensor %s", dn[dt]);
+    snprintf(types, sizeof types, "every tensor %s", st_dtype_name(dt));
     ds_report("safetensors (DeepSeek-V3 naming)", &a, worst, types);
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
     rc = st_save(w, path, err, errlen);
@@ -656,8 +664,8 @@ int write_hf_tokenizer(const gguf_file *sf, const char *dir, char *why, size_t w
         rc = 1;
         goto done;
     }
-    if (gguf_find(sf, "tokenizer.ggml.bos_token_id")) gguf_get_int(f, "tokenizer.ggml.bos_token_id", &bos);
-    if (gguf_find(sf, "tokenizer.ggml.eos_token_id")) gguf_get_int(f, "tokenizer.ggml.eos_token_id", &eos);
+    bos = token_id(sf, "tokenizer.ggml.bos_token_id");
+    eos = token_id(sf, "tokenizer.ggml.eos_token_id");
     snprintf(path, sizeof path, "%s/tokenizer.json", dir);
     if (outfile_open(&o, path, why, whylen)) goto done;
     fprintf(o.fp, "{\"version\":\"1.0\",\"truncation\":null,\"padding\":null,\"added_tokens\":[");

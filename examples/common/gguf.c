@@ -435,9 +435,8 @@ int gguf_quant(uint32_t type, const float *src, void *dst, uint64_t n) {
     return 0;
 }
 
-float *gguf_tensor_f32(gguf_file *f, const char *name, int64_t rows, int64_t cols) {
+const gguf_tensor *gguf_tensor_matrix(gguf_file *f, const char *name, int64_t rows, int64_t cols) {
     const gguf_tensor *t = gguf_tensor_find(f, name);
-    float *out;
     if (!t) { fail(f, "missing tensor %s", name); return NULL; }
     if (rows > 0 && cols > 0) {
         int ok = t->n_dims <= 2 && t->ne[0] == (uint64_t)cols && t->ne[1] == (uint64_t)rows;
@@ -448,6 +447,13 @@ float *gguf_tensor_f32(gguf_file *f, const char *name, int64_t rows, int64_t col
             return NULL;
         }
     }
+    return t;
+}
+
+float *gguf_tensor_f32(gguf_file *f, const char *name, int64_t rows, int64_t cols) {
+    const gguf_tensor *t = gguf_tensor_matrix(f, name, rows, cols);
+    float *out;
+    if (!t) return NULL;
     out = (float *)malloc(sizeof(float) * t->n_elem);
     if (!out) { fail(f, "out of memory for tensor %s", name); return NULL; }
     if (gguf_dequant(t->type, t->data, out, t->n_elem)) {

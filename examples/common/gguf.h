@@ -71,6 +71,10 @@ int gguf_dequant(uint32_t type, const void *src, float *dst, uint64_t n);
 /* Quantize n f32 values (n a multiple of the block) into `type`: the inverse
    of gguf_dequant, rounding as llama.cpp's reference quantizers do. */
 int gguf_quant(uint32_t type, const float *src, void *dst, uint64_t n);
+/* The tensor `name`, checked to be the matrix [rows][cols] (ne = {cols, rows};
+   rows 1 = a vector of cols; rows or cols <= 0 = any shape); NULL and f->err
+   when it is missing or shaped otherwise. */
+const gguf_tensor *gguf_tensor_matrix(gguf_file *f, const char *name, int64_t rows, int64_t cols);
 /* Whole tensor to a new f32 array [n_elem]; NULL and f->err on failure. If
    rows/cols are > 0 the tensor must be exactly that matrix (ne = {cols, rows}). */
 float *gguf_tensor_f32(gguf_file *f, const char *name, int64_t rows, int64_t cols);

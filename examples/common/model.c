@@ -109,7 +109,7 @@ static int load_deepseek2_config(model *m, gguf_file *f) {
 
 /* w_kvb [h*(d_nope+d_v)][r] from attn_k_b {d_nope, r, h} ([h][c][i] = W_uk[i][c])
    and attn_v_b {r, d_v, h} ([h][e][c] = W_uv[e][c]) */
-static float *split_kv_b(gguf_file *f, int l, const mla_config *c) {
+static float *join_kv_b(gguf_file *f, int l, const mla_config *c) {
     int H = c->n_heads, R = c->kv_lora_rank, dn = c->qk_nope_head_dim, dv = c->v_head_dim, h, i, e;
     char kn[64], vn[64];
     const gguf_tensor *tk, *tv;
@@ -288,7 +288,7 @@ int model_load(model *m, gguf_file *f) {
             LOAD(w->w_kva, layer_tensor(f, l, "attn_kv_a_mqa.weight", rm, D));
             if (c->attn_bias) LOAD(w->b_kva, layer_tensor(f, l, "attn_kv_a_mqa.bias", 1, rm));
             if (c->kv_norm) LOAD(w->kv_norm, layer_tensor(f, l, "attn_kv_a_norm.weight", 1, r));
-            if (ds && !gguf_tensor_find(f, "blk.0.attn_kv_b.weight")) LOAD(w->w_kvb, split_kv_b(f, l, c));
+            if (ds && !gguf_tensor_find(f, "blk.0.attn_kv_b.weight")) LOAD(w->w_kvb, join_kv_b(f, l, c));
             else LOAD(w->w_kvb, layer_tensor(f, l, "attn_kv_b.weight", H * (c->qk_nope_head_dim + c->v_head_dim), r));
             LOAD(w->w_o, layer_tensor(f, l, "attn_output.weight", D, H * c->v_head_dim));
             if (mla_weights_validate(c, w, 1, &bad) != MLA_OK) {

@@ -138,8 +138,8 @@ double perplexity_with(const model *m, const int *toks, int n, int ctx, int prog
             if (model_forward(m, &st, wt + off, T, hidden)) { nll = NAN; goto done; }
             model_logits(m, hidden, T, logits);
             {
-                int last = off + T < ctx ? T : T - 1, from = first - off > 0 ? first - off : 0; /* the window's
-                                                                  last token predicts nothing */
+                int last = off + T < ctx ? T : T - 1;         /* the window's last token predicts nothing */
+                int from = first - off > 0 ? first - off : 0; /* positions before `first`: context only */
                 double part = 0;
 #ifdef _OPENMP
 #pragma omp parallel for reduction(+ : part) schedule(static)

@@ -17,6 +17,8 @@ struct st_writer {
 static const char *const st_names[] = {"F32", "F16", "BF16"};
 static const int st_bytes[] = {4, 2, 2};
 
+const char *st_dtype_name(st_dtype dtype) { return st_names[dtype]; }
+
 st_writer *st_writer_new(st_dtype dtype) {
     st_writer *w = (st_writer *)calloc(1, sizeof(st_writer));
     if (w) w->dtype = dtype;

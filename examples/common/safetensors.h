@@ -9,6 +9,9 @@
 
 typedef enum { ST_F32 = 0, ST_F16 = 1, ST_BF16 = 2 } st_dtype;
 
+/* "F32", "F16", "BF16": the header's dtype names */
+const char *st_dtype_name(st_dtype dtype);
+
 typedef struct st_writer st_writer;
 st_writer *st_writer_new(st_dtype dtype);
 void st_writer_free(st_writer *w);

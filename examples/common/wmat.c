@@ -1,6 +1,5 @@
 #include "wmat.h"
 #include "../../mla.h"
-#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,16 +10,11 @@
 #endif
 
 int wmat_from_gguf(wmat *w, gguf_file *f, const char *name, int rows, int cols) {
-    const gguf_tensor *t = gguf_tensor_find(f, name);
+    const gguf_tensor *t = gguf_tensor_matrix(f, name, rows, cols);
     int blk, bb, i, j;
     float *row;
     memset(w, 0, sizeof *w);
-    if (!t) { snprintf(f->err, sizeof f->err, "missing tensor %s", name); return -1; }
-    if (t->n_dims > 2 || t->ne[0] != (uint64_t)cols || (t->n_dims == 2 ? t->ne[1] : 1) != (uint64_t)rows) {
-        snprintf(f->err, sizeof f->err, "tensor %s has shape {%llu, %llu}, expected {%d, %d}", name,
-                 (unsigned long long)t->ne[0], (unsigned long long)(t->n_dims == 2 ? t->ne[1] : 1), cols, rows);
-        return -1;
-    }
+    if (!t) return -1;
     if (ggml_type_info(t->type, &blk, &bb) || cols % blk) {
         snprintf(f->err, sizeof f->err, "tensor %s: type %s is not supported", name, ggml_type_name(t->type));
         return -1;
@@ -68,9 +62,7 @@ static float hsum8(__m256 v) {
 }
 /* 8 bytes -> 8 floats */
 #define I8F(p) _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p))))
-#endif
 
-#ifdef WMAT_AVX2
 /* the 32 dequantized weights w0..w3 times 32 activations, as 8 partial sums:
    two independent products and one add per block, so that the accumulator's
    chain has one add per block (four FMAs into it made every block wait on
