@@ -306,6 +306,22 @@ MLAPI mla_result mla_decode(const mla_config *cfg, const mla_layer_weights *w,
                             mla_pool *pool, mla_seq *const *seqs, int B, int layer,
                             const float *x, float *out, void *ws, size_t ws_bytes);
 
+/* The same block without its input and output projections, for engines
+   that run them in their own (quantized, batched) matmuls:
+     q  [T][h*(d_nope+m)]  the query projection's output (W_q x + b_q, or
+                           W_qb q_norm(W_qa x + b_qa)), RoPE not applied;
+     kv [T][r+m]           W_kva x + b_kva, before the latent norm and RoPE;
+     o  [T][h*d_v]         the heads' outputs; the block's out = W_o o + b_o.
+   q and kv are used as scratch (normed and rotated in place). Only w->w_kvb
+   (and w->kv_norm when cfg.kv_norm) are read. T = n_seq * chunk tokens,
+   token i of sequence seqs[i / chunk]; mode as mla_forward's (mla_decode:
+   chunk 1, MLA_ABSORBED). Same workspace, checks and results as mla_forward
+   (tests: equal to it within the order of f32 sums). */
+MLAPI mla_result mla_attend_projected(const mla_config *cfg, const mla_layer_weights *w,
+                                      mla_pool *pool, mla_seq *const *seqs, int n_seq,
+                                      int chunk, int layer, float *q, float *kv, float *o,
+                                      mla_mode mode, void *ws, size_t ws_bytes);
+
 /* Core latent attention (absorbed form), for callers with their own
    projections: over the first n_ctx rows of (seq, layer),
      s[j][t] = scale * (q_lat[j].c[t] + q_pe[j].k_pe[t]),  o_lat[j] = sum_t softmax(s[j])[t] c[t]
@@ -377,6 +393,13 @@ MLAPI size_t mla_gqa_workspace_bytes(const mla_gqa_config *cfg, int max_tokens, 
 MLAPI mla_result mla_gqa_forward(const mla_gqa_config *c, const mla_gqa_weights *w,
                                  mla_gqa_cache *kc, int layer, const float *x, int T,
                                  float *out, void *ws, size_t ws_bytes);
+/* The same without projections: q [T][h*d], k and v [T][g*d] (projection
+   outputs, biases added, RoPE not applied: q and k are rotated in place)
+   -> o [T][h*d] (out = W_o o + b_o). Writes the k, v rows; kc->len += T
+   after the last layer as for mla_gqa_forward. */
+MLAPI mla_result mla_gqa_attend_projected(const mla_gqa_config *c, mla_gqa_cache *kc, int layer,
+                                          float *q, float *k, float *v, int T, float *o,
+                                          void *ws, size_t ws_bytes);
 
 /* ====================================================================== */
 /* 5. conversion: GQA -> MLA (TransMLA, arXiv 2502.07864, and a query-aware  */
@@ -2210,11 +2233,12 @@ static mla_result mla__check_call(const mla_config *c, const mla_layer_weights *
                                   const mla_pool *pool, mla_seq *const *seqs, int n_seq,
                                   int chunk, int layer, const float *x, const float *out,
                                   mla_mode mode, size_t ws_bytes, int *max_ctx) {
-    mla_result rc = mla_weights_validate(c, w, 0, NULL);
+    mla_result rc = x ? mla_weights_validate(c, w, 0, NULL) : mla_config_validate(c, NULL);
     int i, k, need = 0;
     long ctx = 0;
     if (rc != MLA_OK) return rc;
-    if (!pool || !seqs || !x || !out || n_seq <= 0 || chunk <= 0) return MLA_ERR_INVALID_ARG;
+    if (!x && (!w || !w->w_kvb || (c->kv_norm && !w->kv_norm))) return w ? MLA_ERR_NULL_WEIGHT : MLA_ERR_INVALID_ARG;
+    if (!pool || !seqs || !out || n_seq <= 0 || chunk <= 0) return MLA_ERR_INVALID_ARG;
     if (mode != MLA_NAIVE && mode != MLA_ABSORBED) return MLA_ERR_INVALID_ARG;
     if (layer < 0 || layer >= pool->n_layers) return MLA_ERR_INVALID_ARG;
     if (pool->kv_lora_rank != c->kv_lora_rank || pool->qk_rope_head_dim != c->qk_rope_head_dim)
@@ -2234,7 +2258,7 @@ static mla_result mla__check_call(const mla_config *c, const mla_layer_weights *
         if (!wb) return MLA_ERR_SHAPE; /* sizes past what can exist */
         if (ws_bytes < wb) return MLA_ERR_WORKSPACE;
     }
-    if (!mla__all_finite(x, (size_t)n_seq * chunk * (size_t)c->dim)) return MLA_ERR_NONFINITE;
+    if (x && !mla__all_finite(x, (size_t)n_seq * chunk * (size_t)c->dim)) return MLA_ERR_NONFINITE;
     for (i = 0; i < n_seq; i++) {
         int nb = mla__blocks_needed(pool, seqs[i], chunk);
         if (seqs[i]->n_blocks + nb > seqs[i]->max_blocks) return MLA_ERR_CACHE_FULL;
@@ -2244,14 +2268,12 @@ static mla_result mla__check_call(const mla_config *c, const mla_layer_weights *
     return MLA_OK;
 }
 
-/* Projections of T tokens: s->q (queries, pe part roped) and s->kv (latent
-   rows: c normalised when kv_norm, k_pe roped). Token i is at position pos(i). */
+/* Projections of T tokens: s->q (queries) and s->kv (latent rows, before
+   the latent norm and RoPE, which mla__prepare applies). */
 static void mla__project(const mla_config *c, const mla_layer_weights *w, const float *x,
-                         int T, mla_seq *const *seqs, int chunk, mla__scratch *s) {
-    int H = c->n_heads, r = c->kv_lora_rank, m = c->qk_rope_head_dim;
-    int dn = c->qk_nope_head_dim, qd = mla__qk_dim(c), i, j;
+                         int T, mla__scratch *s) {
+    int H = c->n_heads, r = c->kv_lora_rank, m = c->qk_rope_head_dim, qd = mla__qk_dim(c), i;
     const float *bias_q = c->attn_bias ? w->b_q : NULL;
-    float cos_scale;
     if (c->q_lora_rank > 0) {
         mla_matmul(s->qa, x, w->w_qa, c->attn_bias ? w->b_qa : NULL, T, c->q_lora_rank, c->dim);
         if (c->q_norm)
@@ -2263,6 +2285,15 @@ static void mla__project(const mla_config *c, const mla_layer_weights *w, const 
         mla_matmul(s->q, x, w->w_q, bias_q, T, H * qd, c->dim);
     }
     mla_matmul(s->kv, x, w->w_kva, c->attn_bias ? w->b_kva : NULL, T, r + m, c->dim);
+}
+
+/* s->kv: c normalised when kv_norm, k_pe roped; s->q: pe parts roped. Token
+   i is at position seqs[i / chunk]->len + i % chunk. */
+static void mla__prepare(const mla_config *c, const mla_layer_weights *w, int T, mla_seq *const *seqs,
+                         int chunk, mla__scratch *s) {
+    int H = c->n_heads, r = c->kv_lora_rank, m = c->qk_rope_head_dim;
+    int dn = c->qk_nope_head_dim, qd = mla__qk_dim(c), i, j;
+    float cos_scale;
     mla_rope_freqs(c, s->freq, &cos_scale);
     for (i = 0; i < T; i++) {
         int pos = seqs[i / chunk]->len + i % chunk;
@@ -2336,9 +2367,11 @@ static void mla__attend_naive(const mla_config *c, const mla_layer_weights *w,
 }
 
 /* n_seq sequences, `chunk` new tokens each (token i belongs to seqs[i/chunk]) */
+/* x given: the whole block, x -> out. x NULL: the attention core, the
+   caller's projections q, kv -> out = the heads' outputs (before W_o). */
 static mla_result mla__run(const mla_config *c, const mla_layer_weights *w, mla_pool *pool,
                            mla_seq *const *seqs, int n_seq, int chunk, int layer, const float *x,
-                           float *out, mla_mode mode, void *ws, size_t ws_bytes) {
+                           float *q, float *kv, float *out, mla_mode mode, void *ws, size_t ws_bytes) {
     mla__scratch s;
     int T = n_seq * chunk, H, r, m, qd, dv, i, b, max_ctx = 0;
     mla_result rc;
@@ -2351,7 +2384,13 @@ static mla_result mla__run(const mla_config *c, const mla_layer_weights *w, mla_
     }
     H = c->n_heads; r = c->kv_lora_rank; m = c->qk_rope_head_dim; qd = mla__qk_dim(c); dv = c->v_head_dim;
     mla__scratch_layout(c, T, max_ctx, mode, (float *)ws, &s);
-    mla__project(c, w, x, T, seqs, chunk, &s);
+    if (x) {
+        mla__project(c, w, x, T, &s);
+    } else {
+        if (!q || !kv) return MLA_ERR_INVALID_ARG; /* (checked before anything is written) */
+        s.q = q; s.kv = kv; s.o = out;
+    }
+    mla__prepare(c, w, T, seqs, chunk, &s);
     for (i = 0; i < T; i++) {
         const mla_seq *sq = seqs[i / chunk];
         mla__store_row(mla_seq_row(pool, sq, layer, sq->len + i % chunk), pool->type,
@@ -2380,7 +2419,7 @@ static mla_result mla__run(const mla_config *c, const mla_layer_weights *w, mla_
                                  items ? 1 : threads);
         }
     }
-    mla_matmul(out, s.o, w->w_o, w->b_o, T, c->dim, H * dv);
+    if (x) mla_matmul(out, s.o, w->w_o, w->b_o, T, c->dim, H * dv);
     return MLA_OK;
 }
 
@@ -2388,7 +2427,8 @@ MLADEF mla_result mla_forward(const mla_config *c, const mla_layer_weights *w, m
                               mla_seq *seq, int layer, const float *x, int T, float *out,
                               mla_mode mode, void *ws, size_t ws_bytes) {
     if (!seq || T <= 0) return MLA_ERR_INVALID_ARG;
-    return mla__run(c, w, pool, &seq, 1, T, layer, x, out, mode, ws, ws_bytes);
+    if (!x) return MLA_ERR_INVALID_ARG;
+    return mla__run(c, w, pool, &seq, 1, T, layer, x, NULL, NULL, out, mode, ws, ws_bytes);
 }
 
 MLADEF mla_result mla_decode(const mla_config *c, const mla_layer_weights *w, mla_pool *pool,
@@ -2398,7 +2438,22 @@ MLADEF mla_result mla_decode(const mla_config *c, const mla_layer_weights *w, ml
     if (!seqs || B <= 0) return MLA_ERR_INVALID_ARG;
     for (i = 0; i < B; i++)
         if (!seqs[i]) return MLA_ERR_INVALID_ARG;
-    return mla__run(c, w, pool, seqs, B, 1, layer, x, out, MLA_ABSORBED, ws, ws_bytes);
+    if (!x) return MLA_ERR_INVALID_ARG;
+    return mla__run(c, w, pool, seqs, B, 1, layer, x, NULL, NULL, out, MLA_ABSORBED, ws, ws_bytes);
+}
+
+MLADEF mla_result mla_attend_projected(const mla_config *c, const mla_layer_weights *w, mla_pool *pool,
+                                       mla_seq *const *seqs, int n_seq, int chunk, int layer, float *q,
+                                       float *kv, float *o, mla_mode mode, void *ws, size_t ws_bytes) {
+    int i;
+    if (!seqs || !q || !kv || n_seq <= 0 || chunk <= 0) return MLA_ERR_INVALID_ARG;
+    for (i = 0; i < n_seq; i++)
+        if (!seqs[i]) return MLA_ERR_INVALID_ARG;
+    if (c && mla_config_validate(c, NULL) == MLA_OK &&
+        (!mla__all_finite(q, (size_t)n_seq * chunk * c->n_heads * mla__qk_dim(c)) ||
+         !mla__all_finite(kv, (size_t)n_seq * chunk * (c->kv_lora_rank + c->qk_rope_head_dim))))
+        return MLA_ERR_NONFINITE;
+    return mla__run(c, w, pool, seqs, n_seq, chunk, layer, NULL, q, kv, o, mode, ws, ws_bytes);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -2521,34 +2576,32 @@ static void mla__gqa_freqs(const mla_gqa_config *c, float *freq) {
     for (i = 0; i < d / 2; i++) freq[i] = c->rope_freqs ? c->rope_freqs[i] : (float)pow(theta, -2.0 * i / d);
 }
 
-MLADEF mla_result mla_gqa_forward(const mla_gqa_config *c, const mla_gqa_weights *w,
-                                  mla_gqa_cache *kc, int layer, const float *x, int T,
-                                  float *out, void *ws, size_t ws_bytes) {
-    float *q, *k, *v, *o, *freq, *p;
-    int H, G, d, L, i, j;
-    size_t base;
-    float scale;
+/* Checks of mla_gqa_forward / mla_gqa_attend_projected, before anything is written */
+static mla_result mla__gqa_check(const mla_gqa_config *c, const mla_gqa_cache *kc, int layer, int T,
+                                 size_t ws_bytes) {
     mla_result rc = mla_gqa_config_validate(c, NULL);
+    size_t wb;
     if (rc != MLA_OK) return rc;
-    if (!w || !kc || !x || !out || !ws || T <= 0) return MLA_ERR_INVALID_ARG;
-    if (!w->w_q || !w->w_k || !w->w_v || !w->w_o) return MLA_ERR_NULL_WEIGHT;
-    if (c->attn_bias && (!w->b_q || !w->b_k || !w->b_v)) return MLA_ERR_NULL_WEIGHT;
-    H = c->n_heads; G = c->n_kv_heads; d = c->head_dim; L = G * d;
+    if (!kc || T <= 0) return MLA_ERR_INVALID_ARG;
     if (layer < 0 || layer >= kc->n_layers) return MLA_ERR_INVALID_ARG;
-    if (kc->kv_dim != L) return MLA_ERR_SHAPE;
+    if (kc->kv_dim != c->n_kv_heads * c->head_dim) return MLA_ERR_SHAPE;
     if (kc->len < 0) return MLA_ERR_INVALID_ARG;
     if ((long)kc->len + T > mla__max_pos(c->max_seq_len)) return MLA_ERR_POSITION;
     if ((long)kc->len + T > kc->capacity) return MLA_ERR_CACHE_FULL;
-    if (!mla_gqa_workspace_bytes(c, T, kc->len + T)) return MLA_ERR_SHAPE;
-    if (ws_bytes < mla_gqa_workspace_bytes(c, T, kc->len + T)) return MLA_ERR_WORKSPACE;
-    if (!mla__all_finite(x, (size_t)T * c->dim)) return MLA_ERR_NONFINITE;
-    mla__gqa_layout(c, T, kc->len + T, (float *)ws, &q, &k, &v, &o, &freq, &p);
-    mla_matmul(q, x, w->w_q, c->attn_bias ? w->b_q : NULL, T, H * d, c->dim);
-    mla_matmul(k, x, w->w_k, c->attn_bias ? w->b_k : NULL, T, L, c->dim);
-    mla_matmul(v, x, w->w_v, c->attn_bias ? w->b_v : NULL, T, L, c->dim);
+    if (!(wb = mla_gqa_workspace_bytes(c, T, kc->len + T))) return MLA_ERR_SHAPE;
+    if (ws_bytes < wb) return MLA_ERR_WORKSPACE;
+    return MLA_OK;
+}
+
+/* RoPE on q [T][h*d] and k [T][g*d] (in place), rows appended, attention -> o */
+static void mla__gqa_core(const mla_gqa_config *c, mla_gqa_cache *kc, int layer, float *q, float *k,
+                          const float *v, int T, float *o, float *ws) {
+    float *q0, *k0, *v0, *o0, *freq, *p;
+    int H = c->n_heads, G = c->n_kv_heads, d = c->head_dim, L = G * d, i, j;
+    size_t base = (size_t)layer * kc->capacity * L;
+    float scale = c->softmax_scale > 0 ? c->softmax_scale : (float)(1.0 / sqrt((double)d));
+    mla__gqa_layout(c, T, kc->len + T, ws, &q0, &k0, &v0, &o0, &freq, &p);
     mla__gqa_freqs(c, freq);
-    scale = c->softmax_scale > 0 ? c->softmax_scale : (float)(1.0 / sqrt((double)d));
-    base = (size_t)layer * kc->capacity * L;
     for (i = 0; i < T; i++) {
         int pos = kc->len + i;
         for (j = 0; j < H; j++) mla_rope_apply(q + ((size_t)i * H + j) * d, d, pos, freq, 1.0f, c->rope_layout);
@@ -2558,7 +2611,41 @@ MLADEF mla_result mla_gqa_forward(const mla_gqa_config *c, const mla_gqa_weights
     }
     mla__gqa_attend(H, G, d, q, T, kc->len, MLA_F32, (const char *)(kc->k + base), (const char *)(kc->v + base),
                     sizeof(float) * (size_t)L, scale, p, o);
-    mla_matmul(out, o, w->w_o, w->b_o, T, c->dim, H * d);
+}
+
+MLADEF mla_result mla_gqa_forward(const mla_gqa_config *c, const mla_gqa_weights *w,
+                                  mla_gqa_cache *kc, int layer, const float *x, int T,
+                                  float *out, void *ws, size_t ws_bytes) {
+    float *q, *k, *v, *o, *freq, *p;
+    int H, L;
+    mla_result rc = mla__gqa_check(c, kc, layer, T, ws_bytes);
+    if (rc != MLA_OK) return rc;
+    if (!w || !x || !out || !ws) return MLA_ERR_INVALID_ARG;
+    if (!w->w_q || !w->w_k || !w->w_v || !w->w_o) return MLA_ERR_NULL_WEIGHT;
+    if (c->attn_bias && (!w->b_q || !w->b_k || !w->b_v)) return MLA_ERR_NULL_WEIGHT;
+    if (!mla__all_finite(x, (size_t)T * c->dim)) return MLA_ERR_NONFINITE;
+    H = c->n_heads; L = c->n_kv_heads * c->head_dim;
+    mla__gqa_layout(c, T, kc->len + T, (float *)ws, &q, &k, &v, &o, &freq, &p);
+    mla_matmul(q, x, w->w_q, c->attn_bias ? w->b_q : NULL, T, H * c->head_dim, c->dim);
+    mla_matmul(k, x, w->w_k, c->attn_bias ? w->b_k : NULL, T, L, c->dim);
+    mla_matmul(v, x, w->w_v, c->attn_bias ? w->b_v : NULL, T, L, c->dim);
+    mla__gqa_core(c, kc, layer, q, k, v, T, o, (float *)ws);
+    mla_matmul(out, o, w->w_o, w->b_o, T, c->dim, H * c->head_dim);
+    return MLA_OK;
+}
+
+MLADEF mla_result mla_gqa_attend_projected(const mla_gqa_config *c, mla_gqa_cache *kc, int layer,
+                                           float *q, float *k, float *v, int T, float *o,
+                                           void *ws, size_t ws_bytes) {
+    size_t L;
+    mla_result rc = mla__gqa_check(c, kc, layer, T, ws_bytes);
+    if (rc != MLA_OK) return rc;
+    if (!q || !k || !v || !o || !ws) return MLA_ERR_INVALID_ARG;
+    L = (size_t)c->n_kv_heads * c->head_dim;
+    if (!mla__all_finite(q, (size_t)T * c->n_heads * c->head_dim) || !mla__all_finite(k, (size_t)T * L) ||
+        !mla__all_finite(v, (size_t)T * L))
+        return MLA_ERR_NONFINITE;
+    mla__gqa_core(c, kc, layer, q, k, v, T, o, (float *)ws);
     return MLA_OK;
 }
 

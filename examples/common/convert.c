@@ -20,7 +20,7 @@ typedef int (*layer_hook)(void *ctx, int l, const mla_calib *cal, char *err, siz
    the expected rotations settle within a few thousand tokens */
 #define ATT_WINDOWS 8
 
-static int calib_pass(const model *src, const model *through, const int *toks, int n, int window, mla_calib *keep,
+static int calib_pass(model *src, const model *through, const int *toks, int n, int window, mla_calib *keep,
                       layer_hook hook, void *hook_ctx, int progress, char *err, size_t errlen) {
     int n_win = n / window, l, w, t, rc = 0;
     size_t D = (size_t)src->dim;
@@ -30,7 +30,11 @@ static int calib_pass(const model *src, const model *through, const int *toks, i
     int have_st = 0;
     double t0 = now_s();
     fflush(stdout); /* progress goes to stderr */
-    if (!H || !xb) { snprintf(err, errlen, "out of memory for %d calibration tokens", n_win * window); rc = -1; goto done; }
+    if (!H || !xb || model_attn_f32(src)) {
+        snprintf(err, errlen, "out of memory for %d calibration tokens", n_win * window);
+        rc = -1;
+        goto done;
+    }
     for (t = 0; t < n_win * window; t++) {
         if (toks[t] < 0 || toks[t] >= src->vocab) { /* no id outside the vocabulary reaches the embedding */
             snprintf(err, errlen, "calibration token %d has id %d, outside the vocabulary (%d)", t, toks[t], src->vocab);
@@ -91,7 +95,7 @@ done:
     return rc;
 }
 
-mla_calib *calib_collect(const model *src, const int *toks, int n, int window, int progress, char *err, size_t errlen) {
+mla_calib *calib_collect(model *src, const int *toks, int n, int window, int progress, char *err, size_t errlen) {
     mla_calib *cal = (mla_calib *)calloc((size_t)src->n_layers, sizeof(mla_calib));
     if (window <= 0) window = CALIB_WINDOW;
     if (!cal) { snprintf(err, errlen, "out of memory"); return NULL; }
@@ -136,15 +140,17 @@ static int convert_one(void *p, int l, const mla_calib *cal, char *err, size_t e
     }
     c->dst->layers[l].mla = c->dst->conv[l].w;
     if (l == 0) c->dst->mla = c->dst->conv[0].cfg;
+    model_attn_views(c->dst, l);
     return 0;
 }
 
-int convert_model(const model *src, const int *calib, int n_calib, const mla_calib *pre, const convert_opts *o,
+int convert_model(model *src, const int *calib, int n_calib, const mla_calib *pre, const convert_opts *o,
                   model *dst, char *err, size_t errlen) {
     int window = o->window > 0 ? o->window : CALIB_WINDOW, l, rc = 0;
     convert_ctx ctx;
     double t0 = now_s();
     if (src->is_mla) { snprintf(err, errlen, "the source model is already MLA"); return -1; }
+    if (model_attn_f32(src)) { snprintf(err, errlen, "out of memory for the f32 attention weights"); return -1; }
     if (!o->lossless && !pre && calib && n_calib < window) {
         snprintf(err, errlen, "%d calibration tokens: at least one window of %d is needed", n_calib, window);
         return -1;

@@ -24,7 +24,7 @@ typedef struct {
 
 /* Calibration moments of every layer's attention input, from the original
    model over n tokens in windows of `window` (0 -> 256): [n_layers]. */
-mla_calib *calib_collect(const model *src, const int *toks, int n, int window, int progress, char *err, size_t errlen);
+mla_calib *calib_collect(model *src, const int *toks, int n, int window, int progress, char *err, size_t errlen);
 void calib_free_all(mla_calib *cal, int n_layers);
 
 /* dst borrows src's embeddings, norms and FFN (free dst before src).
@@ -32,7 +32,7 @@ void calib_free_all(mla_calib *cal, int n_layers);
    computed from calib tokens (sequentially if o->sequential), else none
    (weight-only: calib NULL). Fewer calibration tokens than one window is an
    error, not a silent weight-only conversion. Returns 0, or -1 with err set. */
-int convert_model(const model *src, const int *calib, int n_calib, const mla_calib *pre, const convert_opts *o,
+int convert_model(model *src, const int *calib, int n_calib, const mla_calib *pre, const convert_opts *o,
                   model *dst, char *err, size_t errlen);
 /* Writes dst as a llama-mla GGUF: metadata and tokenizer copied from the
    source file, non-attention tensors copied unchanged (same quantization),

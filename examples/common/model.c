@@ -54,6 +54,13 @@ static float *layer_tensor(gguf_file *f, int l, const char *name, int64_t rows, 
     return tensor(f, k, rows, cols);
 }
 
+/* tensor "blk.<l>.<name>" as stored; 0 or -1 */
+static int layer_wmat(gguf_file *f, int l, const char *name, int rows, int cols, wmat *w) {
+    char k[128];
+    snprintf(k, sizeof k, "blk.%d.%s", l, name);
+    return wmat_from_gguf(w, f, k, rows, cols);
+}
+
 /* an optional layer tensor: *out NULL if absent; -1 if present but bad */
 static int optional_tensor(gguf_file *f, int l, const char *name, int64_t rows, int64_t cols, const float **out) {
     char k[128];
@@ -252,17 +259,15 @@ int model_load(model *m, gguf_file *f) {
         int D = m->dim, H = m->n_heads, hd = m->head_dim, kvd = m->n_kv_heads * m->head_dim;
         LOAD(L->attn_norm, layer_tensor(f, l, "attn_norm.weight", 1, D));
         LOAD(L->ffn_norm, layer_tensor(f, l, "ffn_norm.weight", 1, D));
-        snprintf(key, sizeof key, "blk.%d.ffn_gate.weight", l);
-        if (wmat_from_gguf(&L->gate, f, key, m->ffn_dim, D)) goto bad;
-        snprintf(key, sizeof key, "blk.%d.ffn_up.weight", l);
-        if (wmat_from_gguf(&L->up, f, key, m->ffn_dim, D)) goto bad;
-        snprintf(key, sizeof key, "blk.%d.ffn_down.weight", l);
-        if (wmat_from_gguf(&L->down, f, key, D, m->ffn_dim)) goto bad;
+        if (layer_wmat(f, l, "ffn_gate.weight", m->ffn_dim, D, &L->gate) ||
+            layer_wmat(f, l, "ffn_up.weight", m->ffn_dim, D, &L->up) ||
+            layer_wmat(f, l, "ffn_down.weight", D, m->ffn_dim, &L->down))
+            goto bad;
         if (!m->is_mla) {
-            LOAD(L->gqa.w_q, layer_tensor(f, l, "attn_q.weight", H * hd, D));
-            LOAD(L->gqa.w_k, layer_tensor(f, l, "attn_k.weight", kvd, D));
-            LOAD(L->gqa.w_v, layer_tensor(f, l, "attn_v.weight", kvd, D));
-            LOAD(L->gqa.w_o, layer_tensor(f, l, "attn_output.weight", D, H * hd));
+            if (layer_wmat(f, l, "attn_q.weight", H * hd, D, &L->q) || layer_wmat(f, l, "attn_k.weight", kvd, D, &L->k) ||
+                layer_wmat(f, l, "attn_v.weight", kvd, D, &L->v) ||
+                layer_wmat(f, l, "attn_output.weight", D, H * hd, &L->o))
+                goto bad;
             if (optional_tensor(f, l, "attn_q.bias", 1, H * hd, &L->gqa.b_q) ||
                 optional_tensor(f, l, "attn_k.bias", 1, kvd, &L->gqa.b_k) ||
                 optional_tensor(f, l, "attn_v.bias", 1, kvd, &L->gqa.b_v))
@@ -275,26 +280,22 @@ int model_load(model *m, gguf_file *f) {
             mla_config *c = &m->mla;
             mla_layer_weights *w = &L->mla;
             int qd = c->qk_nope_head_dim + c->qk_rope_head_dim, r = c->kv_lora_rank, rm = r + c->qk_rope_head_dim;
-            const char *bad = NULL;
             if (c->q_lora_rank) {
-                LOAD(w->w_qa, layer_tensor(f, l, "attn_q_a.weight", c->q_lora_rank, D));
-                LOAD(w->w_qb, layer_tensor(f, l, "attn_q_b.weight", H * qd, c->q_lora_rank));
+                if (layer_wmat(f, l, "attn_q_a.weight", c->q_lora_rank, D, &L->q_a) ||
+                    layer_wmat(f, l, "attn_q_b.weight", H * qd, c->q_lora_rank, &L->q_b))
+                    goto bad;
                 if (c->attn_bias) LOAD(w->b_qa, layer_tensor(f, l, "attn_q_a.bias", 1, c->q_lora_rank));
             } else {
-                LOAD(w->w_q, layer_tensor(f, l, "attn_q.weight", H * qd, D));
+                if (layer_wmat(f, l, "attn_q.weight", H * qd, D, &L->q)) goto bad;
                 if (c->attn_bias) LOAD(w->b_q, layer_tensor(f, l, "attn_q.bias", 1, H * qd));
             }
             if (c->q_norm) LOAD(w->q_norm, layer_tensor(f, l, "attn_q_a_norm.weight", 1, c->q_lora_rank));
-            LOAD(w->w_kva, layer_tensor(f, l, "attn_kv_a_mqa.weight", rm, D));
+            if (layer_wmat(f, l, "attn_kv_a_mqa.weight", rm, D, &L->kv_a)) goto bad;
             if (c->attn_bias) LOAD(w->b_kva, layer_tensor(f, l, "attn_kv_a_mqa.bias", 1, rm));
             if (c->kv_norm) LOAD(w->kv_norm, layer_tensor(f, l, "attn_kv_a_norm.weight", 1, r));
             if (ds && !gguf_tensor_find(f, "blk.0.attn_kv_b.weight")) LOAD(w->w_kvb, join_kv_b(f, l, c));
             else LOAD(w->w_kvb, layer_tensor(f, l, "attn_kv_b.weight", H * (c->qk_nope_head_dim + c->v_head_dim), r));
-            LOAD(w->w_o, layer_tensor(f, l, "attn_output.weight", D, H * c->v_head_dim));
-            if (mla_weights_validate(c, w, 1, &bad) != MLA_OK) {
-                snprintf(f->err, sizeof f->err, "layer %d: bad MLA weight %s", l, bad ? bad : "?");
-                goto bad;
-            }
+            if (layer_wmat(f, l, "attn_output.weight", D, H * c->v_head_dim, &L->o)) goto bad;
         }
     }
     return 0;
@@ -328,6 +329,38 @@ void model_free(model *m) {
     memset(m, 0, sizeof *m);
 }
 
+int model_attn_f32(model *m) {
+    int l;
+    for (l = 0; l < m->n_layers; l++) {
+        model_layer *L = &m->layers[l];
+        /* a copy per projection the file gives and the f32 weights lack */
+#define F32_OF(dst, src)                                                 \
+    if (!(dst) && (src).q && !((dst) = wmat_f32(&(src)))) return -1
+        if (m->is_mla) {
+            F32_OF(L->mla.w_q, L->q); F32_OF(L->mla.w_qa, L->q_a); F32_OF(L->mla.w_qb, L->q_b);
+            F32_OF(L->mla.w_kva, L->kv_a); F32_OF(L->mla.w_o, L->o);
+        } else {
+            F32_OF(L->gqa.w_q, L->q); F32_OF(L->gqa.w_k, L->k); F32_OF(L->gqa.w_v, L->v); F32_OF(L->gqa.w_o, L->o);
+        }
+#undef F32_OF
+    }
+    return 0;
+}
+
+void model_attn_views(model *m, int l) {
+    model_layer *L = &m->layers[l];
+    const mla_config *c = &m->mla;
+    const mla_layer_weights *w = &L->mla;
+    int qd = c->qk_nope_head_dim + c->qk_rope_head_dim, H = c->n_heads;
+    memset(&L->q, 0, sizeof L->q); memset(&L->k, 0, sizeof L->k); memset(&L->v, 0, sizeof L->v);
+    memset(&L->q_a, 0, sizeof L->q_a); memset(&L->q_b, 0, sizeof L->q_b);
+    if (w->w_q) wmat_view_f32(&L->q, w->w_q, H * qd, c->dim);
+    if (w->w_qa) wmat_view_f32(&L->q_a, w->w_qa, c->q_lora_rank, c->dim);
+    if (w->w_qb) wmat_view_f32(&L->q_b, w->w_qb, H * qd, c->q_lora_rank);
+    wmat_view_f32(&L->kv_a, w->w_kva, c->kv_lora_rank + c->qk_rope_head_dim, c->dim);
+    wmat_view_f32(&L->o, w->w_o, c->dim, H * c->v_head_dim);
+}
+
 long model_kv_values_per_token(const model *m) {
     if (m->is_mla) return (long)(m->mla.kv_lora_rank + m->mla.qk_rope_head_dim) * m->n_layers;
     return 2L * m->n_kv_heads * m->head_dim * m->n_layers;
@@ -357,7 +390,24 @@ int model_state_init(model_state *s, const model *m, int max_ctx, int max_tokens
     s->xc = (float *)malloc(sizeof(float) * T * D);
     s->hb = (float *)malloc(sizeof(float) * T * F);
     s->hb2 = (float *)malloc(sizeof(float) * T * F);
-    if (!s->ws || !s->x || !s->xb || !s->xc || !s->hb || !s->hb2) return MLA_ERR_OUT_OF_MEMORY;
+    if (m->is_mla) {
+        const mla_config *c = &m->mla;
+        size_t qd = (size_t)c->qk_nope_head_dim + c->qk_rope_head_dim, rq = (size_t)c->q_lora_rank;
+        s->q = (float *)malloc(sizeof(float) * T * c->n_heads * qd);
+        s->k = (float *)malloc(sizeof(float) * T * (c->kv_lora_rank + c->qk_rope_head_dim));
+        s->o = (float *)malloc(sizeof(float) * T * c->n_heads * c->v_head_dim);
+        s->qa = (float *)malloc(sizeof(float) * T * (rq ? rq : 1));
+        s->v = (float *)malloc(sizeof(float));
+    } else {
+        size_t hd = (size_t)m->n_heads * m->head_dim, kvd = (size_t)m->n_kv_heads * m->head_dim;
+        s->q = (float *)malloc(sizeof(float) * T * hd);
+        s->k = (float *)malloc(sizeof(float) * T * kvd);
+        s->v = (float *)malloc(sizeof(float) * T * kvd);
+        s->o = (float *)malloc(sizeof(float) * T * hd);
+        s->qa = (float *)malloc(sizeof(float));
+    }
+    if (!s->ws || !s->x || !s->xb || !s->xc || !s->hb || !s->hb2 || !s->q || !s->k || !s->v || !s->o || !s->qa)
+        return MLA_ERR_OUT_OF_MEMORY;
     return 0;
 }
 
@@ -365,6 +415,7 @@ void model_state_free(model_state *s) {
     mla_cache_free(&s->mla);
     mla_gqa_cache_free(&s->gqa);
     free(s->ws); free(s->x); free(s->xb); free(s->xc); free(s->hb); free(s->hb2);
+    free(s->q); free(s->k); free(s->v); free(s->o); free(s->qa);
     memset(s, 0, sizeof *s);
 }
 
@@ -375,6 +426,14 @@ void model_state_reset(model_state *s) {
 
 int model_pos(const model *m, const model_state *s) { return m->is_mla ? s->mla.seq.len : s->gqa.len; }
 
+/* y [T][n] += b (b NULL: nothing) */
+static void add_bias(float *y, const float *b, int T, int n) {
+    int t, i;
+    if (b)
+        for (t = 0; t < T; t++)
+            for (i = 0; i < n; i++) y[(size_t)t * n + i] += b[i];
+}
+
 /* One transformer block on the residual stream x [T][D] (in place) at the
    state's next positions; the cache position advances in model_forward. */
 int model_layer_forward(const model *m, model_state *s, int l, float *x, int T) {
@@ -383,14 +442,41 @@ int model_layer_forward(const model *m, model_state *s, int l, float *x, int T) 
     int t, i, rc;
     mla_seq *seq = &s->mla.seq;
     for (t = 0; t < T; t++) mla_rmsnorm(s->xb + t * D, x + t * D, L->attn_norm, m->dim, m->eps);
-    if (m->is_mla)
-        rc = T == 1 && s->mode == MLA_ABSORBED
-                 ? mla_decode(&m->mla, &L->mla, &s->mla.pool, &seq, 1, l, s->xb, s->xc, s->ws, s->ws_bytes)
-                 : mla_forward(&m->mla, &L->mla, &s->mla.pool, &s->mla.seq, l, s->xb, T, s->xc,
-                               T > 1 ? s->prefill_mode : s->mode, s->ws, s->ws_bytes);
-    else
-        rc = mla_gqa_forward(&m->gqa, &L->gqa, &s->gqa, l, s->xb, T, s->xc, s->ws, s->ws_bytes);
-    if (rc) return rc;
+    if (m->is_mla) { /* projections here, in the stored types; mla.h's attention core between */
+        const mla_config *c = &m->mla;
+        const mla_layer_weights *w = &L->mla;
+        int rq = c->q_lora_rank, rm = c->kv_lora_rank + c->qk_rope_head_dim;
+        if (rq) {
+            wmat_mul(s->qa, s->xb, &L->q_a, T);
+            add_bias(s->qa, c->attn_bias ? w->b_qa : NULL, T, rq);
+            if (c->q_norm)
+                for (t = 0; t < T; t++) mla_rmsnorm(s->qa + (size_t)t * rq, s->qa + (size_t)t * rq, w->q_norm, rq, m->eps);
+            wmat_mul(s->q, s->qa, &L->q_b, T);
+        } else {
+            wmat_mul(s->q, s->xb, &L->q, T);
+            add_bias(s->q, c->attn_bias ? w->b_q : NULL, T, L->q.rows);
+        }
+        wmat_mul(s->k, s->xb, &L->kv_a, T);
+        add_bias(s->k, c->attn_bias ? w->b_kva : NULL, T, rm);
+        rc = mla_attend_projected(c, w, &s->mla.pool, &seq, 1, T, l, s->q, s->k, s->o,
+                                  T > 1 ? s->prefill_mode : s->mode, s->ws, s->ws_bytes);
+        if (rc) return rc;
+        wmat_mul(s->xc, s->o, &L->o, T);
+        add_bias(s->xc, w->b_o, T, m->dim);
+    } else {
+        const mla_gqa_weights *w = &L->gqa;
+        int ab = m->gqa.attn_bias;
+        wmat_mul(s->q, s->xb, &L->q, T);
+        wmat_mul(s->k, s->xb, &L->k, T);
+        wmat_mul(s->v, s->xb, &L->v, T);
+        add_bias(s->q, ab ? w->b_q : NULL, T, L->q.rows);
+        add_bias(s->k, ab ? w->b_k : NULL, T, L->k.rows);
+        add_bias(s->v, ab ? w->b_v : NULL, T, L->v.rows);
+        rc = mla_gqa_attend_projected(&m->gqa, &s->gqa, l, s->q, s->k, s->v, T, s->o, s->ws, s->ws_bytes);
+        if (rc) return rc;
+        wmat_mul(s->xc, s->o, &L->o, T);
+        add_bias(s->xc, w->b_o, T, m->dim);
+    }
     for (i = 0; i < T * m->dim; i++) x[i] += s->xc[i];
     for (t = 0; t < T; t++) mla_rmsnorm(s->xb + t * D, x + t * D, L->ffn_norm, m->dim, m->eps);
     wmat_mul(s->hb, s->xb, &L->gate, T);

@@ -1,9 +1,12 @@
 /* A LLaMA-architecture transformer for the examples, with its attention in
    mla.h: the original GQA (mla_gqa_forward) or a converted MLA
    (mla_forward / mla_decode over a latent cache). The embeddings, the FFN and
-   the output matrix are used as the file stores them (wmat.h: borrowed from
-   the gguf_file, which must stay open while the model is used); norms and
-   attention weights are dequantized to f32 at load (mla.h's API takes f32). */
+   the output matrix, and the attention's input and output projections, are
+   used as the file stores them (wmat.h: borrowed from the gguf_file, which
+   must stay open while the model is used), around mla.h's attention core
+   (mla_attend_projected / mla_gqa_attend_projected). Norms, biases and
+   MLA's W_kvb (small) are f32. f32 copies of the projections for mla.h's
+   whole-block API and the conversion: model_attn_f32. */
 #ifndef MODEL_H
 #define MODEL_H
 #include "gguf.h"
@@ -13,8 +16,10 @@
 typedef struct {
     float *attn_norm, *ffn_norm;
     wmat gate, up, down;                            /* ffn: [F][D], [F][D], [D][F] */
-    mla_gqa_weights gqa;                            /* when !is_mla               */
-    mla_layer_weights mla;                          /* when is_mla                */
+    wmat q, k, v, o;      /* attention projections as stored; MLA: q (or q_a, q_b), kv_a, o */
+    wmat q_a, q_b, kv_a;
+    mla_gqa_weights gqa;  /* when !is_mla: biases; w_q..w_o after model_attn_f32 */
+    mla_layer_weights mla; /* when is_mla: norms, biases, w_kvb; projections after model_attn_f32 */
 } model_layer;
 
 typedef struct {
@@ -42,11 +47,18 @@ typedef struct {
     void *ws;
     size_t ws_bytes;
     float *x, *xb, *xc, *hb, *hb2; /* [max_tokens][D or F]                        */
+    float *q, *k, *v, *o, *qa;     /* attention projections [max_tokens][...]     */
 } model_state;
 
 /* 0 on success; -1 with the reason in f->err */
 int model_load(model *m, gguf_file *f);
 void model_free(model *m);
+/* f32 copies of the attention projections into layers[].gqa / .mla (the
+   conversion's input, mla_forward's weights); idempotent. 0, or -1 out of memory */
+int model_attn_f32(model *m);
+/* layer l's projection views (wmat F32) on its f32 mla weights (a model
+   converted in memory) */
+void model_attn_views(model *m, int l);
 /* KV cache values per token (all layers): 2*g*d*L for GQA, (r+m)*L for MLA */
 long model_kv_values_per_token(const model *m);
 int model_state_init(model_state *s, const model *m, int max_ctx, int max_tokens, mla_dtype cache_type);

@@ -37,7 +37,7 @@ static int has_curve(const char *list, const char *key) {
     return 0;
 }
 
-int run_tradeoff(const model *src, const mla_calib *pre, const int *eval, int n_eval, int ctx, const tradeoff_opts *o,
+int run_tradeoff(model *src, const mla_calib *pre, const int *eval, int n_eval, int ctx, const tradeoff_opts *o,
                  FILE *tsv, const char *svg_path) {
     enum { MAXR = 16 };
     const char *list = o->methods ? o->methods : "transmla,qaware,qaware-er";

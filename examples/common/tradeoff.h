@@ -21,7 +21,7 @@ typedef struct {
 /* pre: calibration moments of src; eval: tokens scored in windows of ctx.
    Prints rows as they finish (to stdout and tsv if non-NULL); writes svg_path
    if non-NULL. Returns 0 on success. */
-int run_tradeoff(const model *src, const mla_calib *pre, const int *eval, int n_eval, int ctx, const tradeoff_opts *o,
+int run_tradeoff(model *src, const mla_calib *pre, const int *eval, int n_eval, int ctx, const tradeoff_opts *o,
                  FILE *tsv, const char *svg_path);
 /* The chart again from a TSV written by run_tradeoff (no model needed). */
 int tradeoff_svg_from_tsv(const char *tsv_path, const char *svg_path, const char *title);

@@ -35,6 +35,11 @@ int wmat_from_gguf(wmat *w, gguf_file *f, const char *name, int rows, int cols) 
     return 0;
 }
 
+void wmat_view_f32(wmat *w, const float *p, int rows, int cols) {
+    w->type = GGML_F32; w->rows = rows; w->cols = cols; w->q = (const uint8_t *)p;
+    w->row_bytes = sizeof(float) * (size_t)cols;
+}
+
 void wmat_row(const wmat *w, int i, float *out) {
     gguf_dequant(w->type, w->q + (size_t)i * w->row_bytes, out, (uint64_t)w->cols);
 }

@@ -19,6 +19,8 @@ typedef struct {
    (keep f open). Checks the shape, the type and that every value is finite.
    0, or -1 with f->err set. */
 int wmat_from_gguf(wmat *w, gguf_file *f, const char *name, int rows, int cols);
+/* an F32 matrix on memory the caller keeps (p may be NULL: w->q NULL) */
+void wmat_view_f32(wmat *w, const float *p, int rows, int cols);
 /* row i as f32 (out[cols]) */
 void wmat_row(const wmat *w, int i, float *out);
 /* y[T][rows] = x[T][cols] W^T. T <= 16 runs allocation-free (decode, short
