@@ -1,17 +1,19 @@
 /* mla-run: run a LLaMA GGUF (GQA), a converted llama-mla GGUF or a dense
    deepseek2 GGUF (MLA, e.g. from mla-convert --format gguf):
    generate text, chat, or measure perplexity. */
+#define _XOPEN_SOURCE 600 /* getrusage */
 #include "common/run.h"
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 static void usage(void) {
     fprintf(stderr,
             "usage: mla-run --model F [--prompt TEXT | --chat TEXT] [-n N] [--ppl FILE --ctx N]\n"
             "               [--threads N] [--temp T] [--top-p P] [--seed S] [--cache f32|f16|bf16|i8]\n"
-            "               [--naive] [--absorbed] [--ppl-half] [--bench --depth D]\n"
+            "               [--naive] [--absorbed] [--ppl-half] [--f32-act] [--bench --depth D]\n"
             "  --prompt  raw text continuation      --chat  one user turn in the model's chat template\n"
             "  --ppl     perplexity of a text file in non-overlapping windows of --ctx tokens (default 512)\n"
             "  --ppl-half  score only the second half of each window, BOS first when the vocabulary adds it:\n"
@@ -19,6 +21,8 @@ static void usage(void) {
             "  --naive     MLA models: decode with decompressed K/V (reference path) instead of absorbed\n"
             "  --absorbed  MLA models: prefill with the absorbed path too (default: naive prefill)\n"
             "  --cache     KV cache storage (default f32; i8: MLA models only, int8 latent rows)\n"
+            "  --f32-act   Q4_0/Q4_1/Q8_0 weights times f32 activations (default: activations rounded to\n"
+            "              8 bits per 32-block and integer dot products, as llama.cpp does)\n"
             "  --bench     timing only: prefill D tokens (--depth, default 0) in chunks of 512, then decode -n\n"
             "              tokens (default 32) one at a time; prints one key=value line for scripts\n");
 }
@@ -41,6 +45,7 @@ int main(int argc, char **argv) {
         if (!strcmp(a, "--absorbed")) { absorbed = 1; continue; }
         if (!strcmp(a, "--ppl-half")) { half = 1; continue; }
         if (!strcmp(a, "--bench")) { bench = 1; continue; }
+        if (!strcmp(a, "--f32-act")) { wmat_set_act8(0); continue; }
         if (!v) { usage(); return 2; }
         if (!strcmp(a, "--model")) path = v;
         else if (!strcmp(a, "--prompt")) prompt = v;
@@ -105,8 +110,13 @@ int main(int argc, char **argv) {
         }
         td = now_s() - t1;
         if (rc) { fprintf(stderr, "mla-run: --bench: %s\n", mla_result_string((mla_result)rc)); return 1; }
-        printf("bench model=%s arch=%s threads=%d cache=%s prefill_tokens=%d prefill_tps=%.1f depth=%d decode_tokens=%d "
-               "decode_tps=%.2f\n", path, m.arch, threads, cache, depth, depth ? depth / tp : 0.0, depth, n_new, n_new / td);
+        {
+            struct rusage ru;
+            getrusage(RUSAGE_SELF, &ru);
+            printf("bench model=%s arch=%s threads=%d cache=%s kernel=%s prefill_tokens=%d prefill_tps=%.1f depth=%d "
+                   "decode_tokens=%d decode_tps=%.2f peak_rss_mb=%.1f\n", path, m.arch, threads, cache, wmat_kernel(),
+                   depth, depth ? depth / tp : 0.0, depth, n_new, n_new / td, ru.ru_maxrss / 1024.0);
+        }
         model_state_free(&st);
         free(toks); free(hidden); free(logits);
     }

@@ -238,7 +238,8 @@ static void test_quant_and_wmat(void) {
         float *W = (float *)malloc(sizeof(float) * R * C), *D = (float *)malloc(sizeof(float) * R * C);
         float *x = (float *)malloc(sizeof(float) * 20 * C), *y = (float *)malloc(sizeof(float) * 20 * R);
         uint8_t *q;
-        double qerr = 0, merr = 0;
+        double qerr = 0, merr[2] = {0, 0}, berr = 0;
+        int act8;
         wmat w;
         ggml_type_info(types[i], &blk, &bb);
         q = (uint8_t *)malloc((size_t)R * C / blk * bb);
@@ -273,23 +274,48 @@ static void test_quant_and_wmat(void) {
             }
         }
         w.type = types[i]; w.rows = R; w.cols = C; w.q = q; w.row_bytes = (size_t)C / blk * bb;
-        for (ti = 0; ti < 4; ti++) {
-            int T = Ts[ti];
-            double ymax = 0, emax = 0;
-            wmat_mul(y, x, &w, T);
-            for (t = 0; t < T; t++)
-                for (r = 0; r < R; r++) {
-                    double ref = 0;
-                    for (c = 0; c < C; c++) ref += (double)x[t * C + c] * D[(size_t)r * C + c];
-                    ymax = fabs(ref) > ymax ? fabs(ref) : ymax;
-                    emax = fabs(ref - y[t * R + r]) > emax ? fabs(ref - y[t * R + r]) : emax;
-                }
-            if (emax / ymax > merr) merr = emax / ymax;
+        for (act8 = 0; act8 < 2; act8++) {
+            wmat_set_act8(act8);
+            for (ti = 0; ti < 4; ti++) {
+                int T = Ts[ti];
+                /* 8-bit activations where wmat_mul uses them (block types, T <= 16, AVX2 builds): the
+                   reference rounds x as documented, d = max|x|/127 per 32 values, q = nearest */
+                int q8 = act8 && blk > 1 && T <= 16 && strcmp(wmat_kernel(), "portable") != 0;
+                double ymax = 0, emax = 0, bmax = 0;
+                wmat_mul(y, x, &w, T);
+                for (t = 0; t < T; t++)
+                    for (r = 0; r < R; r++) {
+                        double ref = 0, exact = 0, bound = 0;
+                        for (c = 0; c < C; c += 32) {
+                            float amax = 0, d, id;
+                            int k;
+                            for (k = 0; k < 32; k++) amax = fmaxf(amax, fabsf(x[t * C + c + k]));
+                            d = amax / 127.0f;
+                            id = d > 0 ? 1.0f / d : 0.0f;
+                            for (k = 0; k < 32 && c + k < C; k++) {
+                                double wv = D[(size_t)r * C + c + k], xv = x[t * C + c + k];
+                                exact += xv * wv;
+                                ref += (q8 ? (double)d * nearbyint((double)(float)(x[t * C + c + k] * id)) : xv) * wv;
+                                bound += 0.5 * d * fabs(wv);
+                            }
+                        }
+                        ymax = fabs(ref) > ymax ? fabs(ref) : ymax;
+                        emax = fabs(ref - y[t * R + r]) > emax ? fabs(ref - y[t * R + r]) : emax;
+                        if (q8 && fabs(exact - ref) / bound > bmax) bmax = fabs(exact - ref) / bound;
+                    }
+                if (emax / ymax > merr[act8]) merr[act8] = emax / ymax;
+                if (bmax > berr) berr = bmax;
+            }
         }
+        wmat_set_act8(1);
         th_note("%-4s: stored value error <= %.3f of its rounding bound; wmat_mul vs double product of the "
-                "dequantized matrix %.1e (T = 1, 3, 9, 20)", ggml_type_name(types[i]), qerr, merr);
+                "dequantized matrix %.1e f32 activations, %.1e 8-bit activations vs the same rounding "
+                "(rounding itself <= %.2f of its bound) (T = 1, 3, 9, 20)",
+                ggml_type_name(types[i]), qerr, merr[0], merr[1], berr);
         CHECK_LE(qerr, 1.0);
-        CHECK_LE(merr, 1e-5);
+        CHECK_LE(merr[0], 1e-5);
+        CHECK_LE(merr[1], 1e-5);
+        CHECK_LE(berr, 1.0);
         free(W); free(D); free(x); free(y); free(q);
     }
 }

@@ -1,4 +1,7 @@
 /* GGUF reader/writer, see gguf.h and shared notes in README. */
+#if defined(__linux__) && !defined(_GNU_SOURCE)
+#define _GNU_SOURCE /* posix_memalign, madvise(MADV_HUGEPAGE) */
+#endif
 #include "gguf.h"
 #include "../../mla.h" /* f16/bf16 conversions */
 #include "outfile.h"
@@ -7,6 +10,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 /* ------------------------------------------------------------ reading -- */
 typedef struct {
@@ -205,6 +211,22 @@ int gguf_parse(gguf_file *f, const uint8_t *buf, size_t size) {
     return -1;
 }
 
+/* the buffer a whole file is read into: on Linux 2 MiB aligned and marked
+   for transparent huge pages, so the weights streamed at every decode step
+   do not each cost a page walk (+20 % decode speed on one thread measured
+   with SmolLM2 Q4_1); freed with free() */
+static uint8_t *file_alloc(size_t n) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    void *p = NULL;
+    size_t huge = (size_t)1 << 21;
+    if (n >= huge && posix_memalign(&p, huge, n) == 0) {
+        (void)madvise(p, n - n % huge, MADV_HUGEPAGE); /* a hint: failure changes nothing */
+        return (uint8_t *)p;
+    }
+#endif
+    return (uint8_t *)malloc(n);
+}
+
 int gguf_read(gguf_file *f, const char *path) {
     FILE *fp = fopen(path, "rb");
     long n;
@@ -215,7 +237,7 @@ int gguf_read(gguf_file *f, const char *path) {
         fclose(fp);
         return fail(f, "cannot size %s", path);
     }
-    buf = (uint8_t *)malloc(n ? (size_t)n : 1);
+    buf = file_alloc(n ? (size_t)n : 1);
     if (!buf || fread(buf, 1, (size_t)n, fp) != (size_t)n) {
         free(buf);
         fclose(fp);

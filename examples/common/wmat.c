@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <math.h>
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__) && !defined(MLA_NO_SIMD)
 #include <immintrin.h>
 #define WMAT_AVX2 1
@@ -88,6 +89,120 @@ static __m256 block_dot(__m256 w0, __m256 w1, __m256 w2, __m256 w3, const float 
     } while (0)
 #endif
 
+#ifdef WMAT_AVX2
+/* ---- 8-bit activations (what llama.cpp does for these types): each token's
+   activations quantized per 32-block to int8 with scale d = max|x|/127, so a
+   block's product is d_w d_x sum(q_w q_x) in exact int32 arithmetic
+   (vpdpbusd with AVX512-VNNI, else vpmaddubsw + vpmaddwd), plus the offset
+   term m_w d_x sum(q_x) for Q4_1 (-8 d_w d_x sum(q_x) for Q4_0). The error is
+   that of rounding x to 8 bits per block (<= d_x/2 per value). */
+typedef struct { float d, s; } act_scale; /* d_x and d_x * sum(q_x) of one block */
+#define WMAT_QCOLS 4096                    /* widest activation quantized on the stack */
+static int g_act8 = 1;
+void wmat_set_act8(int on) { g_act8 = on; }
+
+static void quant_act(const float *x, int n, int8_t *q, act_scale *sc) {
+    int b, j;
+    for (b = 0; b < n / 32; b++) {
+        const float *xb = x + b * 32;
+        float amax = 0, d, id;
+        int sum = 0;
+        for (j = 0; j < 32; j++) amax = fabsf(xb[j]) > amax ? fabsf(xb[j]) : amax;
+        d = amax / 127.0f;
+        id = d > 0 ? 1.0f / d : 0.0f;
+        for (j = 0; j < 32; j++) {
+            int v = (int)lrintf(xb[j] * id);
+            q[b * 32 + j] = (int8_t)v;
+            sum += v;
+        }
+        sc[b].d = d;
+        sc[b].s = d * (float)sum;
+    }
+}
+
+/* int32[8] partial sums of u8 u times s8 s (32 products) */
+static __m256i dot_u8s8(__m256i u, __m256i s) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
+#else
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+#endif
+}
+
+/* one token's block: int dot, scaled by [d_w d_x, m_w d_x sum q_x] = dm * its act_scale,
+   into named accumulators a<t> (8 lanes) and m<t> (lane 1: the offset terms) */
+#define Q8_TOKEN(t, sgn)                                                                              \
+    if (T > t) {                                                                                      \
+        __m256i x_ = _mm256_loadu_si256((const __m256i *)(q + (size_t)(t) * C + (size_t)b * 32));    \
+        __m128 ds_ = _mm_mul_ps(dm, _mm_castpd_ps(_mm_load_sd((const double *)(const void *)(sc + (size_t)(t) * nb + b)))); \
+        __m256i p_ = dot_u8s8(u, sgn(x_));                                                            \
+        a##t = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p_), _mm256_broadcastss_ps(ds_), a##t);              \
+        m##t = _mm_add_ps(m##t, ds_);                                                                 \
+    }
+#define Q8_TOKENS(sgn) Q8_TOKEN(0, sgn) Q8_TOKEN(1, sgn) Q8_TOKEN(2, sgn) Q8_TOKEN(3, sgn)
+#define NO_SIGN(x) (x)
+#define W_SIGN(x) _mm256_sign_epi8((x), sg)
+
+/* out[t] = row r . activations of token t (quantized: q + t*C, sc + t*C/32), t < T <= 4 */
+static void row_dot_q8(const wmat *w, const uint8_t *r, const int8_t *q, const act_scale *sc, int C, int T,
+                       float *out) {
+    int nb = C / 32, b;
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    __m128 m0 = _mm_setzero_ps(), m1 = m0, m2 = m0, m3 = m0;
+    const __m128i mask = _mm_set1_epi8(15);
+    if (w->type == GGML_Q8_0) {
+        const __m128 lane0 = _mm_castsi128_ps(_mm_setr_epi32(-1, 0, 0, 0));
+        for (b = 0; b < nb; b++) {
+            const uint8_t *s = r + (size_t)b * 34;
+            uint16_t h;
+            __m256i sg = _mm256_loadu_si256((const __m256i *)(s + 2)), u = _mm256_abs_epi8(sg);
+            __m128 dm;
+            memcpy(&h, s, 2);
+            dm = _mm_and_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(h)), lane0); /* [d, 0] */
+            Q8_TOKENS(W_SIGN)
+        }
+    } else if (w->type == GGML_Q4_1) {
+        for (b = 0; b < nb; b++) {
+            const uint8_t *s = r + (size_t)b * 20;
+            uint32_t h2;
+            __m128i v = _mm_loadu_si128((const __m128i *)(s + 4));
+            __m256i u = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), mask), _mm_and_si128(v, mask));
+            __m128 dm;
+            memcpy(&h2, s, 4);
+            dm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)h2)); /* [d, m] */
+            Q8_TOKENS(NO_SIGN)
+        }
+    } else { /* Q4_0: codes 0..15 stand for -8..7 */
+        const __m128 k = _mm_setr_ps(1.0f, -8.0f, 0.0f, 0.0f);
+        for (b = 0; b < nb; b++) {
+            const uint8_t *s = r + (size_t)b * 18;
+            uint16_t h;
+            __m128i v = _mm_loadu_si128((const __m128i *)(s + 2));
+            __m256i u = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), mask), _mm_and_si128(v, mask));
+            __m128 dm;
+            memcpy(&h, s, 2);
+            dm = _mm_mul_ps(_mm_cvtph_ps(_mm_set1_epi16((short)h)), k); /* [d, -8d] */
+            Q8_TOKENS(NO_SIGN)
+        }
+    }
+#define Q8_OUT(t) if (T > t) out[t] = hsum8(a##t) + _mm_cvtss_f32(_mm_shuffle_ps(m##t, m##t, 1));
+    Q8_OUT(0) Q8_OUT(1) Q8_OUT(2) Q8_OUT(3)
+#undef Q8_OUT
+}
+#else
+void wmat_set_act8(int on) { (void)on; }
+#endif
+
+const char *wmat_kernel(void) {
+#if defined(WMAT_AVX2) && defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return g_act8 ? "avx512-vnni+int8-act" : "avx2+fma+f32-act";
+#elif defined(WMAT_AVX2)
+    return g_act8 ? "avx2+int8-act" : "avx2+fma+f32-act";
+#else
+    return "portable";
+#endif
+}
+
 /* out[t] = dot of one stored row with x + t*C, t < T (T <= 4): each block is
    dequantized once and used for every token */
 static void row_dot(const wmat *w, const uint8_t *r, const float *x, int C, int T, float *out) {
@@ -170,6 +285,28 @@ void wmat_mul(float *y, const float *x, const wmat *w, int T) {
         mla_matmul(y, x, (const float *)(const void *)w->q, NULL, T, R, C);
         return;
     }
+#ifdef WMAT_AVX2
+    if (g_act8 && T <= WMAT_FUSED_T && C <= WMAT_QCOLS &&
+        (w->type == GGML_Q4_0 || w->type == GGML_Q4_1 || w->type == GGML_Q8_0)) {
+        int8_t qx[WMAT_FUSED_T * WMAT_QCOLS];
+        act_scale sc[WMAT_FUSED_T * WMAT_QCOLS / 32];
+        int i, t;
+        for (t = 0; t < T; t++) quant_act(x + (size_t)t * C, C, qx + (size_t)t * C, sc + (size_t)t * (C / 32));
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static)
+#endif
+        for (i = 0; i < R; i++) {
+            float o[4];
+            int t0, tt;
+            for (t0 = 0; t0 < T; t0 += 4) {
+                int n = T - t0 < 4 ? T - t0 : 4;
+                row_dot_q8(w, w->q + (size_t)i * w->row_bytes, qx + (size_t)t0 * C, sc + (size_t)t0 * (C / 32), C, n, o);
+                for (tt = 0; tt < n; tt++) y[(size_t)(t0 + tt) * R + i] = o[tt];
+            }
+        }
+        return;
+    }
+#endif
     if (T <= WMAT_FUSED_T) { /* decode and short prompts: blocks dequantized per 4 tokens */
         int i;
 #ifdef _OPENMP
