@@ -31,7 +31,7 @@ TEST_SRC = tests/run_tests.c tests/harness.c tests/test_core.c tests/test_kernel
 TEST_HDR = $(COMMON_HDR) tests/harness.h tests/mlav.h mla_cuda.h
 MODEL    = models/SmolLM2-135M-Instruct.Q4_1.gguf
 
-.PHONY: all demo hello bench verify-llamacpp test cuda cuda-build sanitize valgrind headercheck fuzz fuzz-seeds clean
+.PHONY: all demo hello bench verify-llamacpp peer test cuda cuda-build sanitize valgrind headercheck fuzz fuzz-seeds clean
 
 all: $(BIN)/hello_mla $(BIN)/mla-run $(BIN)/mla-convert $(BIN)/mla-tradeoff $(BIN)/demo $(BIN)/run_tests
 
@@ -86,6 +86,11 @@ $(BIN)/bench: examples/bench.c mla.h | $(BIN)
 # output; perplexities and replies side by side with mla-run (not part of make test)
 verify-llamacpp:
 	tools/verify_llamacpp.sh
+
+# mla-run vs llama.cpp's llama-bench on this machine: prefill, decode at depth,
+# peak RSS, original and converted model (about an hour; not part of make test)
+peer:
+	tools/peer.sh
 
 bench: $(BIN)/bench
 	./$(BIN)/bench

@@ -2402,21 +2402,30 @@ static mla_result mla__run(const mla_config *c, const mla_layer_weights *w, mla_
         if (mode == MLA_NAIVE) mla__attend_naive(c, w, pool, seqs[b], layer, chunk, q, o, &s);
     }
     if (mode == MLA_ABSORBED) {
-        /* many tokens: one thread each; few: each token's context split over threads */
-        int threads = mla__threads(), items = T >= 4 * threads;
+        /* many tokens: one thread each; few: each token's context split over
+           threads (from outside any parallel region: a split-KV team nested in
+           an inactive region is a new team per call, measured 6x slower) */
+        int threads = mla__threads();
+        if (T >= 4 * threads && threads > 1) {
 #ifdef _OPENMP
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (items && threads > 1)
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
 #endif
-        for (i = 0; i < T; i++) {
+            for (i = 0; i < T; i++) {
 #ifdef _OPENMP
-            int slot = items ? omp_get_thread_num() : 0;
+                int slot = omp_get_thread_num();
 #else
-            int slot = 0;
+                int slot = 0;
 #endif
-            const mla_seq *sq = seqs[i / chunk];
-            mla__attend_absorbed(c, w, pool, sq, layer, sq->len + i % chunk + 1, s.q + (size_t)i * H * qd,
-                                 s.o + (size_t)i * H * dv, s.slots + slot * s.sstride, s.sstride,
-                                 items ? 1 : threads);
+                const mla_seq *sq = seqs[i / chunk];
+                mla__attend_absorbed(c, w, pool, sq, layer, sq->len + i % chunk + 1, s.q + (size_t)i * H * qd,
+                                     s.o + (size_t)i * H * dv, s.slots + slot * s.sstride, s.sstride, 1);
+            }
+        } else {
+            for (i = 0; i < T; i++) {
+                const mla_seq *sq = seqs[i / chunk];
+                mla__attend_absorbed(c, w, pool, sq, layer, sq->len + i % chunk + 1, s.q + (size_t)i * H * qd,
+                                     s.o + (size_t)i * H * dv, s.slots, s.sstride, threads);
+            }
         }
     }
     if (x) mla_matmul(out, s.o, w->w_o, w->b_o, T, c->dim, H * dv);

@@ -18,8 +18,9 @@ static void usage(void) {
             "  --ppl     perplexity of a text file in non-overlapping windows of --ctx tokens (default 512)\n"
             "  --ppl-half  score only the second half of each window, BOS first when the vocabulary adds it:\n"
             "              what llama.cpp's llama-perplexity computes (same windows, same numbers)\n"
-            "  --naive     MLA models: decode with decompressed K/V (reference path) instead of absorbed\n"
-            "  --absorbed  MLA models: prefill with the absorbed path too (default: naive prefill)\n"
+            "  --naive     MLA models: decompressed K/V (the reference path) instead of the latent, for\n"
+            "              prompts and decode (default: absorbed everywhere except --ppl)\n"
+            "  --absorbed  --ppl of MLA models: windows through the absorbed path (default there: naive)\n"
             "  --cache     KV cache storage (default f32; i8: MLA models only, int8 latent rows)\n"
             "  --f32-act   Q4_0/Q4_1/Q8_0 weights times f32 activations (default: activations rounded to\n"
             "              8 bits per 32-block and integer dot products, as llama.cpp does)\n"
@@ -98,8 +99,7 @@ int main(int argc, char **argv) {
             return 1;
         }
         for (k = 0; k < depth + n_new + 1; k++) { s = s * 1664525u + 1013904223u; toks[k] = (int)((s >> 8) % (unsigned)m.vocab); }
-        if (naive) st.mode = MLA_NAIVE;
-        if (absorbed) st.prefill_mode = MLA_ABSORBED;
+        if (naive) st.mode = st.prefill_mode = MLA_NAIVE;
         t1 = now_s();
         for (k = 0; k < depth && !rc; k += 512) rc = model_forward(&m, &st, toks + k, depth - k < 512 ? depth - k : 512, hidden);
         tp = now_s() - t1;
@@ -113,8 +113,9 @@ int main(int argc, char **argv) {
         {
             struct rusage ru;
             getrusage(RUSAGE_SELF, &ru);
-            printf("bench model=%s arch=%s threads=%d cache=%s kernel=%s prefill_tokens=%d prefill_tps=%.1f depth=%d "
-                   "decode_tokens=%d decode_tps=%.2f peak_rss_mb=%.1f\n", path, m.arch, threads, cache, wmat_kernel(),
+            printf("bench model=%s arch=%s threads=%d cache=%s kernel=%s attn_kernel=%s prefill_tokens=%d prefill_tps=%.1f "
+                   "depth=%d decode_tokens=%d decode_tps=%.2f peak_rss_mb=%.1f\n", path, m.arch, threads, cache,
+                   wmat_kernel(), mla_kernel_name(),
                    depth, depth ? depth / tp : 0.0, depth, n_new, n_new / td, ru.ru_maxrss / 1024.0);
         }
         model_state_free(&st);
@@ -128,8 +129,7 @@ int main(int argc, char **argv) {
         n = chat ? chat_tokens(tk, chat, toks, 8192) : tok_encode(tk, prompt, strlen(prompt), 1, toks, 8192);
         if (n <= 0) { fprintf(stderr, "mla-run: empty or too long prompt\n"); return 1; }
         if (model_state_init(&st, &m, n + n_new + 1, 64, ct)) { fprintf(stderr, "mla-run: out of memory\n"); return 1; }
-        if (naive) st.mode = MLA_NAIVE;
-        if (absorbed) st.prefill_mode = MLA_ABSORBED;
+        if (naive) st.mode = st.prefill_mode = MLA_NAIVE;
         if (prompt) fputs(prompt, stdout);
         if (generate(&m, &st, tk, toks, n, n_new, &sp, stdout, NULL, 0, &pf, &dc) < 0) {
             fprintf(stderr, "\nmla-run: generation failed\n");

@@ -296,6 +296,164 @@ static void test_absorbed_equals_naive(void) {
     rand_layer_free(&L);
 }
 
+/* the caller's projections for mla_attend_projected: q [T][h*qd], kv [T][r+m] */
+static void project_for(const rand_layer *L, const float *x, int T, float *q, float *kv) {
+    const mla_config *c = &L->c;
+    int qd = c->qk_nope_head_dim + c->qk_rope_head_dim, t;
+    if (c->q_lora_rank) {
+        float *qa = (float *)malloc(sizeof(float) * (size_t)T * c->q_lora_rank);
+        mla_matmul(qa, x, L->w.w_qa, L->w.b_qa, T, c->q_lora_rank, c->dim);
+        for (t = 0; t < T; t++)
+            mla_rmsnorm(qa + (size_t)t * c->q_lora_rank, qa + (size_t)t * c->q_lora_rank, L->w.q_norm, c->q_lora_rank, 1e-6f);
+        mla_matmul(q, qa, L->w.w_qb, NULL, T, c->n_heads * qd, c->q_lora_rank);
+        free(qa);
+    } else {
+        mla_matmul(q, x, L->w.w_q, L->w.b_q, T, c->n_heads * qd, c->dim);
+    }
+    mla_matmul(kv, x, L->w.w_kva, L->w.b_kva, T, c->kv_lora_rank + c->qk_rope_head_dim, c->dim);
+}
+
+/* mla_attend_projected with the caller's projections == mla_forward / mla_decode
+   (both modes, low-rank query with its norm, biases, a batch of two sequences),
+   and mla_gqa_attend_projected == the GQA reference vectors; bad calls write nothing */
+static void test_attend_projected(void) {
+    int rq;
+    double worst = 0, gworst = 0;
+    for (rq = 0; rq <= 32; rq += 32) {
+        rand_layer L;
+        mla_pool pf, pp;
+        mla_seq sf[2], sp[2];
+        mla_seq *bf[2], *bp[2];
+        int tf[2][16], tp[2][16], N = 40, P = 13, t, b, D, H, qd, rm, dv;
+        mla_mode mode;
+        float *x, *q, *kv, *o, *of, *op;
+        void *ws;
+        size_t wsb;
+        rand_layer_init(&L, 64, 8, rq, 48, 16, 16, 24, 1, 1);
+        D = L.c.dim; H = L.c.n_heads; qd = 32; rm = 64; dv = 24;
+        x = rand_vec((size_t)2 * N * D, 1.0f);
+        q = (float *)malloc(sizeof(float) * 2 * N * H * qd);
+        kv = (float *)malloc(sizeof(float) * 2 * N * rm);
+        o = (float *)malloc(sizeof(float) * 2 * N * H * dv);
+        of = (float *)malloc(sizeof(float) * 2 * N * D);
+        op = (float *)malloc(sizeof(float) * 2 * N * D);
+        wsb = mla_workspace_bytes(&L.c, 2 * N, N, MLA_NAIVE);
+        ws = malloc(wsb);
+        for (mode = MLA_NAIVE; mode <= MLA_ABSORBED; mode = (mla_mode)(mode + 1)) {
+            CHECK(mla_pool_init(&pf, MLA_F32, 1, 48, 16, 8, 20, NULL) == MLA_OK);
+            CHECK(mla_pool_init(&pp, MLA_F32, 1, 48, 16, 8, 20, NULL) == MLA_OK);
+            for (b = 0; b < 2; b++) {
+                mla_seq_init(&sf[b], tf[b], 16); mla_seq_init(&sp[b], tp[b], 16);
+                bf[b] = &sf[b]; bp[b] = &sp[b];
+                /* prefill P tokens of sequence b */
+                CHECK(mla_forward(&L.c, &L.w, &pf, &sf[b], 0, x + (size_t)b * N * D, P, of + (size_t)b * N * D, mode, ws, wsb) == MLA_OK);
+                project_for(&L, x + (size_t)b * N * D, P, q, kv);
+                CHECK(mla_attend_projected(&L.c, &L.w, &pp, &bp[b], 1, P, 0, q, kv, o, mode, ws, wsb) == MLA_OK);
+                mla_matmul(op + (size_t)b * N * D, o, L.w.w_o, NULL, P, D, H * dv);
+                mla_seq_advance(&sf[b], P); mla_seq_advance(&sp[b], P);
+            }
+            for (t = P; t < N; t++) { /* both sequences decode a token per step: a batch of two */
+                float xb[2 * 64], ob[2 * 64];
+                memcpy(xb, x + (size_t)t * D, sizeof(float) * D);
+                memcpy(xb + D, x + ((size_t)N + t) * D, sizeof(float) * D);
+                if (mode == MLA_ABSORBED) CHECK(mla_decode(&L.c, &L.w, &pf, bf, 2, 0, xb, ob, ws, wsb) == MLA_OK);
+                for (b = 0; b < 2 && mode == MLA_NAIVE; b++)
+                    CHECK(mla_forward(&L.c, &L.w, &pf, &sf[b], 0, xb + b * D, 1, ob + b * D, mode, ws, wsb) == MLA_OK);
+                for (b = 0; b < 2; b++) memcpy(of + ((size_t)b * N + t) * D, ob + b * D, sizeof(float) * D);
+                project_for(&L, xb, 2, q, kv);
+                CHECK(mla_attend_projected(&L.c, &L.w, &pp, bp, 2, 1, 0, q, kv, o, mode, ws, wsb) == MLA_OK);
+                mla_matmul(ob, o, L.w.w_o, NULL, 2, D, H * dv);
+                for (b = 0; b < 2; b++) {
+                    memcpy(op + ((size_t)b * N + t) * D, ob + b * D, sizeof(float) * D);
+                    mla_seq_advance(&sf[b], 1); mla_seq_advance(&sp[b], 1);
+                }
+            }
+            for (t = 0; t < 2 * N; t++) {
+                double e = th_relerr(op + (size_t)t * D, of + (size_t)t * D, (size_t)D);
+                worst = e > worst ? e : worst;
+            }
+            if (mode == MLA_ABSORBED) { /* refusals leave the cache as it was */
+                mla_layer_weights nokvb = L.w;
+                int len = sp[0].len, nb = sp[0].n_blocks;
+                project_for(&L, x, 1, q, kv);
+                CHECK(mla_attend_projected(&L.c, &L.w, &pp, bp, 1, 1, 0, NULL, kv, o, mode, ws, wsb) == MLA_ERR_INVALID_ARG);
+                nokvb.w_kvb = NULL;
+                CHECK(mla_attend_projected(&L.c, &nokvb, &pp, bp, 1, 1, 0, q, kv, o, mode, ws, wsb) == MLA_ERR_NULL_WEIGHT);
+                kv[3] = NAN;
+                CHECK(mla_attend_projected(&L.c, &L.w, &pp, bp, 1, 1, 0, q, kv, o, mode, ws, wsb) == MLA_ERR_NONFINITE);
+                kv[3] = 0.0f;
+                CHECK(mla_attend_projected(&L.c, &L.w, &pp, bp, 1, 1, 0, q, kv, o, mode, ws, 16) == MLA_ERR_WORKSPACE);
+                CHECK(sp[0].len == len && sp[0].n_blocks == nb);
+            }
+            mla_pool_free(&pf); mla_pool_free(&pp);
+        }
+        free(x); free(q); free(kv); free(o); free(of); free(op); free(ws);
+        rand_layer_free(&L);
+    }
+    { /* GQA: the reference vectors through the caller's projections */
+        const char *names[] = {"gqa_half", "gqa_inter"};
+        int i;
+        for (i = 0; i < 2; i++) {
+            char path[256];
+            mlav v;
+            mla_gqa_config c;
+            mla_gqa_cache kc;
+            const float *xs, *wq, *wk, *wv, *wo, *bq, *bk, *bv;
+            float *out, *q, *k, *vv, *o;
+            int N, D, L, HD, t;
+            void *ws;
+            size_t wsb;
+            snprintf(path, sizeof path, DATA "%s.mlav", names[i]);
+            CHECK(mlav_load(&v, path) == 0);
+            if (!v.n) continue;
+            memset(&c, 0, sizeof c);
+            c.dim = D = (int)mlav_num(&v, "cfg.D", 0);
+            c.n_heads = (int)mlav_num(&v, "cfg.h", 0);
+            c.n_kv_heads = (int)mlav_num(&v, "cfg.g", 0);
+            c.head_dim = (int)mlav_num(&v, "cfg.d", 0);
+            c.attn_bias = (int)mlav_num(&v, "cfg.bias", 0);
+            c.rope_layout = mlav_num(&v, "cfg.interleaved", 0) ? MLA_ROPE_INTERLEAVED : MLA_ROPE_HALF_SPLIT;
+            c.rope_theta = mlav_num(&v, "cfg.theta", 0);
+            N = (int)mlav_num(&v, "cfg.N", 0);
+            L = c.n_kv_heads * c.head_dim; HD = c.n_heads * c.head_dim;
+            xs = mlav_get(&v, "x", NULL);
+            wq = mlav_get(&v, "w_q", NULL); wk = mlav_get(&v, "w_k", NULL); wv = mlav_get(&v, "w_v", NULL);
+            wo = mlav_get(&v, "w_o", NULL);
+            bq = c.attn_bias ? mlav_get(&v, "b_q", NULL) : NULL;
+            bk = c.attn_bias ? mlav_get(&v, "b_k", NULL) : NULL;
+            bv = c.attn_bias ? mlav_get(&v, "b_v", NULL) : NULL;
+            CHECK(mla_gqa_cache_init(&kc, 1, N, L) == MLA_OK);
+            out = (float *)malloc(sizeof(float) * N * D);
+            q = (float *)malloc(sizeof(float) * N * HD); o = (float *)malloc(sizeof(float) * N * HD);
+            k = (float *)malloc(sizeof(float) * N * L); vv = (float *)malloc(sizeof(float) * N * L);
+            wsb = mla_gqa_workspace_bytes(&c, N, N);
+            ws = malloc(wsb);
+            for (t = 0; t < N; t++) { /* token by token: decode */
+                mla_matmul(q, xs + (size_t)t * D, wq, bq, 1, HD, D);
+                mla_matmul(k, xs + (size_t)t * D, wk, bk, 1, L, D);
+                mla_matmul(vv, xs + (size_t)t * D, wv, bv, 1, L, D);
+                CHECK(mla_gqa_attend_projected(&c, &kc, 0, q, k, vv, 1, o, ws, wsb) == MLA_OK);
+                mla_matmul(out + (size_t)t * D, o, wo, NULL, 1, D, HD);
+                kc.len++;
+            }
+            gworst = fmax(gworst, th_relerr(out, mlav_get(&v, "out", NULL), (size_t)N * D));
+            CHECK(mla_gqa_attend_projected(&c, &kc, 0, q, k, vv, 1, o, ws, wsb) == MLA_ERR_CACHE_FULL);
+            kc.len = 0;
+            k[0] = NAN;
+            CHECK(mla_gqa_attend_projected(&c, &kc, 0, q, k, vv, 1, o, ws, wsb) == MLA_ERR_NONFINITE);
+            CHECK(mla_gqa_attend_projected(&c, &kc, 0, NULL, k, vv, 1, o, ws, wsb) == MLA_ERR_INVALID_ARG);
+            mla_gqa_cache_free(&kc);
+            free(out); free(q); free(k); free(vv); free(o); free(ws);
+            mlav_free(&v);
+        }
+    }
+    th_note("caller's projections + mla_attend_projected vs mla_forward/mla_decode: worst per-token rel err %.2e "
+            "(naive and absorbed, q_lora on/off, batch of 2); mla_gqa_attend_projected vs GQA reference %.2e",
+            worst, gworst);
+    CHECK_LE(worst, 1e-5);
+    CHECK_LE(gworst, 1e-5);
+}
+
 /* prefill in chunks == prefill at once; paged == contiguous */
 static void test_chunks_and_paging(void) {
     rand_layer L;
@@ -689,6 +847,7 @@ void suite_core(void) {
     RUN(test_vectors_half);
     RUN(test_gqa_vectors);
     RUN(test_absorbed_equals_naive);
+    RUN(test_attend_projected);
     RUN(test_chunks_and_paging);
     RUN(test_pool_sequences);
     RUN(test_config_errors);

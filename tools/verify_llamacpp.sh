@@ -3,8 +3,7 @@
 # writes, and compute what mla-run computes?
 #
 # 1. builds llama.cpp's llama-perplexity and llama-completion from the source
-#    distribution of the PyPI package llama-cpp-python (which vendors upstream
-#    llama.cpp), portable x86-64 flags (AVX2), into build/llamacpp (kept);
+#    distribution of the PyPI package llama-cpp-python (tools/llamacpp.sh);
 # 2. converts SmolLM2-135M to MLA (mla-convert defaults: r = 128, m = 64, half
 #    the KV cache) as deepseek2 GGUFs, attention in F32 and in Q8_0;
 # 3. perplexity of GPL-3 (windows of 512, second halves scored, as
@@ -22,24 +21,9 @@ MODEL=$(tools/fetch_model.sh | tail -1)
 THREADS=${THREADS:-2}
 mkdir -p "$B"
 
-LP=$B/llama.cpp/build/bin/llama-perplexity
-LC=$B/llama.cpp/build/bin/llama-completion
-if [ ! -x "$LP" ] || [ ! -x "$LC" ]; then
-  if [ ! -d "$B/llama.cpp" ]; then
-    echo "fetching the llama-cpp-python source distribution from PyPI..." >&2
-    python3 -m pip download --no-deps --no-binary :all: --disable-pip-version-check -d "$B/sdist" llama-cpp-python >&2
-    SD=$(ls "$B"/sdist/llama_cpp_python-*.tar.gz | head -1)
-    tar -xzf "$SD" -C "$B"
-    mv "$B"/llama_cpp_python-*/vendor/llama.cpp "$B/llama.cpp"
-    echo "llama.cpp from $(basename "$SD")" > "$B/VERSION"
-  fi
-  # GGML_NATIVE=OFF: ggml's AMX kernels, chosen by -march=native on AMX machines,
-  # die with SIGILL here (tile permission), and AVX2 runs on every x86-64 we use
-  cmake -S "$B/llama.cpp" -B "$B/llama.cpp/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF \
-    -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DBUILD_SHARED_LIBS=OFF \
-    -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON >&2
-  cmake --build "$B/llama.cpp/build" -j"$(nproc)" --target llama-perplexity llama-completion >&2
-fi
+BIN=$(tools/llamacpp.sh llama-perplexity llama-completion | tail -1)
+LP=$BIN/llama-perplexity
+LC=$BIN/llama-completion
 make -s build/mla-convert build/mla-run >&2
 
 for t in f32 q8_0; do

@@ -71,6 +71,7 @@ static int calib_pass(model *src, const model *through, const int *toks, int n, 
         if (l + 1 < src->n_layers) {
             if (!have_st) {
                 if (model_state_init(&st, through, window, window, MLA_F32)) { snprintf(err, errlen, "out of memory"); rc = -1; goto done; }
+                st.prefill_mode = MLA_NAIVE; /* the reference path, as the evaluation */
                 have_st = 1;
             }
             for (w = 0; w < n_win; w++) {

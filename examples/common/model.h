@@ -43,7 +43,7 @@ typedef struct {
     mla_gqa_cache gqa;
     mla_cache mla;
     mla_mode mode;         /* MLA models, one-token steps (default absorbed)    */
-    mla_mode prefill_mode; /* MLA models, multi-token calls (default naive)     */
+    mla_mode prefill_mode; /* MLA models, multi-token calls (default absorbed)  */
     void *ws;
     size_t ws_bytes;
     float *x, *xb, *xc, *hb, *hb2; /* [max_tokens][D or F]                        */

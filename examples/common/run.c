@@ -127,7 +127,7 @@ double perplexity_with(const model *m, const int *toks, int n, int ctx, int prog
         free(hidden); free(logits); free(wt);
         return NAN;
     }
-    if (absorbed) st.prefill_mode = MLA_ABSORBED;
+    st.prefill_mode = absorbed ? MLA_ABSORBED : MLA_NAIVE;
     for (w = 0; w < n_win; w++) {
         int off;
         memcpy(wt, toks + (size_t)w * ctx, sizeof(int) * (size_t)ctx);

@@ -277,6 +277,55 @@ static void row_dot(const wmat *w, const uint8_t *r, const float *x, int C, int 
 #define WMAT_TILE 64
 #define WMAT_FUSED_T 16 /* up to this many tokens: the fused row kernel, no allocation */
 
+#ifdef WMAT_AVX2
+static int act8_ok(const wmat *w, int C) {
+    return g_act8 && (w->type == GGML_Q4_0 || w->type == GGML_Q4_1 || w->type == GGML_Q8_0) && C % 32 == 0;
+}
+
+/* y[k] [T][rows_k] = x [T][C] W_k^T for n matrices of 8-bit-activation types
+   sharing x: x quantized once (on the stack up to 16 tokens of 4096, else one
+   malloc), one parallel loop over all their rows; each row's bytes stay in L1
+   while it meets every token, 4 at a time. 0, or -1 (out of memory: nothing done) */
+static int mul_q8(float *const *y, const float *x, const wmat *const *w, int n, int T) {
+    int8_t stack_q[WMAT_FUSED_T * WMAT_QCOLS], *qx = stack_q;
+    act_scale stack_s[WMAT_FUSED_T * WMAT_QCOLS / 32], *sc = stack_s;
+    int C = w[0]->cols, total = 0, g, t;
+    if ((size_t)T * C > sizeof stack_q) {
+        qx = (int8_t *)malloc((size_t)T * C);
+        sc = (act_scale *)malloc(sizeof(act_scale) * (size_t)T * (C / 32));
+        if (!qx || !sc) { free(qx); free(sc); return -1; }
+    }
+    for (t = 0; t < T; t++) quant_act(x + (size_t)t * C, C, qx + (size_t)t * C, sc + (size_t)t * (C / 32));
+    for (g = 0; g < n; g++) total += w[g]->rows;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static)
+#endif
+    for (g = 0; g < total; g++) {
+        int k = 0, i = g, t0, tt;
+        float o[4];
+        while (i >= w[k]->rows) i -= w[k++]->rows;
+        for (t0 = 0; t0 < T; t0 += 4) {
+            int nt = T - t0 < 4 ? T - t0 : 4;
+            row_dot_q8(w[k], w[k]->q + (size_t)i * w[k]->row_bytes, qx + (size_t)t0 * C, sc + (size_t)t0 * (C / 32),
+                       C, nt, o);
+            for (tt = 0; tt < nt; tt++) y[k][(size_t)(t0 + tt) * w[k]->rows + i] = o[tt];
+        }
+    }
+    if (qx != stack_q) { free(qx); free(sc); }
+    return 0;
+}
+#endif
+
+void wmat_mul_n(float *const *y, const float *x, const wmat *const *w, int n, int T) {
+    int k;
+#ifdef WMAT_AVX2
+    int all = 1;
+    for (k = 0; k < n; k++) all = all && act8_ok(w[k], w[0]->cols) && w[k]->cols == w[0]->cols;
+    if (all && mul_q8(y, x, w, n, T) == 0) return;
+#endif
+    for (k = 0; k < n; k++) wmat_mul(y[k], x, w[k], T);
+}
+
 void wmat_mul(float *y, const float *x, const wmat *w, int T) {
     int R = w->rows, C = w->cols, i0;
     if (w->type == GGML_F32 && (uintptr_t)w->q % sizeof(float) == 0) { /* stored f32: mla.h's product on the
@@ -286,26 +335,7 @@ void wmat_mul(float *y, const float *x, const wmat *w, int T) {
         return;
     }
 #ifdef WMAT_AVX2
-    if (g_act8 && T <= WMAT_FUSED_T && C <= WMAT_QCOLS &&
-        (w->type == GGML_Q4_0 || w->type == GGML_Q4_1 || w->type == GGML_Q8_0)) {
-        int8_t qx[WMAT_FUSED_T * WMAT_QCOLS];
-        act_scale sc[WMAT_FUSED_T * WMAT_QCOLS / 32];
-        int i, t;
-        for (t = 0; t < T; t++) quant_act(x + (size_t)t * C, C, qx + (size_t)t * C, sc + (size_t)t * (C / 32));
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static)
-#endif
-        for (i = 0; i < R; i++) {
-            float o[4];
-            int t0, tt;
-            for (t0 = 0; t0 < T; t0 += 4) {
-                int n = T - t0 < 4 ? T - t0 : 4;
-                row_dot_q8(w, w->q + (size_t)i * w->row_bytes, qx + (size_t)t0 * C, sc + (size_t)t0 * (C / 32), C, n, o);
-                for (tt = 0; tt < n; tt++) y[(size_t)(t0 + tt) * R + i] = o[tt];
-            }
-        }
-        return;
-    }
+    if (act8_ok(w, C) && mul_q8(&y, x, &w, 1, T) == 0) return;
 #endif
     if (T <= WMAT_FUSED_T) { /* decode and short prompts: blocks dequantized per 4 tokens */
         int i;

@@ -28,10 +28,13 @@ void wmat_row(const wmat *w, int i, float *out);
    tiles of 64 rows into a scratch buffer and uses mla_matmul.
    Rows are split over OpenMP threads when compiled with it. */
 void wmat_mul(float *y, const float *x, const wmat *w, int T);
-/* Q4_0/Q4_1/Q8_0 products for up to 16 tokens (decode, short prompts) with
-   the activations rounded to 8 bits per 32-block and integer dot products,
-   as llama.cpp computes them (on by default where AVX2 is compiled in; 0:
-   dequantized weights times f32 activations everywhere) */
+/* y[k] = x W_k^T for n matrices with the same input (q/k/v, gate/up): one
+   pass over x and one parallel loop where the types allow, else wmat_mul each */
+void wmat_mul_n(float *const *y, const float *x, const wmat *const *w, int n, int T);
+/* Q4_0/Q4_1/Q8_0 products with the activations rounded to 8 bits per
+   32-block and integer dot products, as llama.cpp computes them (on by
+   default where AVX2 is compiled in; 0: dequantized weights times f32
+   activations everywhere) */
 void wmat_set_act8(int on);
 /* "avx512-vnni+int8-act", "avx2+int8-act", "avx2+fma+f32-act" or "portable" */
 const char *wmat_kernel(void);
