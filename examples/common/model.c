@@ -377,9 +377,7 @@ int model_state_init(model_state *s, const model *m, int max_ctx, int max_tokens
     if (m->is_mla) {
         rc = mla_cache_init(&s->mla, cache_type, m->n_layers, m->mla.kv_lora_rank, m->mla.qk_rope_head_dim, max_ctx, NULL);
         if (rc) return rc;
-        s->ws_bytes = mla_workspace_bytes(&m->mla, max_tokens, max_ctx, MLA_NAIVE);
-        if (mla_workspace_bytes(&m->mla, max_tokens, max_ctx, MLA_ABSORBED) > s->ws_bytes)
-            s->ws_bytes = mla_workspace_bytes(&m->mla, max_tokens, max_ctx, MLA_ABSORBED);
+        s->ws_bytes = mla_workspace_bytes(&m->mla, max_tokens, max_ctx, MLA_ABSORBED);
     } else {
         rc = mla_gqa_cache_init(&s->gqa, m->n_layers, max_ctx, m->n_kv_heads * m->head_dim);
         if (rc) return rc;
@@ -409,6 +407,21 @@ int model_state_init(model_state *s, const model *m, int max_ctx, int max_tokens
     }
     if (!s->ws || !s->x || !s->xb || !s->xc || !s->hb || !s->hb2 || !s->q || !s->k || !s->v || !s->o || !s->qa)
         return MLA_ERR_OUT_OF_MEMORY;
+    return 0;
+}
+
+int model_state_modes(model_state *s, const model *m, mla_mode decode, mla_mode prefill) {
+    s->mode = decode;
+    s->prefill_mode = prefill;
+    if (m->is_mla && (decode == MLA_NAIVE || prefill == MLA_NAIVE)) {
+        size_t need = mla_workspace_bytes(&m->mla, s->max_tokens, s->max_ctx, MLA_NAIVE);
+        if (need > s->ws_bytes) {
+            void *p = realloc(s->ws, need);
+            if (!p) return MLA_ERR_OUT_OF_MEMORY;
+            s->ws = p;
+            s->ws_bytes = need;
+        }
+    }
     return 0;
 }
 

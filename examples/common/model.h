@@ -42,8 +42,8 @@ typedef struct {
     int max_ctx, max_tokens;
     mla_gqa_cache gqa;
     mla_cache mla;
-    mla_mode mode;         /* MLA models, one-token steps (default absorbed)    */
-    mla_mode prefill_mode; /* MLA models, multi-token calls (default absorbed)  */
+    mla_mode mode;         /* MLA models, one-token steps (model_state_modes)   */
+    mla_mode prefill_mode; /* MLA models, multi-token calls                     */
     void *ws;
     size_t ws_bytes;
     float *x, *xb, *xc, *hb, *hb2; /* [max_tokens][D or F]                        */
@@ -62,6 +62,10 @@ void model_attn_views(model *m, int l);
 /* KV cache values per token (all layers): 2*g*d*L for GQA, (r+m)*L for MLA */
 long model_kv_values_per_token(const model *m);
 int model_state_init(model_state *s, const model *m, int max_ctx, int max_tokens, mla_dtype cache_type);
+/* MLA paths for one-token steps and multi-token calls (init: both absorbed,
+   the workspace sized for that); MLA_NAIVE grows the workspace to the
+   decompressed context (max_ctx rows). 0 or MLA_ERR_OUT_OF_MEMORY */
+int model_state_modes(model_state *s, const model *m, mla_mode decode, mla_mode prefill);
 void model_state_free(model_state *s);
 void model_state_reset(model_state *s);
 int model_pos(const model *m, const model_state *s);

@@ -127,7 +127,11 @@ double perplexity_with(const model *m, const int *toks, int n, int ctx, int prog
         free(hidden); free(logits); free(wt);
         return NAN;
     }
-    st.prefill_mode = absorbed ? MLA_ABSORBED : MLA_NAIVE;
+    if (model_state_modes(&st, m, MLA_ABSORBED, absorbed ? MLA_ABSORBED : MLA_NAIVE)) {
+        model_state_free(&st);
+        free(hidden); free(logits); free(wt);
+        return NAN;
+    }
     for (w = 0; w < n_win; w++) {
         int off;
         memcpy(wt, toks + (size_t)w * ctx, sizeof(int) * (size_t)ctx);
