@@ -1220,6 +1220,9 @@ static float *mla__carve(float *base, size_t *off, size_t n) {
 #define MLA__PST (MLA__TILE + 4) /* row stride of the score tile (blocks may overhang) */
 #define MLA__SPLIT_ROWS 256 /* fewest rows worth a thread of their own        */
 #define MLA__HB 3           /* heads per register block (both GEMMs)          */
+#define MLA__GROUP_HEADS 64 /* absorbed prefill: consecutive tokens of a sequence
+                               share one pass over the rows they all see, as
+                               up to this many heads (9-head SmolLM2: 7 tokens) */
 #define MLA__IPAD 32        /* int8 rows: each part padded to whole registers
                                (the same in every build: scratch sizes agree) */
 static int mla__imin(int a, int b) { return a < b ? a : b; }
@@ -2125,6 +2128,20 @@ static void mla__attend_jobs(const mla__job *jobs, int nj, int H, int dk, int dv
         }
 }
 
+/* Tokens per group of the absorbed prefill (1: no grouping). */
+static int mla__group(const mla_config *c, int chunk) {
+    int g = MLA__GROUP_HEADS / c->n_heads;
+    return mla__imin(chunk, g > 1 ? g : 1);
+}
+
+/* Extra floats per thread slot for a group: the group's state (G*H heads)
+   and two parts of one token (o and lse) to merge; 0 without grouping. */
+static size_t mla__group_floats(const mla_config *c, int chunk) {
+    int G = mla__group(c, chunk), H = c->n_heads, r = c->kv_lora_rank;
+    if (G < 2) return 0;
+    return mla__slot_layout(G * H, r + c->qk_rope_head_dim, r, NULL, NULL) + 2 * (size_t)H * (r + 1);
+}
+
 /* Scratch layout: one list of regions, used both to size and to carve. */
 typedef struct {
     float *q;     /* [T][h*(d_nope+m)] queries (RoPE applied to the pe part)    */
@@ -2156,8 +2173,9 @@ static size_t mla__scratch_layout(const mla_config *c, int T, int ctx, mla_mode 
     s->kv = mla__carve(base, &off, (size_t)T * (r + m));
     s->o = mla__carve(base, &off, (size_t)T * H * dv);
     s->freq = mla__carve(base, &off, m / 2 + 1);
-    s->sstride = mla__slot_layout((int)H, (int)(r + m), (int)r, NULL, NULL); /* both modes: a naive- */
-    s->slots = mla__carve(base, &off, MLA_MAX_THREADS * s->sstride);           /* sized one serves both */
+    s->sstride = mla__slot_layout((int)H, (int)(r + m), (int)r, NULL, NULL) /* both modes: a naive- */
+               + mla__group_floats(c, T);                                   /* sized one serves both */
+    s->slots = mla__carve(base, &off, MLA_MAX_THREADS * s->sstride);
     if (mode == MLA_NAIVE) {
         s->ckv = mla__carve(base, &off, (size_t)ctx * r);
         s->kpe = mla__carve(base, &off, (size_t)ctx * m + 1);
@@ -2305,6 +2323,27 @@ static void mla__prepare(const mla_config *c, const mla_layer_weights *w, int T,
     }
 }
 
+/* q_lat [h][r] = W_uk^T q_nope per head (q [h][qd]) */
+static void mla__absorb_q(const mla_config *c, const mla_layer_weights *w, const float *q, float *qlat) {
+    int H = c->n_heads, r = c->kv_lora_rank, dn = c->qk_nope_head_dim, dv = c->v_head_dim, qd = mla__qk_dim(c), j, i;
+    for (j = 0; j < H; j++) {
+        const float *qn = q + (size_t)j * qd;
+        const float *wuk = w->w_kvb + (size_t)j * (dn + dv) * r;
+        float *ql = qlat + (size_t)j * r;
+        memset(ql, 0, sizeof(float) * (size_t)r);
+        for (i = 0; i < dn; i++) mla__axpy(ql, qn[i], wuk + (size_t)i * r, r);
+    }
+}
+
+/* o [h][d_v] = W_uv o_lat per head (o_lat [h][r]) */
+static void mla__absorb_o(const mla_config *c, const mla_layer_weights *w, const float *olat, float *o) {
+    int H = c->n_heads, r = c->kv_lora_rank, dn = c->qk_nope_head_dim, dv = c->v_head_dim, j, i;
+    for (j = 0; j < H; j++) {
+        const float *wuv = w->w_kvb + ((size_t)j * (dn + dv) + dn) * r;
+        for (i = 0; i < dv; i++) o[(size_t)j * dv + i] = mla__dot(wuv + (size_t)i * r, olat + (size_t)j * r, r);
+    }
+}
+
 /* Absorbed attention of one token: q [h][qd] -> o [h][d_v], in the slot at
    base (slot i at base + i*sstride helps when threads > 1). */
 static void mla__attend_absorbed(const mla_config *c, const mla_layer_weights *w,
@@ -2312,25 +2351,51 @@ static void mla__attend_absorbed(const mla_config *c, const mla_layer_weights *w
                                  int n_ctx, const float *q, float *o, float *base, size_t sstride,
                                  int threads) {
     int H = c->n_heads, r = c->kv_lora_rank, m = c->qk_rope_head_dim, dn = c->qk_nope_head_dim;
-    int dv = c->v_head_dim, qd = mla__qk_dim(c), j, i;
+    int qd = mla__qk_dim(c);
     mla__slot s;
     mla__job jb;
     mla__slot_layout(H, r + m, r, base, &s);
-    for (j = 0; j < H; j++) { /* q_lat[j] = W_uk[j]^T q_nope[j] */
-        const float *qn = q + (size_t)j * qd;
-        const float *wuk = w->w_kvb + (size_t)j * (dn + dv) * r;
-        float *ql = s.qlat + (size_t)j * r;
-        memset(ql, 0, sizeof(float) * (size_t)r);
-        for (i = 0; i < dn; i++) mla__axpy(ql, qn[i], wuk + (size_t)i * r, r);
-    }
+    mla__absorb_q(c, w, q, s.qlat);
     memset(&jb, 0, sizeof jb);
     jb.qa = s.qlat; jb.lda = (size_t)r; jb.qb = q + dn; jb.ldb = (size_t)qd; /* q_pe: in place */
     jb.src.type = pool->type; jb.src.pool = pool; jb.src.seq = seq; jb.src.layer = layer;
     jb.n = n_ctx; jb.out = s.olat;
     mla__attend_jobs(&jb, 1, H, r + m, r, mla_softmax_scale(c), base, sstride, threads);
-    for (j = 0; j < H; j++) { /* o[j] = W_uv[j] o_lat[j] */
-        const float *wuv = w->w_kvb + ((size_t)j * (dn + dv) + dn) * r;
-        for (i = 0; i < dv; i++) o[(size_t)j * dv + i] = mla__dot(wuv + (size_t)i * r, s.olat + (size_t)j * r, r);
+    mla__absorb_o(c, w, s.olat, o);
+}
+
+/* Absorbed attention of G consecutive tokens of one sequence at positions
+   p0 .. p0+G-1 (queries q [G][h][qd] -> o [G][h][d_v]): the rows before p0,
+   which all of them see, in one pass as G*h heads; each token's own rows
+   p0 .. its position as a second part; the two merged by their log-sum-exp.
+   Scratch: one thread slot (mla__group_floats past an h-head slot). */
+static void mla__attend_group(const mla_config *c, const mla_layer_weights *w, const mla_pool *pool,
+                              const mla_seq *seq, int layer, int p0, int G, const float *q, float *o,
+                              float *base) {
+    int H = c->n_heads, r = c->kv_lora_rank, m = c->qk_rope_head_dim, dn = c->qk_nope_head_dim;
+    int qd = mla__qk_dim(c), g, j;
+    float scale = mla_softmax_scale(c), *parts, *lse2;
+    size_t small = mla__slot_layout(H, r + m, r, NULL, NULL);
+    mla__slot one, all;
+    mla__rows src;
+    memset(&src, 0, sizeof src);
+    src.type = pool->type; src.pool = pool; src.seq = seq; src.layer = layer;
+    mla__slot_layout(H, r + m, r, base, &one);
+    mla__slot_layout(G * H, r + m, r, base + small, &all);
+    parts = base + small + mla__slot_layout(G * H, r + m, r, NULL, NULL); /* [2][H][r] */
+    lse2 = parts + 2 * (size_t)H * r;                                      /* [2][H]    */
+    for (g = 0; g < G; g++) mla__absorb_q(c, w, q + (size_t)g * H * qd, all.qlat + (size_t)g * H * r);
+    mla__att_query(&all.a, pool->type, all.qlat, (size_t)r, q + dn, (size_t)qd, scale); /* q_pe in place */
+    mla__att_run(&all.a, &src, 0, p0, all.lse);
+    for (g = 0; g < G; g++) {
+        const float *qg = q + (size_t)g * H * qd;
+        mla__att_query(&one.a, pool->type, all.qlat + (size_t)g * H * r, (size_t)r, qg + dn, (size_t)qd, scale);
+        mla__att_run(&one.a, &src, p0, p0 + g + 1, lse2 + H);
+        memcpy(parts, all.a.o + (size_t)g * H * r, sizeof(float) * (size_t)H * r);
+        memcpy(parts + (size_t)H * r, one.a.o, sizeof(float) * (size_t)H * r);
+        for (j = 0; j < H; j++) lse2[j] = all.lse[g * H + j];
+        mla__merge(H, r, 2, parts, (size_t)H * r, lse2, (size_t)H, one.olat, NULL);
+        mla__absorb_o(c, w, one.olat, o + (size_t)g * H * c->v_head_dim);
     }
 }
 
@@ -2401,7 +2466,25 @@ static mla_result mla__run(const mla_config *c, const mla_layer_weights *w, mla_
         float *o = s.o + (size_t)b * chunk * H * dv;
         if (mode == MLA_NAIVE) mla__attend_naive(c, w, pool, seqs[b], layer, chunk, q, o, &s);
     }
-    if (mode == MLA_ABSORBED) {
+    if (mode == MLA_ABSORBED && mla__group(c, chunk) > 1) {
+        /* prefill: groups of G consecutive tokens of a sequence, one thread each */
+        int G = mla__group(c, chunk), per = (chunk + G - 1) / G, n = n_seq * per;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(mla__threads()) schedule(dynamic, 1) if (n > 1)
+#endif
+        for (i = 0; i < n; i++) {
+#ifdef _OPENMP
+            int slot = omp_get_thread_num();
+#else
+            int slot = 0;
+#endif
+            const mla_seq *sq = seqs[i / per];
+            int g0 = i % per * G, ng = mla__imin(G, chunk - g0);
+            size_t t0 = (size_t)(i / per) * chunk + g0;
+            mla__attend_group(c, w, pool, sq, layer, sq->len + g0, ng, s.q + t0 * H * qd, s.o + t0 * H * dv,
+                              s.slots + slot * s.sstride);
+        }
+    } else if (mode == MLA_ABSORBED) {
         /* many tokens: one thread each; few: each token's context split over
            threads (from outside any parallel region: a split-KV team nested in
            an inactive region is a new team per call, measured 6x slower) */

@@ -1,8 +1,12 @@
 /* Weight matrices used as the GGUF stores them (F32, F16, BF16, Q8_0, Q4_0,
-   Q4_1): products dequantize a block in registers and multiply it with f32
-   activations, so there is no f32 copy of the model and a decode step reads
-   the stored bytes once (a Q4_1 matrix: 5 bits per weight instead of 32).
-   The result equals dequantize-then-multiply up to the order of the f32 sums. */
+   Q4_1), so there is no f32 copy of the model and a decode step reads the
+   stored bytes once (a Q4_1 matrix: 5 bits per weight instead of 32).
+   Q8_0/Q4_0/Q4_1 by default as llama.cpp computes them: activations rounded
+   to 8 bits per 32-block, integer dot products (AVX512-VNNI or AVX2), exact
+   int32 sums scaled per block; wmat_set_act8(0) (mla-run --f32-act), the
+   other types and builds without AVX2: a block dequantized in registers
+   times f32 activations, equal to dequantize-then-multiply up to the order
+   of the f32 sums. */
 #ifndef WMAT_H
 #define WMAT_H
 #include "gguf.h"
@@ -23,10 +27,11 @@ int wmat_from_gguf(wmat *w, gguf_file *f, const char *name, int rows, int cols);
 void wmat_view_f32(wmat *w, const float *p, int rows, int cols);
 /* row i as f32 (out[cols]) */
 void wmat_row(const wmat *w, int i, float *out);
-/* y[T][rows] = x[T][cols] W^T. T <= 16 runs allocation-free (decode, short
-   prompts: each block dequantized once per 4 tokens); larger T dequantizes
-   tiles of 64 rows into a scratch buffer and uses mla_matmul.
-   Rows are split over OpenMP threads when compiled with it. */
+/* y[T][rows] = x[T][cols] W^T. 8-bit activations: each stored row meets
+   every token, 4 at a time (allocation-free up to 16 tokens of 4096).
+   Otherwise T <= 16 runs allocation-free (each block dequantized once per 4
+   tokens); larger T dequantizes tiles of 64 rows into a scratch buffer and
+   uses mla_matmul. Rows are split over OpenMP threads when compiled with it. */
 void wmat_mul(float *y, const float *x, const wmat *w, int T);
 /* y[k] = x W_k^T for n matrices with the same input (q/k/v, gate/up): one
    pass over x and one parallel loop where the types allow, else wmat_mul each */
