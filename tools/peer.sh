@@ -17,10 +17,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 B=build/llamacpp
-THREADS=${THREADS:-"1 2"}
-PROMPTS=${PROMPTS:-"247 4096"}
-DEPTHS=${DEPTHS:-"0 4096 16384"}   # with 2 threads (or the last of THREADS)
-DEPTHS_1=${DEPTHS_1:-"0 4096"}      # with fewer threads: 16K prefills take ~10 min each
+THREADS=${THREADS-"1 2"}
+PROMPTS=${PROMPTS-"247 4096"}
+DEPTHS=${DEPTHS-"0 4096 16384"}   # with 2 threads (or the last of THREADS)
+DEPTHS_1=${DEPTHS_1-"0 4096"}      # with fewer threads: 16K prefills take ~10 min each
 RSS_DEPTH=${RSS_DEPTH:-4096}
 MODEL=$(tools/fetch_model.sh | tail -1)
 LB=$(tools/llamacpp.sh llama-bench | tail -1)/llama-bench

@@ -22,7 +22,7 @@ typedef int (*layer_hook)(void *ctx, int l, const mla_calib *cal, char *err, siz
 
 static int calib_pass(model *src, const model *through, const int *toks, int n, int window, mla_calib *keep,
                       layer_hook hook, void *hook_ctx, int progress, char *err, size_t errlen) {
-    int n_win = n / window, l, w, t, rc = 0;
+    int n_win = n / window, l, w, t, rc = 0, act8 = wmat_act8();
     size_t D = (size_t)src->dim;
     float *H = (float *)malloc(sizeof(float) * (size_t)n_win * window * D);
     float *xb = (float *)malloc(sizeof(float) * (size_t)window * D);
@@ -30,6 +30,7 @@ static int calib_pass(model *src, const model *through, const int *toks, int n, 
     int have_st = 0;
     double t0 = now_s();
     fflush(stdout); /* progress goes to stderr */
+    wmat_set_act8(0); /* the statistics of the model itself, not of 8-bit activations */
     if (!H || !xb || model_attn_f32(src)) {
         snprintf(err, errlen, "out of memory for %d calibration tokens", n_win * window);
         rc = -1;
@@ -91,6 +92,7 @@ static int calib_pass(model *src, const model *through, const int *toks, int n, 
     }
     if (progress) fprintf(stderr, "\n");
 done:
+    wmat_set_act8(act8);
     free(H);
     free(xb);
     if (have_st) model_state_free(&st);

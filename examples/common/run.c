@@ -109,7 +109,12 @@ int *tokenize_files(const tokenizer *tk, const char *paths, int *n) {
 }
 
 double perplexity(const model *m, const int *toks, int n, int ctx, int progress, long *scored) {
-    return perplexity_with(m, toks, n, ctx, progress, scored, MLA_F32, 0, 0, -1);
+    int act8 = wmat_act8();
+    double p;
+    wmat_set_act8(0); /* f32 activations: the conversion measured, not the runner's rounding */
+    p = perplexity_with(m, toks, n, ctx, progress, scored, MLA_F32, 0, 0, -1);
+    wmat_set_act8(act8);
+    return p;
 }
 
 double perplexity_with(const model *m, const int *toks, int n, int ctx, int progress, long *scored, mla_dtype cache,

@@ -32,7 +32,10 @@ int ensure_dir(const char *path); /* mkdir unless it exists; 0 on success */
 
 /* Perplexity over non-overlapping windows of ctx tokens: each window starts
    from an empty cache; every token after the first of a window is scored.
-   Returns exp(mean NLL); *scored gets the number of scored tokens. */
+   Returns exp(mean NLL); *scored gets the number of scored tokens.
+   perplexity() measures models exactly (f32 activations, f32 cache, naive
+   prefill: the conversion tables); perplexity_with() runs as configured
+   (wmat_set_act8, the cache type, the path). */
 /* cache: the KV cache's storage; absorbed: MLA models prefill with the
    absorbed kernel (every token through the decode path) instead of naive;
    first: tokens at the start of each window that are context only (the

@@ -100,6 +100,7 @@ typedef struct { float d, s; } act_scale; /* d_x and d_x * sum(q_x) of one block
 #define WMAT_QCOLS 4096                    /* widest activation quantized on the stack */
 static int g_act8 = 1;
 void wmat_set_act8(int on) { g_act8 = on; }
+int wmat_act8(void) { return g_act8; }
 
 static void quant_act(const float *x, int n, int8_t *q, act_scale *sc) {
     int b, j;
@@ -191,6 +192,7 @@ static void row_dot_q8(const wmat *w, const uint8_t *r, const int8_t *q, const a
 }
 #else
 void wmat_set_act8(int on) { (void)on; }
+int wmat_act8(void) { return 0; }
 #endif
 
 const char *wmat_kernel(void) {

@@ -41,6 +41,7 @@ void wmat_mul_n(float *const *y, const float *x, const wmat *const *w, int n, in
    default where AVX2 is compiled in; 0: dequantized weights times f32
    activations everywhere) */
 void wmat_set_act8(int on);
+int wmat_act8(void); /* the current setting */
 /* "avx512-vnni+int8-act", "avx2+int8-act", "avx2+fma+f32-act" or "portable" */
 const char *wmat_kernel(void);
 /* a malloc'd f32 copy [rows][cols] (NULL on out of memory) */
