@@ -2080,6 +2080,15 @@ static int mla__threads(void) {
 #endif
 }
 
+/* this thread's number in the current team (its scratch slot) */
+static int mla__tid(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
 /* One query set (H heads) against rows 0..n-1 of src -> out [H][dv]. */
 typedef struct {
     const float *qa, *qb; /* query parts and row strides (mla__att_query) */
@@ -2473,16 +2482,11 @@ static mla_result mla__run(const mla_config *c, const mla_layer_weights *w, mla_
 #pragma omp parallel for num_threads(mla__threads()) schedule(dynamic, 1) if (n > 1)
 #endif
         for (i = 0; i < n; i++) {
-#ifdef _OPENMP
-            int slot = omp_get_thread_num();
-#else
-            int slot = 0;
-#endif
             const mla_seq *sq = seqs[i / per];
             int g0 = i % per * G, ng = mla__imin(G, chunk - g0);
             size_t t0 = (size_t)(i / per) * chunk + g0;
             mla__attend_group(c, w, pool, sq, layer, sq->len + g0, ng, s.q + t0 * H * qd, s.o + t0 * H * dv,
-                              s.slots + slot * s.sstride);
+                              s.slots + mla__tid() * s.sstride);
         }
     } else if (mode == MLA_ABSORBED) {
         /* many tokens: one thread each; few: each token's context split over
@@ -2494,14 +2498,9 @@ static mla_result mla__run(const mla_config *c, const mla_layer_weights *w, mla_
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
 #endif
             for (i = 0; i < T; i++) {
-#ifdef _OPENMP
-                int slot = omp_get_thread_num();
-#else
-                int slot = 0;
-#endif
                 const mla_seq *sq = seqs[i / chunk];
                 mla__attend_absorbed(c, w, pool, sq, layer, sq->len + i % chunk + 1, s.q + (size_t)i * H * qd,
-                                     s.o + (size_t)i * H * dv, s.slots + slot * s.sstride, s.sstride, 1);
+                                     s.o + (size_t)i * H * dv, s.slots + mla__tid() * s.sstride, s.sstride, 1);
             }
         } else {
             for (i = 0; i < T; i++) {

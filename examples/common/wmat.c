@@ -144,13 +144,18 @@ static __m256i dot_u8s8(__m256i u, __m256i s) {
 #define NO_SIGN(x) (x)
 #define W_SIGN(x) _mm256_sign_epi8((x), sg)
 
+/* a Q4 block's 16 bytes -> its 32 codes in order (low nibbles, then high) */
+static __m256i q4_codes(const uint8_t *qs) {
+    __m128i v = _mm_loadu_si128((const __m128i *)qs), mask = _mm_set1_epi8(15);
+    return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), mask), _mm_and_si128(v, mask));
+}
+
 /* out[t] = row r . activations of token t (quantized: q + t*C, sc + t*C/32), t < T <= 4 */
 static void row_dot_q8(const wmat *w, const uint8_t *r, const int8_t *q, const act_scale *sc, int C, int T,
                        float *out) {
     int nb = C / 32, b;
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     __m128 m0 = _mm_setzero_ps(), m1 = m0, m2 = m0, m3 = m0;
-    const __m128i mask = _mm_set1_epi8(15);
     if (w->type == GGML_Q8_0) {
         const __m128 lane0 = _mm_castsi128_ps(_mm_setr_epi32(-1, 0, 0, 0));
         for (b = 0; b < nb; b++) {
@@ -166,8 +171,7 @@ static void row_dot_q8(const wmat *w, const uint8_t *r, const int8_t *q, const a
         for (b = 0; b < nb; b++) {
             const uint8_t *s = r + (size_t)b * 20;
             uint32_t h2;
-            __m128i v = _mm_loadu_si128((const __m128i *)(s + 4));
-            __m256i u = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), mask), _mm_and_si128(v, mask));
+            __m256i u = q4_codes(s + 4);
             __m128 dm;
             memcpy(&h2, s, 4);
             dm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)h2)); /* [d, m] */
@@ -178,8 +182,7 @@ static void row_dot_q8(const wmat *w, const uint8_t *r, const int8_t *q, const a
         for (b = 0; b < nb; b++) {
             const uint8_t *s = r + (size_t)b * 18;
             uint16_t h;
-            __m128i v = _mm_loadu_si128((const __m128i *)(s + 2));
-            __m256i u = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), mask), _mm_and_si128(v, mask));
+            __m256i u = q4_codes(s + 2);
             __m128 dm;
             memcpy(&h, s, 2);
             dm = _mm_mul_ps(_mm_cvtph_ps(_mm_set1_epi16((short)h)), k); /* [d, -8d] */
