@@ -152,6 +152,18 @@ static void test_vectors_half(void) {
     }
 }
 
+/* the GQA config of a reference vector file (tools/gen_vectors.py) */
+static void gqa_cfg_from_mlav(const mlav *v, mla_gqa_config *c) {
+    memset(c, 0, sizeof *c);
+    c->dim = (int)mlav_num(v, "cfg.D", 0);
+    c->n_heads = (int)mlav_num(v, "cfg.h", 0);
+    c->n_kv_heads = (int)mlav_num(v, "cfg.g", 0);
+    c->head_dim = (int)mlav_num(v, "cfg.d", 0);
+    c->attn_bias = (int)mlav_num(v, "cfg.bias", 0);
+    c->rope_layout = mlav_num(v, "cfg.interleaved", 0) ? MLA_ROPE_INTERLEAVED : MLA_ROPE_HALF_SPLIT;
+    c->rope_theta = mlav_num(v, "cfg.theta", 0);
+}
+
 static void test_gqa_vectors(void) {
     const char *names[] = {"gqa_half", "gqa_inter"};
     int i;
@@ -169,14 +181,8 @@ static void test_gqa_vectors(void) {
         snprintf(path, sizeof path, DATA "%s.mlav", names[i]);
         CHECK(mlav_load(&v, path) == 0);
         if (!v.n) continue;
-        memset(&c, 0, sizeof c);
-        c.dim = D = (int)mlav_num(&v, "cfg.D", 0);
-        c.n_heads = (int)mlav_num(&v, "cfg.h", 0);
-        c.n_kv_heads = (int)mlav_num(&v, "cfg.g", 0);
-        c.head_dim = (int)mlav_num(&v, "cfg.d", 0);
-        c.attn_bias = (int)mlav_num(&v, "cfg.bias", 0);
-        c.rope_layout = mlav_num(&v, "cfg.interleaved", 0) ? MLA_ROPE_INTERLEAVED : MLA_ROPE_HALF_SPLIT;
-        c.rope_theta = mlav_num(&v, "cfg.theta", 0);
+        gqa_cfg_from_mlav(&v, &c);
+        D = c.dim;
         w.w_q = mlav_get(&v, "w_q", NULL); w.w_k = mlav_get(&v, "w_k", NULL);
         w.w_v = mlav_get(&v, "w_v", NULL); w.w_o = mlav_get(&v, "w_o", NULL);
         w.b_q = mlav_get(&v, "b_q", NULL); w.b_k = mlav_get(&v, "b_k", NULL);
@@ -406,14 +412,8 @@ static void test_attend_projected(void) {
             snprintf(path, sizeof path, DATA "%s.mlav", names[i]);
             CHECK(mlav_load(&v, path) == 0);
             if (!v.n) continue;
-            memset(&c, 0, sizeof c);
-            c.dim = D = (int)mlav_num(&v, "cfg.D", 0);
-            c.n_heads = (int)mlav_num(&v, "cfg.h", 0);
-            c.n_kv_heads = (int)mlav_num(&v, "cfg.g", 0);
-            c.head_dim = (int)mlav_num(&v, "cfg.d", 0);
-            c.attn_bias = (int)mlav_num(&v, "cfg.bias", 0);
-            c.rope_layout = mlav_num(&v, "cfg.interleaved", 0) ? MLA_ROPE_INTERLEAVED : MLA_ROPE_HALF_SPLIT;
-            c.rope_theta = mlav_num(&v, "cfg.theta", 0);
+            gqa_cfg_from_mlav(&v, &c);
+            D = c.dim;
             N = (int)mlav_num(&v, "cfg.N", 0);
             L = c.n_kv_heads * c.head_dim; HD = c.n_heads * c.head_dim;
             xs = mlav_get(&v, "x", NULL);

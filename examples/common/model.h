@@ -47,7 +47,8 @@ typedef struct {
     void *ws;
     size_t ws_bytes;
     float *x, *xb, *xc, *hb, *hb2; /* [max_tokens][D or F]                        */
-    float *q, *k, *v, *o, *qa;     /* attention projections [max_tokens][...]     */
+    float *q, *k, *v, *o, *qa;     /* attention projections [max_tokens][...]
+                                      (MLA: k holds W_kva x, qa W_qa x)           */
 } model_state;
 
 /* 0 on success; -1 with the reason in f->err */
