@@ -289,7 +289,7 @@ static void test_quant_and_wmat(void) {
                         for (c = 0; c < C; c += 32) {
                             float amax = 0, d, id;
                             int k;
-                            for (k = 0; k < 32; k++) amax = fmaxf(amax, fabsf(x[t * C + c + k]));
+                            for (k = 0; k < 32 && c + k < C; k++) amax = fmaxf(amax, fabsf(x[t * C + c + k]));
                             d = amax / 127.0f;
                             id = d > 0 ? 1.0f / d : 0.0f;
                             for (k = 0; k < 32 && c + k < C; k++) {
