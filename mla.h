@@ -2440,9 +2440,9 @@ static void mla__attend_naive(const mla_config *c, const mla_layer_weights *w,
                             s->p + (size_t)j * ctx, o + ((size_t)i * H + j) * dv);
 }
 
-/* n_seq sequences, `chunk` new tokens each (token i belongs to seqs[i/chunk]) */
-/* x given: the whole block, x -> out. x NULL: the attention core, the
-   caller's projections q, kv -> out = the heads' outputs (before W_o). */
+/* n_seq sequences, `chunk` new tokens each (token i belongs to seqs[i/chunk]).
+   x given: the whole block, x -> out. x NULL: the attention core, the
+   caller's projections q, kv (non-NULL) -> out = the heads' outputs (before W_o). */
 static mla_result mla__run(const mla_config *c, const mla_layer_weights *w, mla_pool *pool,
                            mla_seq *const *seqs, int n_seq, int chunk, int layer, const float *x,
                            float *q, float *kv, float *out, mla_mode mode, void *ws, size_t ws_bytes) {
@@ -2461,7 +2461,6 @@ static mla_result mla__run(const mla_config *c, const mla_layer_weights *w, mla_
     if (x) {
         mla__project(c, w, x, T, &s);
     } else {
-        if (!q || !kv) return MLA_ERR_INVALID_ARG; /* (checked before anything is written) */
         s.q = q; s.kv = kv; s.o = out;
     }
     mla__prepare(c, w, T, seqs, chunk, &s);

@@ -1,10 +1,10 @@
 #include "wmat.h"
 #include "../../mla.h"
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <math.h>
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__) && !defined(MLA_NO_SIMD)
 #include <immintrin.h>
 #define WMAT_AVX2 1
@@ -167,25 +167,18 @@ static void row_dot_q8(const wmat *w, const uint8_t *r, const int8_t *q, const a
             dm = _mm_and_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(h)), lane0); /* [d, 0] */
             Q8_TOKENS(W_SIGN)
         }
-    } else if (w->type == GGML_Q4_1) {
-        for (b = 0; b < nb; b++) {
-            const uint8_t *s = r + (size_t)b * 20;
-            uint32_t h2;
-            __m256i u = q4_codes(s + 4);
-            __m128 dm;
-            memcpy(&h2, s, 4);
-            dm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)h2)); /* [d, m] */
-            Q8_TOKENS(NO_SIGN)
-        }
-    } else { /* Q4_0: codes 0..15 stand for -8..7 */
+    } else { /* Q4_1: f16 d, m then 16 bytes of codes; Q4_0: f16 d, codes 0..15 stand for -8..7 */
+        const int q41 = w->type == GGML_Q4_1;
+        const size_t bs = q41 ? 20 : 18;
         const __m128 k = _mm_setr_ps(1.0f, -8.0f, 0.0f, 0.0f);
         for (b = 0; b < nb; b++) {
-            const uint8_t *s = r + (size_t)b * 18;
-            uint16_t h;
-            __m256i u = q4_codes(s + 2);
+            const uint8_t *s = r + (size_t)b * bs;
+            uint32_t h2; /* the block's first 4 bytes: d, m (Q4_1) or d and two code bytes (Q4_0) */
+            __m256i u = q4_codes(s + bs - 16);
             __m128 dm;
-            memcpy(&h, s, 2);
-            dm = _mm_mul_ps(_mm_cvtph_ps(_mm_set1_epi16((short)h)), k); /* [d, -8d] */
+            memcpy(&h2, s, 4);
+            dm = q41 ? _mm_cvtph_ps(_mm_cvtsi32_si128((int)h2))                          /* [d, m]   */
+                     : _mm_mul_ps(_mm_cvtph_ps(_mm_set1_epi16((short)(h2 & 0xffff))), k); /* [d, -8d] */
             Q8_TOKENS(NO_SIGN)
         }
     }
