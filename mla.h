@@ -525,6 +525,44 @@ MLAPI mla_result mla_convert_layer(const mla_gqa_config *g, const mla_gqa_weight
                                    const mla_calib *calib, const mla_convert_options *opt,
                                    mla_converted *out);
 
+/* Stage 6, optional: output-aware refit in closed form. The bases above are
+   chosen to reconstruct K and V; what the model sees is the attention
+   output. With the latent fixed, run the original layer and the converted
+   one on the same calibration windows (positions 0..T-1) and refit by least
+   squares (ridge: damp times the mean diagonal; 0 -> 1e-3):
+   - MLA_REFIT_VALUES: each head's W_uv (its d_v value rows of W_kvb) maps
+     z_j = sum_t p_jt c_t (the head's attention-weighted latent, with the
+     converted layer's own probabilities p) to the original head's output:
+     W_uv_j = E[o_j z_j^T] E[z_j z_j^T]^-1. Score errors are compensated
+     where they land, in value space.
+   - MLA_REFIT_OUTPUT: W_o maps the converted heads' outputs u to the original
+     layer's output y = W_o o (heads can compensate each other):
+     W_o = E[y u^T] E[u u^T]^-1.
+   Statistics are of the converted layer as it is when mla_refit_add runs:
+   to refit both, gather, apply VALUES, reset, gather again, apply OUTPUT.
+   Needs a full-rank query (refit before mla_convert_lowrank_q). Exact where
+   it should be: a converted layer that equals the original is a fixed point. */
+typedef enum { MLA_REFIT_VALUES = 1, MLA_REFIT_OUTPUT = 2 } mla_refit_target;
+typedef struct {
+    int n_heads, kv_lora_rank, v_head_dim, dim;
+    double n;   /* tokens seen                                    */
+    double *zz; /* [h][r][r]      sum z_j z_j^T                   */
+    double *oz; /* [h][d_v][r]    sum o_j z_j^T                   */
+    double *uu; /* [h*d_v][h*d_v] sum u u^T                        */
+    double *yu; /* [D][h*d_v]     sum y u^T                        */
+} mla_refit;
+MLAPI mla_result mla_refit_init(mla_refit *rf, const mla_converted *cv);
+MLAPI void mla_refit_reset(mla_refit *rf); /* zero the sums */
+MLAPI void mla_refit_free(mla_refit *rf);
+/* One window x [T][D] (the layer's attention input) through the original
+   layer (g, w) and the converted one. O(T^2 h (d_nope + m + r)) and
+   O(T (h d_v)^2); allocates its scratch. */
+MLAPI mla_result mla_refit_add(mla_refit *rf, const mla_gqa_config *g, const mla_gqa_weights *w,
+                               const mla_converted *cv, const float *x, int T);
+/* Replaces the targets (mla_refit_target bits) in cv; MLA_ERR_INVALID_ARG
+   before any token was added. */
+MLAPI mla_result mla_refit_apply(mla_refit *rf, mla_converted *cv, int targets, double damp);
+
 #endif /* MLA_NO_CONVERT */
 
 #ifdef __cplusplus
@@ -3000,35 +3038,42 @@ MLADEF mla_result mla_calib_attention(mla_calib *c, const mla_gqa_config *g, con
     return MLA_OK;
 }
 
+/* acc [a][b] += sum_t A_t B_t^T over T rows A_t = A + t*sa (a values) and
+   B_t = B + t*sb (b values): blocks of 64 tokens in f32 with the matrix
+   kernel, summed in double; without memory for that, plain double loops. */
+static void mla__cross_add(double *acc, const float *A, size_t sa, int a, const float *B, size_t sb, int b, int T) {
+    enum { BLK = 64 };
+    float *at = (float *)MLA_MALLOC(sizeof(float) * ((size_t)(a + b) * BLK + (size_t)a * b)), *bt, *g;
+    int t0, t, i, j;
+    if (!at) {
+        for (t = 0; t < T; t++)
+            for (i = 0; i < a; i++)
+                for (j = 0; j < b; j++) acc[(size_t)i * b + j] += (double)A[(size_t)t * sa + i] * B[(size_t)t * sb + j];
+        return;
+    }
+    bt = at + (size_t)a * BLK;
+    g = bt + (size_t)b * BLK;
+    for (t0 = 0; t0 < T; t0 += BLK) {
+        int nb = T - t0 < BLK ? T - t0 : BLK;
+        for (i = 0; i < a; i++)
+            for (t = 0; t < BLK; t++) at[(size_t)i * BLK + t] = t < nb ? A[(size_t)(t0 + t) * sa + i] : 0.0f;
+        for (i = 0; i < b; i++)
+            for (t = 0; t < BLK; t++) bt[(size_t)i * BLK + t] = t < nb ? B[(size_t)(t0 + t) * sb + i] : 0.0f;
+        mla_matmul(g, at, bt, NULL, a, b, BLK);
+        for (i = 0; i < a * b; i++) acc[i] += g[i];
+    }
+    MLA_FREE(at);
+}
+
 MLADEF mla_result mla_calib_add(mla_calib *c, const float *x, int T) {
-    enum { BLK = 64 }; /* x^T x of 64 tokens in f32 with the fast kernel, summed in double */
-    int D, t0, t, i;
-    float *xt, *g;
+    int D, t, i;
     if (!c || !c->xx || !c->sx || T < 0 || (T > 0 && !x)) return MLA_ERR_INVALID_ARG;
     D = c->dim;
     if (!mla__all_finite(x, (size_t)T * D)) return MLA_ERR_NONFINITE; /* one NaN would spoil every moment */
-    xt = (float *)MLA_MALLOC(sizeof(float) * (size_t)D * BLK);
-    g = (float *)MLA_MALLOC(sizeof(float) * (size_t)D * D);
-    if (!xt || !g) { /* fall back to the plain double loop */
-        for (t = 0; t < T; t++)
-            for (i = 0; i < D; i++) {
-                int j;
-                for (j = 0; j < D; j++) c->xx[(size_t)i * D + j] += (double)x[(size_t)t * D + i] * x[(size_t)t * D + j];
-            }
-    } else {
-        for (t0 = 0; t0 < T; t0 += BLK) {
-            int nb = T - t0 < BLK ? T - t0 : BLK;
-            for (i = 0; i < D; i++)
-                for (t = 0; t < BLK; t++) xt[(size_t)i * BLK + t] = t < nb ? x[(size_t)(t0 + t) * D + i] : 0.0f;
-            mla_matmul(g, xt, xt, NULL, D, D, BLK);
-            for (i = 0; i < D * D; i++) c->xx[i] += g[i];
-        }
-    }
+    mla__cross_add(c->xx, x, (size_t)D, D, x, (size_t)D, D, T);
     for (t = 0; t < T; t++)
         for (i = 0; i < D; i++) c->sx[i] += x[(size_t)t * D + i];
     c->n += T;
-    if (xt) MLA_FREE(xt);
-    if (g) MLA_FREE(g);
     return MLA_OK;
 }
 
@@ -3693,6 +3738,183 @@ done:
     if (tk) MLA_FREE(tk);
     return rc;
 #undef MLA__PROGRESS
+}
+
+/* ---- stage 6: output-aware refit ---- */
+/* B [rows][n] <- B (A + damp * mean(diag A) I)^-1 for symmetric PSD A [n][n]
+   (overwritten by its eigenvectors) */
+static mla_result mla__solve_right(int n, double *A, double damp, double *B, int rows) {
+    double *w = (double *)MLA_MALLOC(sizeof(double) * (size_t)2 * n), *y;
+    int i, j, k;
+    mla_result rc;
+    if (!w) return MLA_ERR_OUT_OF_MEMORY;
+    y = w + n;
+    mla__damp(A, n, damp);
+    if ((rc = mla_eigh(n, A, w)) == MLA_OK)
+        for (i = 0; i < rows; i++) {
+            double *b = B + (size_t)i * n;
+            for (k = 0; k < n; k++) { /* y = V^T b / w */
+                double acc = 0.0;
+                for (j = 0; j < n; j++) acc += A[(size_t)j * n + k] * b[j];
+                y[k] = w[k] > 0 ? acc / w[k] : 0.0;
+            }
+            for (j = 0; j < n; j++) {
+                double acc = 0.0;
+                for (k = 0; k < n; k++) acc += A[(size_t)j * n + k] * y[k];
+                b[j] = acc;
+            }
+        }
+    MLA_FREE(w);
+    return rc;
+}
+
+MLADEF void mla_refit_free(mla_refit *rf) {
+    if (!rf) return;
+    if (rf->zz) MLA_FREE(rf->zz);
+    memset(rf, 0, sizeof *rf);
+}
+
+static size_t mla__refit_doubles(const mla_refit *rf) {
+    size_t h = (size_t)rf->n_heads, r = (size_t)rf->kv_lora_rank, dv = (size_t)rf->v_head_dim;
+    return h * r * r + h * dv * r + h * dv * h * dv + (size_t)rf->dim * h * dv;
+}
+
+MLADEF void mla_refit_reset(mla_refit *rf) {
+    if (!rf || !rf->zz) return;
+    memset(rf->zz, 0, sizeof(double) * mla__refit_doubles(rf));
+    rf->n = 0.0;
+}
+
+MLADEF mla_result mla_refit_init(mla_refit *rf, const mla_converted *cv) {
+    const mla_config *c;
+    if (!rf || !cv || !cv->mem) return MLA_ERR_INVALID_ARG;
+    memset(rf, 0, sizeof *rf);
+    c = &cv->cfg;
+    rf->n_heads = c->n_heads; rf->kv_lora_rank = c->kv_lora_rank; rf->v_head_dim = c->v_head_dim; rf->dim = c->dim;
+    rf->zz = (double *)MLA_MALLOC(sizeof(double) * mla__refit_doubles(rf));
+    if (!rf->zz) { memset(rf, 0, sizeof *rf); return MLA_ERR_OUT_OF_MEMORY; }
+    rf->oz = rf->zz + (size_t)rf->n_heads * rf->kv_lora_rank * rf->kv_lora_rank;
+    rf->uu = rf->oz + (size_t)rf->n_heads * rf->v_head_dim * rf->kv_lora_rank;
+    rf->yu = rf->uu + (size_t)rf->n_heads * rf->v_head_dim * rf->n_heads * rf->v_head_dim;
+    mla_refit_reset(rf);
+    return MLA_OK;
+}
+
+MLADEF mla_result mla_refit_add(mla_refit *rf, const mla_gqa_config *g, const mla_gqa_weights *w,
+                                const mla_converted *cv, const float *x, int T) {
+    const mla_config *c;
+    mla_config cz;
+    mla_layer_weights wz;
+    mla_gqa_cache kc;
+    mla_cache lc;
+    mla_seq *seq;
+    int H, G, d, L, D, r, m, dn, qd, dv, j, i, k;
+    size_t n_gws, n_zws, n_f;
+    float *buf, *q, *kk, *v, *o, *y, *q2, *kv2, *z, *u, *kvb, *ws;
+    mla_result rc = mla_gqa_config_validate(g, NULL);
+    if (rc != MLA_OK) return rc;
+    if (!rf || !rf->zz || !w || !cv || !cv->mem || !x || T <= 0) return MLA_ERR_INVALID_ARG;
+    c = &cv->cfg;
+    if ((rc = mla_config_validate(c, NULL)) != MLA_OK) return rc;
+    if (c->q_lora_rank) return MLA_ERR_BAD_CONFIG; /* refit before mla_convert_lowrank_q */
+    if (!w->w_q || !w->w_k || !w->w_v || !w->w_o) return MLA_ERR_NULL_WEIGHT;
+    if (g->attn_bias && (!w->b_q || !w->b_k || !w->b_v)) return MLA_ERR_NULL_WEIGHT;
+    H = g->n_heads; G = g->n_kv_heads; d = g->head_dim; L = G * d; D = g->dim;
+    r = c->kv_lora_rank; m = c->qk_rope_head_dim; dn = c->qk_nope_head_dim; qd = dn + m; dv = c->v_head_dim;
+    if (c->dim != D || c->n_heads != H || dv != d || rf->n_heads != H || rf->kv_lora_rank != r ||
+        rf->v_head_dim != dv || rf->dim != D)
+        return MLA_ERR_SHAPE;
+    if (!mla__all_finite(x, (size_t)T * D)) return MLA_ERR_NONFINITE;
+    /* the converted layer with W_uv = I (d_v = r): its heads' outputs are z_j */
+    cz = *c;
+    cz.v_head_dim = r;
+    wz = cv->w;
+    n_gws = (mla_gqa_workspace_bytes(g, T, T) + sizeof(float) - 1) / sizeof(float);
+    n_zws = (mla_workspace_bytes(&cz, T, T, MLA_NAIVE) + sizeof(float) - 1) / sizeof(float);
+    if (!n_gws || !n_zws) return MLA_ERR_SHAPE;
+    n_f = (size_t)T * ((size_t)2 * H * d + 2 * (size_t)L + D + (size_t)H * qd + (size_t)(r + m) + (size_t)H * r + (size_t)H * dv) +
+          (size_t)H * (dn + r) * r + (n_gws > n_zws ? n_gws : n_zws);
+    buf = (float *)MLA_MALLOC(sizeof(float) * n_f);
+    if (!buf) return MLA_ERR_OUT_OF_MEMORY;
+    q = buf; kk = q + (size_t)T * H * d; v = kk + (size_t)T * L; o = v + (size_t)T * L; y = o + (size_t)T * H * d;
+    q2 = y + (size_t)T * D; kv2 = q2 + (size_t)T * H * qd; z = kv2 + (size_t)T * (r + m); u = z + (size_t)T * H * r;
+    kvb = u + (size_t)T * H * dv; ws = kvb + (size_t)H * (dn + r) * r;
+    for (j = 0; j < H; j++) { /* head j: [W_uk_j ; I_r] */
+        float *dst = kvb + (size_t)j * (dn + r) * r;
+        memcpy(dst, cv->w.w_kvb + (size_t)j * (dn + dv) * r, sizeof(float) * (size_t)dn * r);
+        for (i = 0; i < r; i++)
+            for (k = 0; k < r; k++) dst[(size_t)(dn + i) * r + k] = i == k ? 1.0f : 0.0f;
+    }
+    wz.w_kvb = kvb;
+    /* the original layer: heads' outputs o, layer output y = W_o o (no bias) */
+    if ((rc = mla_gqa_cache_init(&kc, 1, T, L)) != MLA_OK) { MLA_FREE(buf); return rc; }
+    mla_matmul(q, x, w->w_q, g->attn_bias ? w->b_q : NULL, T, H * d, D);
+    mla_matmul(kk, x, w->w_k, g->attn_bias ? w->b_k : NULL, T, L, D);
+    mla_matmul(v, x, w->w_v, g->attn_bias ? w->b_v : NULL, T, L, D);
+    rc = mla_gqa_attend_projected(g, &kc, 0, q, kk, v, T, o, ws, n_gws * sizeof(float));
+    mla_gqa_cache_free(&kc);
+    if (rc != MLA_OK) { MLA_FREE(buf); return rc; }
+    mla_matmul(y, o, w->w_o, NULL, T, D, H * d);
+    /* the converted layer: z, then u_j = W_uv_j z_j */
+    if ((rc = mla_cache_init(&lc, MLA_F32, 1, r, m, T, NULL)) != MLA_OK) { MLA_FREE(buf); return rc; }
+    mla_matmul(q2, x, cv->w.w_q, c->attn_bias ? cv->w.b_q : NULL, T, H * qd, D);
+    mla_matmul(kv2, x, cv->w.w_kva, c->attn_bias ? cv->w.b_kva : NULL, T, r + m, D);
+    seq = &lc.seq;
+    rc = mla_attend_projected(&cz, &wz, &lc.pool, &seq, 1, T, 0, q2, kv2, z, MLA_NAIVE, ws, n_zws * sizeof(float));
+    mla_cache_free(&lc);
+    if (rc != MLA_OK) { MLA_FREE(buf); return rc; }
+    for (j = 0; j < H; j++) {
+        const float *wuv = cv->w.w_kvb + ((size_t)j * (dn + dv) + dn) * r;
+        for (i = 0; i < T; i++)
+            for (k = 0; k < dv; k++)
+                u[((size_t)i * H + j) * dv + k] = mla__dot(wuv + (size_t)k * r, z + ((size_t)i * H + j) * r, r);
+    }
+    for (j = 0; j < H; j++) {
+        mla__cross_add(rf->zz + (size_t)j * r * r, z + (size_t)j * r, (size_t)H * r, r, z + (size_t)j * r, (size_t)H * r, r, T);
+        mla__cross_add(rf->oz + (size_t)j * dv * r, o + (size_t)j * d, (size_t)H * d, dv, z + (size_t)j * r, (size_t)H * r, r, T);
+    }
+    mla__cross_add(rf->uu, u, (size_t)H * dv, H * dv, u, (size_t)H * dv, H * dv, T);
+    mla__cross_add(rf->yu, y, (size_t)D, D, u, (size_t)H * dv, H * dv, T);
+    rf->n += T;
+    MLA_FREE(buf);
+    return MLA_OK;
+}
+
+MLADEF mla_result mla_refit_apply(mla_refit *rf, mla_converted *cv, int targets, double damp) {
+    int H, r, dv, dn, D, n, j, i, k;
+    double *A = NULL, *B = NULL;
+    float *wkvb, *wo;
+    mla_result rc = MLA_OK;
+    if (!rf || !rf->zz || !cv || !cv->mem || rf->n <= 0 || (targets & ~(MLA_REFIT_VALUES | MLA_REFIT_OUTPUT)))
+        return MLA_ERR_INVALID_ARG;
+    H = rf->n_heads; r = rf->kv_lora_rank; dv = rf->v_head_dim; D = rf->dim; n = H * dv;
+    dn = cv->cfg.qk_nope_head_dim;
+    if (cv->cfg.n_heads != H || cv->cfg.kv_lora_rank != r || cv->cfg.v_head_dim != dv || cv->cfg.dim != D)
+        return MLA_ERR_SHAPE;
+    if (damp <= 0) damp = 1e-3;
+    A = (double *)MLA_MALLOC(sizeof(double) * (size_t)(r > n ? r : n) * (r > n ? r : n));
+    B = (double *)MLA_MALLOC(sizeof(double) * (size_t)(D > dv ? D : dv) * (r > n ? r : n));
+    if (!A || !B) { rc = MLA_ERR_OUT_OF_MEMORY; goto out; }
+    wkvb = (float *)cv->w.w_kvb; /* the converted layer owns its weights (cv->mem) */
+    wo = (float *)cv->w.w_o;
+    if (targets & MLA_REFIT_VALUES)
+        for (j = 0; j < H && rc == MLA_OK; j++) {
+            memcpy(A, rf->zz + (size_t)j * r * r, sizeof(double) * (size_t)r * r);
+            memcpy(B, rf->oz + (size_t)j * dv * r, sizeof(double) * (size_t)dv * r);
+            if ((rc = mla__solve_right(r, A, damp, B, dv)) == MLA_OK)
+                for (i = 0; i < dv; i++)
+                    for (k = 0; k < r; k++) wkvb[((size_t)j * (dn + dv) + dn + i) * r + k] = (float)B[(size_t)i * r + k];
+        }
+    if (rc == MLA_OK && (targets & MLA_REFIT_OUTPUT)) {
+        memcpy(A, rf->uu, sizeof(double) * (size_t)n * n);
+        memcpy(B, rf->yu, sizeof(double) * (size_t)D * n);
+        if ((rc = mla__solve_right(n, A, damp, B, D)) == MLA_OK)
+            for (i = 0; i < D * n; i++) wo[i] = (float)B[i];
+    }
+out:
+    if (A) MLA_FREE(A);
+    if (B) MLA_FREE(B);
+    return rc;
 }
 
 #endif /* MLA_NO_CONVERT */

@@ -19,6 +19,9 @@ static void usage(void) {
             "  --method transmla|qaware   (default qaware: query/output-aware PCA + expected RoPE, see README)\n"
             "  --sequential        calibrate each layer on the outputs of the converted layers before it\n"
             "  --key-weight W      qaware: weight of key (score) errors vs value errors (default 1)\n"
+            "  --refit none|values|output|both   least-squares refit of each head's value up-projection\n"
+            "                      and/or W_o against the original layer's attention output on the\n"
+            "                      calibration text (default none)\n"
             "  --no-expected-rope  key dims that lose RoPE lose it outright (TransMLA); by default they keep\n"
             "                      its expected rotation over the distances each head attends to\n"
             "  --calib FILES       comma-separated calibration texts (default: Debian licenses, not GPL-3)\n"
@@ -82,7 +85,13 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--threads")) bad = arg_int(P, a, v, 0, 1024, &threads);
         else if (!strcmp(a, "--q-rank")) bad = arg_int(P, a, v, 0, 1 << 20, &o.q_rank);
         else if (!strcmp(a, "--key-weight")) bad = arg_num(P, a, v, 1e-6, 1e6, &o.key_weight);
-        else if (!strcmp(a, "--format")) {
+        else if (!strcmp(a, "--refit")) {
+            static const char *names[] = {"none", "values", "output", "both"};
+            int t;
+            for (t = 0; t < 4 && strcmp(v, names[t]); t++) {}
+            if (t == 4) { fprintf(stderr, "mla-convert: unknown --refit %s (none, values, output, both)\n", v); return 2; }
+            o.refit = t; /* the mla_refit_target bits */
+        } else if (!strcmp(a, "--format")) {
             if (!strcmp(v, "gguf") || !strcmp(v, "deepseek2")) ds = 1;
             else if (!strcmp(v, "safetensors")) ds = 2;
             else if (!strcmp(v, "llama-mla")) ds = 0;
@@ -191,9 +200,11 @@ int main(int argc, char **argv) {
         }
         calib_free_all(pre, src.n_layers);
     }
-    printf("converted %s in %.1f s: %s%s, r=%d, m=%d, d_nope=%d, freqfold %d, q rank %d%s\n", in, now_s() - t0,
+    printf("converted %s in %.1f s: %s%s%s, r=%d, m=%d, d_nope=%d, freqfold %d, q rank %d%s\n", in, now_s() - t0,
            o.lossless ? "lossless" : o.method == MLA_CONVERT_QAWARE ? "qaware" : "transmla",
-           !o.lossless && o.expected_rope && calib ? " + expected RoPE" : "", dst.mla.kv_lora_rank,
+           !o.lossless && o.expected_rope && calib ? " + expected RoPE" : "",
+           o.lossless || !calib || !o.refit ? "" : o.refit == 1 ? " + refit values" : o.refit == 2 ? " + refit W_o" : " + refit values, W_o",
+           dst.mla.kv_lora_rank,
            dst.mla.qk_rope_head_dim, dst.mla.qk_nope_head_dim, o.freqfold, dst.mla.q_lora_rank,
            o.sequential ? ", sequential" : "");
     printf("KV cache per token: GQA %ld values (%ld bytes f16) -> MLA %ld values (%ld bytes f16), %.1f%% saved\n",

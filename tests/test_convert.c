@@ -342,6 +342,115 @@ static void test_lowrank_q(void) {
     free(L.mem);
 }
 
+/* max |a - b| / max |b| over n floats */
+static double max_rel(const float *a, const float *b, size_t n) {
+    double e = 0, s = 0;
+    size_t i;
+    for (i = 0; i < n; i++) {
+        if (fabs(a[i] - b[i]) > e) e = fabs(a[i] - b[i]);
+        if (fabs(b[i]) > s) s = fabs(b[i]);
+    }
+    return e / s;
+}
+
+/* Output-aware refit: with exact statistics it recovers known weights (a
+   lossless conversion whose W_uv and W_o were spoiled comes back), on a lossy
+   conversion each stage lowers the output error on its calibration tokens,
+   and bad calls are named. */
+static void test_refit(void) {
+    gqa_layer L;
+    mla_calib cal;
+    mla_convert_options o;
+    mla_converted cv;
+    mla_refit rf;
+    float *x, *good;
+    int N = 120, D = 48, H = 6, j, i;
+    size_t nkvb, no;
+    double e0, e1, e2, ev, eo;
+    gqa_init(&L, D, H, 3, 8, 1, 10000.0f);
+    x = make_inputs(N, D);
+    mla_calib_init(&cal, D);
+    CHECK(mla_calib_add(&cal, x, N) == MLA_OK);
+    memset(&o, 0, sizeof o);
+    o.qk_rope_head_dim = 24; /* m = L, r = 2L - m: exact */
+    CHECK(mla_convert_layer(&L.c, &L.w, &cal, &o, &cv) == MLA_OK);
+    nkvb = (size_t)H * (cv.cfg.qk_nope_head_dim + cv.cfg.v_head_dim) * cv.cfg.kv_lora_rank;
+    no = (size_t)D * H * cv.cfg.v_head_dim;
+    good = (float *)malloc(sizeof(float) * (nkvb + no));
+    memcpy(good, cv.w.w_kvb, sizeof(float) * nkvb);
+    memcpy(good + nkvb, cv.w.w_o, sizeof(float) * no);
+    for (j = 0; j < H; j++) /* spoil every value row and W_o */
+        for (i = 0; i < cv.cfg.v_head_dim * cv.cfg.kv_lora_rank; i++)
+            ((float *)cv.w.w_kvb)[(size_t)j * (cv.cfg.qk_nope_head_dim + cv.cfg.v_head_dim) * cv.cfg.kv_lora_rank +
+                                  (size_t)cv.cfg.qk_nope_head_dim * cv.cfg.kv_lora_rank + i] += (float)urand();
+    for (i = 0; i < (int)no; i++) ((float *)cv.w.w_o)[i] *= 1.0f + 0.5f * (float)urand();
+    CHECK(mla_refit_init(&rf, &cv) == MLA_OK);
+    CHECK(mla_refit_apply(&rf, &cv, MLA_REFIT_VALUES, 0) == MLA_ERR_INVALID_ARG); /* no tokens yet */
+    CHECK(mla_refit_add(&rf, &L.c, &L.w, &cv, x, N) == MLA_OK);
+    CHECK(mla_refit_apply(&rf, &cv, MLA_REFIT_VALUES, 1e-9) == MLA_OK);
+    mla_refit_reset(&rf);
+    CHECK(mla_refit_add(&rf, &L.c, &L.w, &cv, x, N) == MLA_OK); /* u now from the refit values */
+    CHECK(mla_refit_apply(&rf, &cv, MLA_REFIT_OUTPUT, 1e-9) == MLA_OK);
+    ev = max_rel(cv.w.w_kvb, good, nkvb);
+    eo = max_rel(cv.w.w_o, good + nkvb, no);
+    th_note("refit recovers spoiled weights: W_kvb rel err %.2e, W_o %.2e", ev, eo);
+    CHECK_LE(ev, 1e-3);
+    CHECK_LE(eo, 1e-3);
+    CHECK_LE(compare(&L, &cv, x, N, N - 3), 1e-4);
+    mla_refit_free(&rf);
+    mla_converted_free(&cv);
+    free(good);
+
+    /* lossy: r = 8 of 40, m = 8; each stage lowers the error where it was fitted */
+    o.qk_rope_head_dim = 8; o.freqfold = 2; o.kv_lora_rank = 8; o.method = MLA_CONVERT_QAWARE;
+    CHECK(mla_convert_layer(&L.c, &L.w, &cal, &o, &cv) == MLA_OK);
+    e0 = compare(&L, &cv, x, N, N - 3);
+    CHECK(mla_refit_init(&rf, &cv) == MLA_OK);
+    CHECK(mla_refit_add(&rf, &L.c, &L.w, &cv, x, N / 2) == MLA_OK); /* two windows */
+    CHECK(mla_refit_add(&rf, &L.c, &L.w, &cv, x + (size_t)(N / 2) * D, N / 2) == MLA_OK);
+    CHECK(rf.n == N);
+    CHECK(mla_refit_apply(&rf, &cv, MLA_REFIT_VALUES, 1e-6) == MLA_OK);
+    mla_refit_reset(&rf);
+    CHECK(mla_refit_add(&rf, &L.c, &L.w, &cv, x, N / 2) == MLA_OK);
+    CHECK(mla_refit_add(&rf, &L.c, &L.w, &cv, x + (size_t)(N / 2) * D, N / 2) == MLA_OK);
+    e1 = 0;
+    {   /* the error over the two windows as fitted (positions restart at 0) */
+        double a = compare(&L, &cv, x, N / 2, N / 2 - 3), b = compare(&L, &cv, x + (size_t)(N / 2) * D, N / 2, N / 2 - 3);
+        e1 = a > b ? a : b;
+    }
+    CHECK(mla_refit_apply(&rf, &cv, MLA_REFIT_OUTPUT, 1e-6) == MLA_OK);
+    {
+        double a = compare(&L, &cv, x, N / 2, N / 2 - 3), b = compare(&L, &cv, x + (size_t)(N / 2) * D, N / 2, N / 2 - 3);
+        e2 = a > b ? a : b;
+    }
+    th_note("refit, r = 8, m = 8: output rel err %.4f (conversion) -> %.4f (values) -> %.4f (+ W_o)", e0, e1, e2);
+    CHECK(e1 < e0 && e2 < e1);
+    /* errors */
+    CHECK(mla_refit_apply(&rf, &cv, 4, 0) == MLA_ERR_INVALID_ARG);
+    {
+        float *bad = (float *)malloc(sizeof(float) * (size_t)N * D);
+        memcpy(bad, x, sizeof(float) * (size_t)N * D);
+        bad[5] = NAN;
+        CHECK(mla_refit_add(&rf, &L.c, &L.w, &cv, bad, N) == MLA_ERR_NONFINITE);
+        free(bad);
+    }
+    CHECK(mla_refit_add(&rf, &L.c, &L.w, &cv, x, 0) == MLA_ERR_INVALID_ARG);
+    CHECK(mla_refit_add(NULL, &L.c, &L.w, &cv, x, N) == MLA_ERR_INVALID_ARG);
+    {
+        mla_gqa_config g2 = L.c;
+        g2.dim = 40;
+        CHECK(mla_refit_add(&rf, &g2, &L.w, &cv, x, N) == MLA_ERR_SHAPE);
+    }
+    CHECK(mla_convert_lowrank_q(&cv, &cal, 24, 0) == MLA_OK);
+    CHECK(mla_refit_add(&rf, &L.c, &L.w, &cv, x, N) == MLA_ERR_BAD_CONFIG); /* refit before the low-rank query */
+    mla_refit_free(&rf);
+    mla_refit_free(&rf); /* twice is harmless */
+    mla_converted_free(&cv);
+    mla_calib_free(&cal);
+    free(x);
+    free(L.mem);
+}
+
 static void count_progress(void *user, const char *stage, double frac) {
     int *n = (int *)user;
     if (stage && frac >= 0.0 && frac <= 1.0) (*n)++;
@@ -513,5 +622,6 @@ void suite_convert(void) {
     RUN(test_compression_monotone);
     RUN(test_lowrank_q);
     RUN(test_expected_rope);
+    RUN(test_refit);
     RUN(test_convert_errors);
 }

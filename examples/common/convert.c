@@ -10,18 +10,25 @@
 #include <string.h>
 
 /* Runs the calibration windows through the model layer by layer; at each
-   layer accumulates the attention input's moments into cal[l] (when cal is
-   given), then moves the residual stream through layer l of `through`
-   (the source model, or in sequential mode the converted one as it grows).
-   convert_layer, when set, converts layer l before it is used. */
-typedef int (*layer_hook)(void *ctx, int l, const mla_calib *cal, char *err, size_t errlen);
+   layer accumulates the attention input's moments into keep[l] (when keep is
+   given; `pre` instead: statistics gathered before, nothing accumulated),
+   then moves the residual stream through layer l of `through` (the source
+   model, or in sequential mode the converted one as it grows). The hook,
+   when set, converts layer l before it is used; it sees the statistics and
+   the residual stream entering layer l (n_win windows of `window` tokens). */
+typedef struct {
+    const mla_calib *cal;
+    const float *resid; /* [n_win * window][D] */
+    int n_win, window;
+} layer_input;
+typedef int (*layer_hook)(void *ctx, int l, const layer_input *in, char *err, size_t errlen);
 
 /* windows whose attention statistics (how far each head looks) are gathered:
    the expected rotations settle within a few thousand tokens */
 #define ATT_WINDOWS 8
 
 static int calib_pass(model *src, const model *through, const int *toks, int n, int window, mla_calib *keep,
-                      layer_hook hook, void *hook_ctx, int progress, char *err, size_t errlen) {
+                      const mla_calib *pre, layer_hook hook, void *hook_ctx, int progress, char *err, size_t errlen) {
     int n_win = n / window, l, w, t, rc = 0, act8 = wmat_act8();
     size_t D = (size_t)src->dim;
     float *H = (float *)malloc(sizeof(float) * (size_t)n_win * window * D);
@@ -46,8 +53,10 @@ static int calib_pass(model *src, const model *through, const int *toks, int n, 
     }
     for (l = 0; l < src->n_layers; l++) {
         mla_calib cal, *c = keep ? &keep[l] : &cal;
-        if (mla_calib_init(c, src->dim)) { snprintf(err, errlen, "out of memory"); rc = -1; goto done; }
-        for (w = 0; w < n_win; w++) { /* the attention input of layer l: RMSNorm of the residual */
+        layer_input in;
+        if (pre) c = (mla_calib *)&pre[l]; /* read only: the loop below is skipped */
+        else if (mla_calib_init(c, src->dim)) { snprintf(err, errlen, "out of memory"); rc = -1; goto done; }
+        for (w = 0; w < n_win && !pre; w++) { /* the attention input of layer l: RMSNorm of the residual */
             for (t = 0; t < window; t++)
                 mla_rmsnorm(xb + t * D, H + ((size_t)w * window + t) * D, src->layers[l].attn_norm, src->dim, src->eps);
             if (w < ATT_WINDOWS && !src->is_mla &&
@@ -64,11 +73,12 @@ static int calib_pass(model *src, const model *through, const int *toks, int n, 
                 goto done;
             }
         }
-        if (hook && (rc = hook(hook_ctx, l, c, err, errlen))) {
-            if (!keep) mla_calib_free(c);
+        in.cal = c; in.resid = H; in.n_win = n_win; in.window = window;
+        if (hook && (rc = hook(hook_ctx, l, &in, err, errlen))) {
+            if (!keep && !pre) mla_calib_free(c);
             goto done;
         }
-        if (!keep) mla_calib_free(c);
+        if (!keep && !pre) mla_calib_free(c);
         if (l + 1 < src->n_layers) {
             if (!have_st) {
                 if (model_state_init(&st, through, window, window, MLA_F32)) { snprintf(err, errlen, "out of memory"); rc = -1; goto done; }
@@ -104,7 +114,7 @@ mla_calib *calib_collect(model *src, const int *toks, int n, int window, int pro
     if (window <= 0) window = CALIB_WINDOW;
     if (!cal) { snprintf(err, errlen, "out of memory"); return NULL; }
     if (n / window < 1) { snprintf(err, errlen, "calibration text shorter than one window (%d tokens)", window); free(cal); return NULL; }
-    if (calib_pass(src, src, toks, n, window, cal, NULL, NULL, progress, err, errlen)) {
+    if (calib_pass(src, src, toks, n, window, cal, NULL, NULL, NULL, progress, err, errlen)) {
         calib_free_all(cal, src->n_layers);
         return NULL;
     }
@@ -124,10 +134,42 @@ typedef struct {
     const convert_opts *o;
 } convert_ctx;
 
-/* convert layer l of src into dst (cal NULL: weight-only) */
-static int convert_one(void *p, int l, const mla_calib *cal, char *err, size_t errlen) {
+/* Output-aware refit of converted layer l (mla_refit_*) on the windows of
+   the residual stream entering it: values first, then W_o on statistics
+   gathered with the refit values. */
+static int refit_layer(const convert_ctx *c, int l, const layer_input *in, char *err, size_t errlen) {
+    const model_layer *L = &c->src->layers[l];
+    mla_converted *cv = &c->dst->conv[l];
+    size_t D = (size_t)c->src->dim;
+    float *x = (float *)malloc(sizeof(float) * (size_t)in->window * D);
+    mla_refit rf;
+    mla_result r = x ? mla_refit_init(&rf, cv) : MLA_ERR_OUT_OF_MEMORY;
+    int stage, w, t;
+    for (stage = 0; stage < 2 && r == MLA_OK; stage++) {
+        int target = stage == 0 ? MLA_REFIT_VALUES : MLA_REFIT_OUTPUT;
+        if (!(c->o->refit & target)) continue;
+        mla_refit_reset(&rf);
+        for (w = 0; w < in->n_win && r == MLA_OK; w++) {
+            for (t = 0; t < in->window; t++)
+                mla_rmsnorm(x + t * D, in->resid + ((size_t)w * in->window + t) * D, L->attn_norm, (int)D, c->src->eps);
+            r = mla_refit_add(&rf, &c->src->gqa, &L->gqa, cv, x, in->window);
+        }
+        if (r == MLA_OK) r = mla_refit_apply(&rf, cv, target, 0.0);
+    }
+    if (x) mla_refit_free(&rf);
+    free(x);
+    if (r != MLA_OK) {
+        snprintf(err, errlen, "layer %d: refit: %s", l, mla_result_string(r));
+        return -1;
+    }
+    return 0;
+}
+
+/* convert layer l of src into dst (in NULL or no statistics: weight-only) */
+static int convert_one(void *p, int l, const layer_input *in, char *err, size_t errlen) {
     convert_ctx *c = (convert_ctx *)p;
     const model_layer *L = &c->src->layers[l];
+    const mla_calib *cal = in ? in->cal : NULL;
     mla_convert_options mo;
     mla_result r;
     memset(&mo, 0, sizeof mo);
@@ -137,8 +179,12 @@ static int convert_one(void *p, int l, const mla_calib *cal, char *err, size_t e
     mo.expected_rope = c->o->expected_rope && cal;
     r = c->o->lossless ? mla_convert_lossless(&c->src->gqa, &L->gqa, &c->dst->conv[l])
                        : mla_convert_layer(&c->src->gqa, &L->gqa, cal, &mo, &c->dst->conv[l]);
-    if (r == MLA_OK && c->o->q_rank > 0) r = mla_convert_lowrank_q(&c->dst->conv[l], cal, c->o->q_rank, 0.0);
     if (r != MLA_OK) {
+        snprintf(err, errlen, "layer %d: %s", l, mla_result_string(r));
+        return -1;
+    }
+    if (c->o->refit && !c->o->lossless && in && in->resid && refit_layer(c, l, in, err, errlen)) return -1;
+    if (c->o->q_rank > 0 && (r = mla_convert_lowrank_q(&c->dst->conv[l], cal, c->o->q_rank, 0.0)) != MLA_OK) {
         snprintf(err, errlen, "layer %d: %s", l, mla_result_string(r));
         return -1;
     }
@@ -173,12 +219,19 @@ int convert_model(model *src, const int *calib, int n_calib, const mla_calib *pr
     if (o->lossless || (!pre && !calib)) { /* no statistics needed / weight-only */
         for (l = 0; l < src->n_layers && !rc; l++) rc = convert_one(&ctx, l, NULL, err, errlen);
     } else if (o->sequential) { /* GPTQ-style: layer l sees what the converted layers before it produce */
-        rc = calib_pass(src, dst, calib, n_calib, window, NULL, convert_one, &ctx, o->progress, err, errlen);
+        rc = calib_pass(src, dst, calib, n_calib, window, NULL, NULL, convert_one, &ctx, o->progress, err, errlen);
+    } else if (o->refit && calib) { /* one pass of the original: convert, then refit on its inputs */
+        rc = calib_pass(src, src, calib, n_calib, window, NULL, pre, convert_one, &ctx, o->progress, err, errlen);
     } else {
         mla_calib *own = pre ? NULL : calib_collect(src, calib, n_calib, window, o->progress, err, errlen);
         const mla_calib *cal = pre ? pre : own;
+        layer_input in;
         if (!cal) rc = -1;
-        for (l = 0; l < src->n_layers && !rc; l++) rc = convert_one(&ctx, l, &cal[l], err, errlen);
+        memset(&in, 0, sizeof in);
+        for (l = 0; l < src->n_layers && !rc; l++) {
+            in.cal = &cal[l];
+            rc = convert_one(&ctx, l, &in, err, errlen);
+        }
         calib_free_all(own, src->n_layers);
     }
     if (rc) {

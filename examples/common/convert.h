@@ -18,6 +18,7 @@ typedef struct {
     mla_convert_method method; /* MLA_CONVERT_TRANSMLA or MLA_CONVERT_QAWARE           */
     int sequential;            /* layer l calibrated on the converted layers' outputs  */
     int expected_rope;         /* dims that lose RoPE keep its expected rotation       */
+    int refit;                 /* mla_refit_target bits: output-aware refit (needs calib tokens) */
     int window;                /* calibration window in tokens; 0 -> CALIB_WINDOW      */
     int progress;              /* print progress to stderr                             */
 } convert_opts;
