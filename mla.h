@@ -525,9 +525,10 @@ MLAPI mla_result mla_convert_layer(const mla_gqa_config *g, const mla_gqa_weight
                                    const mla_calib *calib, const mla_convert_options *opt,
                                    mla_converted *out);
 
-/* Stage 6, optional: output-aware refit in closed form. The bases above are
-   chosen to reconstruct K and V; what the model sees is the attention
-   output. With the latent fixed, run the original layer and the converted
+/* Output-aware refit in closed form (optional; after mla_convert_layer,
+   before stage 5). The bases above are chosen to reconstruct K and V; what
+   the model sees is the attention output. With the latent fixed, run the
+   original layer and the converted
    one on the same calibration windows (positions 0..T-1) and refit by least
    squares (ridge: damp times the mean diagonal; 0 -> 1e-3):
    - MLA_REFIT_VALUES: each head's W_uv (its d_v value rows of W_kvb) maps
@@ -539,28 +540,30 @@ MLAPI mla_result mla_convert_layer(const mla_gqa_config *g, const mla_gqa_weight
      layer's output y = W_o o (heads can compensate each other):
      W_o = E[y u^T] E[u u^T]^-1.
    Statistics are of the converted layer as it is when mla_refit_add runs:
-   to refit both, gather, apply VALUES, reset, gather again, apply OUTPUT.
+   to refit both, gather for VALUES, apply, reset, gather for OUTPUT, apply.
    Needs a full-rank query (refit before mla_convert_lowrank_q). Exact where
    it should be: a converted layer that equals the original is a fixed point. */
 typedef enum { MLA_REFIT_VALUES = 1, MLA_REFIT_OUTPUT = 2 } mla_refit_target;
 typedef struct {
     int n_heads, kv_lora_rank, v_head_dim, dim;
-    double n;   /* tokens seen                                    */
-    double *zz; /* [h][r][r]      sum z_j z_j^T                   */
-    double *oz; /* [h][d_v][r]    sum o_j z_j^T                   */
-    double *uu; /* [h*d_v][h*d_v] sum u u^T                        */
-    double *yu; /* [D][h*d_v]     sum y u^T                        */
+    double n;     /* tokens seen                                */
+    int gathered; /* the targets whose sums mla_refit_add fed   */
+    double *zz;   /* [h][r][r]      sum z_j z_j^T               */
+    double *oz;   /* [h][d_v][r]    sum o_j z_j^T               */
+    double *uu;   /* [h*d_v][h*d_v] sum u u^T                   */
+    double *yu;   /* [D][h*d_v]     sum y u^T                   */
 } mla_refit;
 MLAPI mla_result mla_refit_init(mla_refit *rf, const mla_converted *cv);
 MLAPI void mla_refit_reset(mla_refit *rf); /* zero the sums */
 MLAPI void mla_refit_free(mla_refit *rf);
 /* One window x [T][D] (the layer's attention input) through the original
-   layer (g, w) and the converted one. O(T^2 h (d_nope + m + r)) and
-   O(T (h d_v)^2); allocates its scratch. */
-MLAPI mla_result mla_refit_add(mla_refit *rf, const mla_gqa_config *g, const mla_gqa_weights *w,
+   layer (g, w) and the converted one; adds the sums the targets
+   (mla_refit_target bits) need. O(T^2 h (d_nope + m + r)), and O(T (h d_v)^2)
+   for MLA_REFIT_OUTPUT; allocates its scratch. */
+MLAPI mla_result mla_refit_add(mla_refit *rf, int targets, const mla_gqa_config *g, const mla_gqa_weights *w,
                                const mla_converted *cv, const float *x, int T);
-/* Replaces the targets (mla_refit_target bits) in cv; MLA_ERR_INVALID_ARG
-   before any token was added. */
+/* Replaces the targets in cv; MLA_ERR_INVALID_ARG for a target whose sums
+   were not gathered since the last reset. */
 MLAPI mla_result mla_refit_apply(mla_refit *rf, mla_converted *cv, int targets, double damp);
 
 #endif /* MLA_NO_CONVERT */
@@ -3740,32 +3743,37 @@ done:
 #undef MLA__PROGRESS
 }
 
-/* ---- stage 6: output-aware refit ---- */
+/* ---- output-aware refit ---- */
 /* B [rows][n] <- B (A + damp * mean(diag A) I)^-1 for symmetric PSD A [n][n]
-   (overwritten by its eigenvectors) */
+   (overwritten by its Cholesky factor): the ridge-regularised least squares */
 static mla_result mla__solve_right(int n, double *A, double damp, double *B, int rows) {
-    double *w = (double *)MLA_MALLOC(sizeof(double) * (size_t)2 * n), *y;
     int i, j, k;
-    mla_result rc;
-    if (!w) return MLA_ERR_OUT_OF_MEMORY;
-    y = w + n;
     mla__damp(A, n, damp);
-    if ((rc = mla_eigh(n, A, w)) == MLA_OK)
-        for (i = 0; i < rows; i++) {
-            double *b = B + (size_t)i * n;
-            for (k = 0; k < n; k++) { /* y = V^T b / w */
-                double acc = 0.0;
-                for (j = 0; j < n; j++) acc += A[(size_t)j * n + k] * b[j];
-                y[k] = w[k] > 0 ? acc / w[k] : 0.0;
-            }
-            for (j = 0; j < n; j++) {
-                double acc = 0.0;
-                for (k = 0; k < n; k++) acc += A[(size_t)j * n + k] * y[k];
-                b[j] = acc;
-            }
+    for (j = 0; j < n; j++) { /* A = L L^T, L in the lower triangle */
+        double s = A[(size_t)j * n + j];
+        for (k = 0; k < j; k++) s -= A[(size_t)j * n + k] * A[(size_t)j * n + k];
+        if (!(s > 0)) return MLA_ERR_NONFINITE; /* not positive definite: NaN or Inf in the sums */
+        A[(size_t)j * n + j] = s = sqrt(s);
+        for (i = j + 1; i < n; i++) {
+            double t = A[(size_t)i * n + j];
+            for (k = 0; k < j; k++) t -= A[(size_t)i * n + k] * A[(size_t)j * n + k];
+            A[(size_t)i * n + j] = t / s;
         }
-    MLA_FREE(w);
-    return rc;
+    }
+    for (i = 0; i < rows; i++) { /* row b: solve L L^T x = b (A symmetric) */
+        double *b = B + (size_t)i * n;
+        for (j = 0; j < n; j++) {
+            double t = b[j];
+            for (k = 0; k < j; k++) t -= A[(size_t)j * n + k] * b[k];
+            b[j] = t / A[(size_t)j * n + j];
+        }
+        for (j = n - 1; j >= 0; j--) {
+            double t = b[j];
+            for (k = j + 1; k < n; k++) t -= A[(size_t)k * n + j] * b[k];
+            b[j] = t / A[(size_t)j * n + j];
+        }
+    }
+    return MLA_OK;
 }
 
 MLADEF void mla_refit_free(mla_refit *rf) {
@@ -3783,6 +3791,7 @@ MLADEF void mla_refit_reset(mla_refit *rf) {
     if (!rf || !rf->zz) return;
     memset(rf->zz, 0, sizeof(double) * mla__refit_doubles(rf));
     rf->n = 0.0;
+    rf->gathered = 0;
 }
 
 MLADEF mla_result mla_refit_init(mla_refit *rf, const mla_converted *cv) {
@@ -3800,7 +3809,7 @@ MLADEF mla_result mla_refit_init(mla_refit *rf, const mla_converted *cv) {
     return MLA_OK;
 }
 
-MLADEF mla_result mla_refit_add(mla_refit *rf, const mla_gqa_config *g, const mla_gqa_weights *w,
+MLADEF mla_result mla_refit_add(mla_refit *rf, int targets, const mla_gqa_config *g, const mla_gqa_weights *w,
                                 const mla_converted *cv, const float *x, int T) {
     const mla_config *c;
     mla_config cz;
@@ -3814,6 +3823,7 @@ MLADEF mla_result mla_refit_add(mla_refit *rf, const mla_gqa_config *g, const ml
     mla_result rc = mla_gqa_config_validate(g, NULL);
     if (rc != MLA_OK) return rc;
     if (!rf || !rf->zz || !w || !cv || !cv->mem || !x || T <= 0) return MLA_ERR_INVALID_ARG;
+    if (!targets || (targets & ~(MLA_REFIT_VALUES | MLA_REFIT_OUTPUT))) return MLA_ERR_INVALID_ARG;
     c = &cv->cfg;
     if ((rc = mla_config_validate(c, NULL)) != MLA_OK) return rc;
     if (c->q_lora_rank) return MLA_ERR_BAD_CONFIG; /* refit before mla_convert_lowrank_q */
@@ -3854,7 +3864,7 @@ MLADEF mla_result mla_refit_add(mla_refit *rf, const mla_gqa_config *g, const ml
     rc = mla_gqa_attend_projected(g, &kc, 0, q, kk, v, T, o, ws, n_gws * sizeof(float));
     mla_gqa_cache_free(&kc);
     if (rc != MLA_OK) { MLA_FREE(buf); return rc; }
-    mla_matmul(y, o, w->w_o, NULL, T, D, H * d);
+    if (targets & MLA_REFIT_OUTPUT) mla_matmul(y, o, w->w_o, NULL, T, D, H * d);
     /* the converted layer: z, then u_j = W_uv_j z_j */
     if ((rc = mla_cache_init(&lc, MLA_F32, 1, r, m, T, NULL)) != MLA_OK) { MLA_FREE(buf); return rc; }
     mla_matmul(q2, x, cv->w.w_q, c->attn_bias ? cv->w.b_q : NULL, T, H * qd, D);
@@ -3863,19 +3873,20 @@ MLADEF mla_result mla_refit_add(mla_refit *rf, const mla_gqa_config *g, const ml
     rc = mla_attend_projected(&cz, &wz, &lc.pool, &seq, 1, T, 0, q2, kv2, z, MLA_NAIVE, ws, n_zws * sizeof(float));
     mla_cache_free(&lc);
     if (rc != MLA_OK) { MLA_FREE(buf); return rc; }
-    for (j = 0; j < H; j++) {
-        const float *wuv = cv->w.w_kvb + ((size_t)j * (dn + dv) + dn) * r;
-        for (i = 0; i < T; i++)
-            for (k = 0; k < dv; k++)
-                u[((size_t)i * H + j) * dv + k] = mla__dot(wuv + (size_t)k * r, z + ((size_t)i * H + j) * r, r);
+    if (targets & MLA_REFIT_VALUES)
+        for (j = 0; j < H; j++) {
+            mla__cross_add(rf->zz + (size_t)j * r * r, z + (size_t)j * r, (size_t)H * r, r, z + (size_t)j * r, (size_t)H * r, r, T);
+            mla__cross_add(rf->oz + (size_t)j * dv * r, o + (size_t)j * d, (size_t)H * d, dv, z + (size_t)j * r, (size_t)H * r, r, T);
+        }
+    if (targets & MLA_REFIT_OUTPUT) {
+        for (j = 0; j < H; j++) /* u_j = W_uv_j z_j: tokens' rows of head j at once */
+            mla__gemm_nt(u + (size_t)j * dv, (size_t)H * dv, z + (size_t)j * r, (size_t)H * r,
+                         cv->w.w_kvb + ((size_t)j * (dn + dv) + dn) * r, (size_t)r, T, dv, r);
+        mla__cross_add(rf->uu, u, (size_t)H * dv, H * dv, u, (size_t)H * dv, H * dv, T);
+        mla__cross_add(rf->yu, y, (size_t)D, D, u, (size_t)H * dv, H * dv, T);
     }
-    for (j = 0; j < H; j++) {
-        mla__cross_add(rf->zz + (size_t)j * r * r, z + (size_t)j * r, (size_t)H * r, r, z + (size_t)j * r, (size_t)H * r, r, T);
-        mla__cross_add(rf->oz + (size_t)j * dv * r, o + (size_t)j * d, (size_t)H * d, dv, z + (size_t)j * r, (size_t)H * r, r, T);
-    }
-    mla__cross_add(rf->uu, u, (size_t)H * dv, H * dv, u, (size_t)H * dv, H * dv, T);
-    mla__cross_add(rf->yu, y, (size_t)D, D, u, (size_t)H * dv, H * dv, T);
     rf->n += T;
+    rf->gathered |= targets;
     MLA_FREE(buf);
     return MLA_OK;
 }
@@ -3885,7 +3896,8 @@ MLADEF mla_result mla_refit_apply(mla_refit *rf, mla_converted *cv, int targets,
     double *A = NULL, *B = NULL;
     float *wkvb, *wo;
     mla_result rc = MLA_OK;
-    if (!rf || !rf->zz || !cv || !cv->mem || rf->n <= 0 || (targets & ~(MLA_REFIT_VALUES | MLA_REFIT_OUTPUT)))
+    if (!rf || !rf->zz || !cv || !cv->mem || rf->n <= 0 || (targets & ~(MLA_REFIT_VALUES | MLA_REFIT_OUTPUT)) ||
+        (targets & ~rf->gathered))
         return MLA_ERR_INVALID_ARG;
     H = rf->n_heads; r = rf->kv_lora_rank; dv = rf->v_head_dim; D = rf->dim; n = H * dv;
     dn = cv->cfg.qk_nope_head_dim;

@@ -1,8 +1,9 @@
 /* make demo: the whole story on SmolLM2-135M-Instruct (GQA, from PyPI):
    its KV cache, a chat reply and held-out perplexity; then the conversion to
-   MLA with half the KV cache (mla.h, query-aware PCA), the same reply and
-   perplexity from the converted model, and the perplexity / cache-size
-   trade-off of TransMLA vs ours written to demo-out/tradeoff.svg. */
+   MLA with half the KV cache (mla.h, mla-convert's default: query-aware PCA,
+   expected RoPE, output-aware refit), the same reply and perplexity from the
+   converted model, and the perplexity / cache-size trade-off of TransMLA vs
+   ours written to demo-out/tradeoff.svg. */
 #include "common/tradeoff.h"
 #include "common/run.h"
 #include <stdio.h>
@@ -68,7 +69,8 @@ int main(int argc, char **argv) {
     if (!pre) { fprintf(stderr, "demo: %s\n", err); return 1; }
     memset(&co, 0, sizeof co);
     co.method = MLA_CONVERT_QAWARE;
-    co.expected_rope = 1;                                   /* mla-convert's default     */
+    co.expected_rope = 1;                                   /* mla-convert's default,    */
+    co.refit = MLA_REFIT_VALUES | MLA_REFIT_OUTPUT;         /* both                      */
     co.rope_dim = m.head_dim;                               /* m = 64 dims keep RoPE     */
     co.rank = m.n_kv_heads * m.head_dim - m.head_dim;       /* r + m = L: half of 2L     */
     co.freqfold = 2;                                        /* best measured (README)    */
@@ -85,9 +87,11 @@ int main(int argc, char **argv) {
     printf("MLA perplexity %.3f (GQA %.3f) (%.1f s)\n", ppl_mla, ppl_gqa, now_s() - t0);
     model_free(&mla);
 
-    banner("3. trade-off: perplexity vs KV cache, TransMLA vs query-aware (+ expected RoPE) (first 2048 eval tokens)");
+    banner("3. trade-off: perplexity vs KV cache, TransMLA vs query-aware + expected RoPE (+ refit) (first 2048 eval tokens)");
     memset(&to, 0, sizeof to);
     to.ranks = ranks; to.n_ranks = 4; to.rope_dim = m.head_dim; to.freqfold = 2;
+    to.methods = "transmla,qaware-er,qaware-er-refit";
+    to.calib = calib; to.n_calib = n_calib;
     if (ensure_dir("demo-out") || !(tsv = fopen("demo-out/tradeoff.tsv", "w"))) {
         fprintf(stderr, "demo: cannot write demo-out/tradeoff.tsv\n");
         return 1;

@@ -31,7 +31,7 @@ int main(int argc, char **argv) {
         if (!strcmp(a, "--sequential")) { o.methods = "transmla,qaware,qaware-er,sequential"; continue; }
         if (!strcmp(a, "--no-rorope")) { o.rorope_rows = 0; continue; }
         if (!v) { fprintf(stderr, "usage: mla-tradeoff [--model F] [--ranks LIST] [--rope-dim M] [--freqfold F] [--eval FILE]\n"
-                                  "       [--eval-tokens N] [--methods transmla,qaware,qaware-er,sequential] [--sequential]\n"
+                                  "       [--eval-tokens N] [--methods transmla,qaware,qaware-er,qaware-er-refit,sequential] [--sequential]\n"
                                   "       [--no-rorope] [--svg F] [--tsv F] [--threads N] | --svg F --from-tsv F\n"); return 2; }
         if (!strcmp(a, "--from-tsv")) { /* redraw a chart only */
             if (tradeoff_svg_from_tsv(v, svg, "SmolLM2-135M -> MLA: perplexity vs KV cache (m=64, f=2)")) {
@@ -45,15 +45,10 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--ranks")) rank_list = v;
         else if (!strcmp(a, "--eval")) eval_path = v;
         else if (!strcmp(a, "--methods")) {
-            const char *p = v;
-            while (*p) { /* each name must be a known curve */
-                size_t n = strcspn(p, ",");
-                if (!((n == 8 && !strncmp(p, "transmla", 8)) || (n == 6 && !strncmp(p, "qaware", 6)) ||
-                      (n == 9 && !strncmp(p, "qaware-er", 9)) || (n == 10 && !strncmp(p, "sequential", 10)))) {
-                    fprintf(stderr, "mla-tradeoff: --methods %s: expected names from transmla, qaware, qaware-er, sequential\n", v);
-                    return 2;
-                }
-                p += n + (p[n] == ',');
+            if (!tradeoff_methods_valid(v)) {
+                fprintf(stderr, "mla-tradeoff: --methods %s: expected names from transmla, qaware, qaware-er, "
+                                "qaware-er-refit, sequential\n", v);
+                return 2;
             }
             o.methods = v;
         }

@@ -386,16 +386,18 @@ static void test_refit(void) {
     for (i = 0; i < (int)no; i++) ((float *)cv.w.w_o)[i] *= 1.0f + 0.5f * (float)urand();
     CHECK(mla_refit_init(&rf, &cv) == MLA_OK);
     CHECK(mla_refit_apply(&rf, &cv, MLA_REFIT_VALUES, 0) == MLA_ERR_INVALID_ARG); /* no tokens yet */
-    CHECK(mla_refit_add(&rf, &L.c, &L.w, &cv, x, N) == MLA_OK);
+    CHECK(mla_refit_add(&rf, MLA_REFIT_VALUES, &L.c, &L.w, &cv, x, N) == MLA_OK);
+    CHECK(mla_refit_apply(&rf, &cv, MLA_REFIT_OUTPUT, 1e-9) == MLA_ERR_INVALID_ARG); /* its sums not gathered */
     CHECK(mla_refit_apply(&rf, &cv, MLA_REFIT_VALUES, 1e-9) == MLA_OK);
     mla_refit_reset(&rf);
-    CHECK(mla_refit_add(&rf, &L.c, &L.w, &cv, x, N) == MLA_OK); /* u now from the refit values */
+    CHECK(mla_refit_apply(&rf, &cv, MLA_REFIT_VALUES, 1e-9) == MLA_ERR_INVALID_ARG); /* reset forgets */
+    CHECK(mla_refit_add(&rf, MLA_REFIT_OUTPUT, &L.c, &L.w, &cv, x, N) == MLA_OK); /* u now from the refit values */
     CHECK(mla_refit_apply(&rf, &cv, MLA_REFIT_OUTPUT, 1e-9) == MLA_OK);
     ev = max_rel(cv.w.w_kvb, good, nkvb);
     eo = max_rel(cv.w.w_o, good + nkvb, no);
     th_note("refit recovers spoiled weights: W_kvb rel err %.2e, W_o %.2e", ev, eo);
-    CHECK_LE(ev, 1e-3);
-    CHECK_LE(eo, 1e-3);
+    CHECK_LE(ev, 1e-4);
+    CHECK_LE(eo, 1e-4);
     CHECK_LE(compare(&L, &cv, x, N, N - 3), 1e-4);
     mla_refit_free(&rf);
     mla_converted_free(&cv);
@@ -406,13 +408,13 @@ static void test_refit(void) {
     CHECK(mla_convert_layer(&L.c, &L.w, &cal, &o, &cv) == MLA_OK);
     e0 = compare(&L, &cv, x, N, N - 3);
     CHECK(mla_refit_init(&rf, &cv) == MLA_OK);
-    CHECK(mla_refit_add(&rf, &L.c, &L.w, &cv, x, N / 2) == MLA_OK); /* two windows */
-    CHECK(mla_refit_add(&rf, &L.c, &L.w, &cv, x + (size_t)(N / 2) * D, N / 2) == MLA_OK);
+    CHECK(mla_refit_add(&rf, MLA_REFIT_VALUES, &L.c, &L.w, &cv, x, N / 2) == MLA_OK); /* two windows */
+    CHECK(mla_refit_add(&rf, MLA_REFIT_VALUES, &L.c, &L.w, &cv, x + (size_t)(N / 2) * D, N / 2) == MLA_OK);
     CHECK(rf.n == N);
     CHECK(mla_refit_apply(&rf, &cv, MLA_REFIT_VALUES, 1e-6) == MLA_OK);
     mla_refit_reset(&rf);
-    CHECK(mla_refit_add(&rf, &L.c, &L.w, &cv, x, N / 2) == MLA_OK);
-    CHECK(mla_refit_add(&rf, &L.c, &L.w, &cv, x + (size_t)(N / 2) * D, N / 2) == MLA_OK);
+    CHECK(mla_refit_add(&rf, MLA_REFIT_OUTPUT, &L.c, &L.w, &cv, x, N / 2) == MLA_OK);
+    CHECK(mla_refit_add(&rf, MLA_REFIT_OUTPUT, &L.c, &L.w, &cv, x + (size_t)(N / 2) * D, N / 2) == MLA_OK);
     e1 = 0;
     {   /* the error over the two windows as fitted (positions restart at 0) */
         double a = compare(&L, &cv, x, N / 2, N / 2 - 3), b = compare(&L, &cv, x + (size_t)(N / 2) * D, N / 2, N / 2 - 3);
@@ -431,18 +433,19 @@ static void test_refit(void) {
         float *bad = (float *)malloc(sizeof(float) * (size_t)N * D);
         memcpy(bad, x, sizeof(float) * (size_t)N * D);
         bad[5] = NAN;
-        CHECK(mla_refit_add(&rf, &L.c, &L.w, &cv, bad, N) == MLA_ERR_NONFINITE);
+        CHECK(mla_refit_add(&rf, MLA_REFIT_VALUES, &L.c, &L.w, &cv, bad, N) == MLA_ERR_NONFINITE);
         free(bad);
     }
-    CHECK(mla_refit_add(&rf, &L.c, &L.w, &cv, x, 0) == MLA_ERR_INVALID_ARG);
-    CHECK(mla_refit_add(NULL, &L.c, &L.w, &cv, x, N) == MLA_ERR_INVALID_ARG);
+    CHECK(mla_refit_add(&rf, MLA_REFIT_VALUES, &L.c, &L.w, &cv, x, 0) == MLA_ERR_INVALID_ARG);
+    CHECK(mla_refit_add(&rf, 0, &L.c, &L.w, &cv, x, N) == MLA_ERR_INVALID_ARG); /* no target */
+    CHECK(mla_refit_add(NULL, MLA_REFIT_VALUES, &L.c, &L.w, &cv, x, N) == MLA_ERR_INVALID_ARG);
     {
         mla_gqa_config g2 = L.c;
         g2.dim = 40;
-        CHECK(mla_refit_add(&rf, &g2, &L.w, &cv, x, N) == MLA_ERR_SHAPE);
+        CHECK(mla_refit_add(&rf, MLA_REFIT_OUTPUT, &g2, &L.w, &cv, x, N) == MLA_ERR_SHAPE);
     }
     CHECK(mla_convert_lowrank_q(&cv, &cal, 24, 0) == MLA_OK);
-    CHECK(mla_refit_add(&rf, &L.c, &L.w, &cv, x, N) == MLA_ERR_BAD_CONFIG); /* refit before the low-rank query */
+    CHECK(mla_refit_add(&rf, MLA_REFIT_VALUES, &L.c, &L.w, &cv, x, N) == MLA_ERR_BAD_CONFIG); /* refit before the low-rank query */
     mla_refit_free(&rf);
     mla_refit_free(&rf); /* twice is harmless */
     mla_converted_free(&cv);

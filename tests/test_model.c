@@ -659,7 +659,8 @@ static void test_compressed_smollm2(void) {
     CHECK(calib != NULL && n_calib > 4000);
     if (!calib) return;
     memset(&o, 0, sizeof o);
-    o.rank = 128; o.rope_dim = 64; o.method = MLA_CONVERT_QAWARE; o.expected_rope = 1; /* mla-convert's default */
+    o.rank = 128; o.rope_dim = 64; o.method = MLA_CONVERT_QAWARE; o.expected_rope = 1; /* mla-convert's default, */
+    o.refit = MLA_REFIT_VALUES | MLA_REFIT_OUTPUT;                                       /* refit included */
     /* fewer tokens than one calibration window: an error, not a silent weight-only conversion */
     CHECK(convert_model(&g_model, calib, 10, NULL, &o, &mla, err, sizeof err) != 0 && strstr(err, "calibration"));
     CHECK(convert_model(&g_model, calib, 2048, NULL, &o, &mla, err, sizeof err) == 0);

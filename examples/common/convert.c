@@ -96,7 +96,8 @@ static int calib_pass(model *src, const model *through, const int *toks, int n, 
             }
         }
         if (progress) {
-            fprintf(stderr, "\r  calibration: layer %d/%d (%d tokens, %.1f s)", l + 1, src->n_layers, n_win * window, now_s() - t0);
+            fprintf(stderr, "\r  %s: layer %d/%d (%d tokens, %.1f s)", hook ? "calibration + conversion" : "calibration",
+                    l + 1, src->n_layers, n_win * window, now_s() - t0);
             fflush(stderr);
         }
     }
@@ -144,17 +145,19 @@ static int refit_layer(const convert_ctx *c, int l, const layer_input *in, char 
     float *x = (float *)malloc(sizeof(float) * (size_t)in->window * D);
     mla_refit rf;
     mla_result r = x ? mla_refit_init(&rf, cv) : MLA_ERR_OUT_OF_MEMORY;
-    int stage, w, t;
+    int stage, w, t, n_win = in->n_win;
+    if (c->o->refit_tokens > 0 && c->o->refit_tokens / in->window < n_win)
+        n_win = c->o->refit_tokens / in->window > 0 ? c->o->refit_tokens / in->window : 1;
     for (stage = 0; stage < 2 && r == MLA_OK; stage++) {
         int target = stage == 0 ? MLA_REFIT_VALUES : MLA_REFIT_OUTPUT;
         if (!(c->o->refit & target)) continue;
         mla_refit_reset(&rf);
-        for (w = 0; w < in->n_win && r == MLA_OK; w++) {
+        for (w = 0; w < n_win && r == MLA_OK; w++) {
             for (t = 0; t < in->window; t++)
                 mla_rmsnorm(x + t * D, in->resid + ((size_t)w * in->window + t) * D, L->attn_norm, (int)D, c->src->eps);
-            r = mla_refit_add(&rf, &c->src->gqa, &L->gqa, cv, x, in->window);
+            r = mla_refit_add(&rf, target, &c->src->gqa, &L->gqa, cv, x, in->window);
         }
-        if (r == MLA_OK) r = mla_refit_apply(&rf, cv, target, 0.0);
+        if (r == MLA_OK) r = mla_refit_apply(&rf, cv, target, c->o->refit_damp);
     }
     if (x) mla_refit_free(&rf);
     free(x);

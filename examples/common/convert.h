@@ -19,6 +19,8 @@ typedef struct {
     int sequential;            /* layer l calibrated on the converted layers' outputs  */
     int expected_rope;         /* dims that lose RoPE keep its expected rotation       */
     int refit;                 /* mla_refit_target bits: output-aware refit (needs calib tokens) */
+    int refit_tokens;          /* refit on the first windows covering this many tokens; 0 = all */
+    double refit_damp;         /* ridge of the refit (fraction of the mean diagonal); 0 -> 1e-3 */
     int window;                /* calibration window in tokens; 0 -> CALIB_WINDOW      */
     int progress;              /* print progress to stderr                             */
 } convert_opts;

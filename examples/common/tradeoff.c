@@ -20,11 +20,13 @@ static void row(FILE *tsv, const char *name, const model *m, int r, int mm, doub
 static const struct {
     const char *key, *name;
     mla_convert_method method;
-    int sequential, expected_rope;
-} k_curves[] = {{"transmla", "TransMLA", MLA_CONVERT_TRANSMLA, 0, 0},
-                {"qaware", "query-aware (ours)", MLA_CONVERT_QAWARE, 0, 0},
-                {"qaware-er", "query-aware + expected RoPE", MLA_CONVERT_QAWARE, 0, 1},
-                {"sequential", "query-aware + sequential", MLA_CONVERT_QAWARE, 1, 0}};
+    int sequential, expected_rope, refit;
+} k_curves[] = {{"transmla", "TransMLA", MLA_CONVERT_TRANSMLA, 0, 0, 0},
+                {"qaware", "query-aware (ours)", MLA_CONVERT_QAWARE, 0, 0, 0},
+                {"qaware-er", "query-aware + expected RoPE", MLA_CONVERT_QAWARE, 0, 1, 0},
+                {"qaware-er-refit", "qaware + exp. RoPE + refit", MLA_CONVERT_QAWARE, 0, 1,
+                 MLA_REFIT_VALUES | MLA_REFIT_OUTPUT},
+                {"sequential", "query-aware + sequential", MLA_CONVERT_QAWARE, 1, 0, 0}};
 enum { N_CURVES = sizeof k_curves / sizeof k_curves[0] };
 
 static int has_curve(const char *list, const char *key) {
@@ -35,6 +37,18 @@ static int has_curve(const char *list, const char *key) {
         p += n;
     }
     return 0;
+}
+
+int tradeoff_methods_valid(const char *list) {
+    const char *p = list;
+    while (*p) {
+        size_t n = strcspn(p, ",");
+        int ci, ok = 0;
+        for (ci = 0; ci < N_CURVES; ci++) ok |= strlen(k_curves[ci].key) == n && !strncmp(p, k_curves[ci].key, n);
+        if (!ok) return 0;
+        p += n + (p[n] == ',');
+    }
+    return 1;
 }
 
 int run_tradeoff(model *src, const mla_calib *pre, const int *eval, int n_eval, int ctx, const tradeoff_opts *o,
@@ -82,6 +96,7 @@ int run_tradeoff(model *src, const mla_calib *pre, const int *eval, int n_eval, 
             co.freqfold = o->freqfold;
             co.sequential = k_curves[ci].sequential;
             co.expected_rope = k_curves[ci].expected_rope;
+            co.refit = k_curves[ci].refit;
             co.key_weight = o->key_weight;
             if (co.rank > 2 * L - co.rope_dim) { fprintf(stderr, "rank %d > 2L - m\n", co.rank); return -1; }
             t0 = now_s();
