@@ -530,11 +530,13 @@ MLAPI mla_result mla_convert_layer(const mla_gqa_config *g, const mla_gqa_weight
    the model sees is the attention output. With the latent fixed, run the
    original layer and the converted
    one on the same calibration windows (positions 0..T-1) and refit by least
-   squares (ridge: damp times the mean diagonal; 0 -> 1e-3):
+   squares, with a ridge (damp times the mean diagonal; 0 -> 1e-3) that pulls
+   toward the current weights, so what the calibration text does not excite
+   stays as the conversion left it:
    - MLA_REFIT_VALUES: each head's W_uv (its d_v value rows of W_kvb) maps
      z_j = sum_t p_jt c_t (the head's attention-weighted latent, with the
      converted layer's own probabilities p) to the original head's output:
-     W_uv_j = E[o_j z_j^T] E[z_j z_j^T]^-1. Score errors are compensated
+     W_uv_j = E[o_j z_j^T] E[z_j z_j^T]^-1 (unridged). Score errors are compensated
      where they land, in value space.
    - MLA_REFIT_OUTPUT: W_o maps the converted heads' outputs u to the original
      layer's output y = W_o o (heads can compensate each other):
@@ -3744,11 +3746,19 @@ done:
 }
 
 /* ---- output-aware refit ---- */
-/* B [rows][n] <- B (A + damp * mean(diag A) I)^-1 for symmetric PSD A [n][n]
-   (overwritten by its Cholesky factor): the ridge-regularised least squares */
-static mla_result mla__solve_right(int n, double *A, double damp, double *B, int rows) {
+/* B [rows][n] <- (B + lambda W0) (A + lambda I)^-1, lambda = damp * mean(diag A),
+   for symmetric PSD A [n][n] (overwritten by its Cholesky factor) and W0
+   [rows][n] (row stride ldw): the least squares W B-sums / A-sums, ridge
+   pulling toward the current weights W0 (directions the calibration text
+   does not excite keep W0's behaviour instead of shrinking to zero) */
+static mla_result mla__solve_right(int n, double *A, double damp, double *B, int rows, const float *W0, size_t ldw) {
     int i, j, k;
-    mla__damp(A, n, damp);
+    double lambda = 0.0;
+    for (i = 0; i < n; i++) lambda += A[(size_t)i * n + i] / n;
+    lambda = lambda > 0 ? damp * lambda : 1.0;
+    for (i = 0; i < n; i++) A[(size_t)i * n + i] += lambda;
+    for (i = 0; i < rows; i++)
+        for (j = 0; j < n; j++) B[(size_t)i * n + j] += lambda * W0[(size_t)i * ldw + j];
     for (j = 0; j < n; j++) { /* A = L L^T, L in the lower triangle */
         double s = A[(size_t)j * n + j];
         for (k = 0; k < j; k++) s -= A[(size_t)j * n + k] * A[(size_t)j * n + k];
@@ -3913,14 +3923,14 @@ MLADEF mla_result mla_refit_apply(mla_refit *rf, mla_converted *cv, int targets,
         for (j = 0; j < H && rc == MLA_OK; j++) {
             memcpy(A, rf->zz + (size_t)j * r * r, sizeof(double) * (size_t)r * r);
             memcpy(B, rf->oz + (size_t)j * dv * r, sizeof(double) * (size_t)dv * r);
-            if ((rc = mla__solve_right(r, A, damp, B, dv)) == MLA_OK)
+            if ((rc = mla__solve_right(r, A, damp, B, dv, wkvb + ((size_t)j * (dn + dv) + dn) * r, (size_t)r)) == MLA_OK)
                 for (i = 0; i < dv; i++)
                     for (k = 0; k < r; k++) wkvb[((size_t)j * (dn + dv) + dn + i) * r + k] = (float)B[(size_t)i * r + k];
         }
     if (rc == MLA_OK && (targets & MLA_REFIT_OUTPUT)) {
         memcpy(A, rf->uu, sizeof(double) * (size_t)n * n);
         memcpy(B, rf->yu, sizeof(double) * (size_t)D * n);
-        if ((rc = mla__solve_right(n, A, damp, B, D)) == MLA_OK)
+        if ((rc = mla__solve_right(n, A, damp, B, D, wo, (size_t)n)) == MLA_OK)
             for (i = 0; i < D * n; i++) wo[i] = (float)B[i];
     }
 out:

@@ -48,7 +48,7 @@ static void usage(void) {
 int main(int argc, char **argv) {
     const char *in = NULL, *out = NULL, *calib_files = CALIB_TEXTS, *eval_file = NULL, *ff = NULL;
     static const char *P = "mla-convert";
-    int i, calib_max = 0, weight_only = 0, ctx = 512, threads = 0, n_calib = 0, bad = 0, ds = 0, lossy = 0;
+    int refit, i, calib_max = 0, weight_only = 0, ctx = 512, threads = 0, n_calib = 0, bad = 0, ds = 0, lossy = 0;
     uint32_t type = (uint32_t)-1; /* per format: Q8_0 for the GGUFs, F32 for safetensors */
     convert_opts o;
     gguf_file f;
@@ -206,10 +206,14 @@ int main(int argc, char **argv) {
         }
         calib_free_all(pre, src.n_layers);
     }
+    refit = refit_targets(&o, &src, n_calib / CALIB_WINDOW * CALIB_WINDOW);
+    if (calib && !o.lossless && refit != o.refit)
+        fprintf(stderr, "refit: %s skipped: %d calibration tokens, fewer than %d per unknown of a row\n",
+                refit ? "W_o" : "everything", n_calib, REFIT_MIN_RATIO);
     printf("converted %s in %.1f s: %s%s%s, r=%d, m=%d, d_nope=%d, freqfold %d, q rank %d%s\n", in, now_s() - t0,
            o.lossless ? "lossless" : o.method == MLA_CONVERT_QAWARE ? "qaware" : "transmla",
            !o.lossless && o.expected_rope && calib ? " + expected RoPE" : "",
-           o.lossless || !calib || !o.refit ? "" : o.refit == 1 ? " + refit values" : o.refit == 2 ? " + refit W_o" : " + refit values, W_o",
+           o.lossless || !calib || !refit ? "" : refit == 1 ? " + refit values" : refit == 2 ? " + refit W_o" : " + refit values, W_o",
            dst.mla.kv_lora_rank,
            dst.mla.qk_rope_head_dim, dst.mla.qk_nope_head_dim, o.freqfold, dst.mla.q_lora_rank,
            o.sequential ? ", sequential" : "");

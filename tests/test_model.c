@@ -427,6 +427,43 @@ done:
     return rc;
 }
 
+/* A refit conversion (values and W_o replaced by mla_refit) written as
+   llama-mla and deepseek2 and read back computes what the converted model
+   computes: the refit W_o is written, not the source's attn_output. The W_o
+   refit needs REFIT_MIN_RATIO tokens per input of a row (here 8 x 128). */
+static void test_refit_export(void) {
+    gguf_file f;
+    model src, mla;
+    convert_opts o;
+    char err[256];
+    int toks[2048], i;
+    unsigned s = 7u;
+    float *wo0;
+    size_t no;
+    if (gguf_read(&f, "build/test_rand.gguf") || model_load(&src, &f)) { CHECK(0); return; }
+    for (i = 0; i < 2048; i++) toks[i] = (int)((s = s * 1103515245u + 12345u) >> 16) % src.vocab;
+    memset(&o, 0, sizeof o);
+    o.rank = 32; o.rope_dim = 32; o.freqfold = 2; o.method = MLA_CONVERT_QAWARE; o.expected_rope = 1;
+    o.refit = MLA_REFIT_VALUES | MLA_REFIT_OUTPUT;
+    CHECK(convert_model(&src, toks, 2048, NULL, &o, &mla, err, sizeof err) == 0);
+    CHECK(refit_targets(&o, &src, 2048) == (MLA_REFIT_VALUES | MLA_REFIT_OUTPUT) && refit_targets(&o, &src, 768) == MLA_REFIT_VALUES);
+    no = (size_t)src.dim * src.n_heads * src.head_dim;
+    wo0 = (float *)malloc(sizeof(float) * no);
+    CHECK(wo0 && gguf_dequant(gguf_tensor_find(&f, "blk.0.attn_output.weight")->type,
+                              gguf_tensor_find(&f, "blk.0.attn_output.weight")->data, wo0, no) == 0);
+    CHECK(memcmp(wo0, mla.layers[0].mla.w_o, sizeof(float) * no) != 0); /* the refit changed W_o */
+    free(wo0);
+    CHECK(save_converted(&mla, &f, "build/test_refit_lm.gguf", GGML_F32, err, sizeof err) == 0);
+    CHECK(save_deepseek2(&mla, &f, "build/test_refit_ds.gguf", GGML_F32, 0, err, sizeof err) == 0);
+    CHECK_LE(file_vs_model("build/test_refit_lm.gguf", &mla), 1e-6);
+    CHECK_LE(file_vs_model("build/test_refit_ds.gguf", &mla), 1e-5);
+    remove("build/test_refit_lm.gguf");
+    remove("build/test_refit_ds.gguf");
+    model_free(&mla);
+    model_free(&src);
+    gguf_close(&f);
+}
+
 /* The exported deepseek2 file computes what the converted model computes:
    the latent norm construction, the scale fold, the split of W_kvb into
    attn_k_b / attn_v_b and the zero nope dim of a lossless rewrite, all read
@@ -784,6 +821,7 @@ void suite_model(void) {
     RUN(test_loader_errors); /* small crafted files: no model needed */
     RUN(test_loader_nan_weights);
     RUN(test_deepseek2_export);
+    RUN(test_refit_export); /* after it: uses build/test_rand.gguf */
     if (!fp && !getenv("MLA_REQUIRE_MODEL")) { /* offline: say why, run the rest */
         static const char *need[] = {"test_tokenizer_vs_hf", "test_logits_vs_reference", "test_chat_and_generation",
                                      "test_lossless_smollm2", "test_compressed_smollm2", "test_hf_tokenizer_export",

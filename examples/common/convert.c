@@ -135,6 +135,14 @@ typedef struct {
     const convert_opts *o;
 } convert_ctx;
 
+int refit_targets(const convert_opts *o, const model *src, int n_tokens) {
+    int t = o->refit;
+    if (o->refit_tokens > 0 && o->refit_tokens < n_tokens) n_tokens = o->refit_tokens;
+    if (n_tokens < REFIT_MIN_RATIO * src->n_heads * src->head_dim) t &= ~MLA_REFIT_OUTPUT;
+    if (n_tokens < REFIT_MIN_RATIO * (o->rank > 0 ? o->rank : 2 * src->n_kv_heads * src->head_dim)) t &= ~MLA_REFIT_VALUES;
+    return t;
+}
+
 /* Output-aware refit of converted layer l (mla_refit_*) on the windows of
    the residual stream entering it: values first, then W_o on statistics
    gathered with the refit values. */
@@ -145,12 +153,13 @@ static int refit_layer(const convert_ctx *c, int l, const layer_input *in, char 
     float *x = (float *)malloc(sizeof(float) * (size_t)in->window * D);
     mla_refit rf;
     mla_result r = x ? mla_refit_init(&rf, cv) : MLA_ERR_OUT_OF_MEMORY;
-    int stage, w, t, n_win = in->n_win;
+    int stage, w, t, n_win = in->n_win, targets;
     if (c->o->refit_tokens > 0 && c->o->refit_tokens / in->window < n_win)
         n_win = c->o->refit_tokens / in->window > 0 ? c->o->refit_tokens / in->window : 1;
+    targets = refit_targets(c->o, c->src, n_win * in->window);
     for (stage = 0; stage < 2 && r == MLA_OK; stage++) {
         int target = stage == 0 ? MLA_REFIT_VALUES : MLA_REFIT_OUTPUT;
-        if (!(c->o->refit & target)) continue;
+        if (!(targets & target)) continue;
         mla_refit_reset(&rf);
         for (w = 0; w < n_win && r == MLA_OK; w++) {
             for (t = 0; t < in->window; t++)
@@ -266,11 +275,23 @@ static void put_matrix(gguf_writer *w, const char *name, uint32_t type, const fl
     put_typed(w, name, rows == 1 ? GGML_F32 : type, p, rows == 1 ? 1 : 2, ne);
 }
 
+/* the source tensor `name` if it holds exactly `p` (then copied as stored) */
+static const gguf_tensor *same_as_source(const gguf_file *sf, const char *name, const float *p, size_t n) {
+    const gguf_tensor *t = gguf_tensor_find(sf, name);
+    float *s;
+    int same;
+    if (!t || t->n_elem != n || !(s = (float *)malloc(sizeof(float) * n))) return NULL;
+    same = !gguf_dequant(t->type, t->data, s, n) && !memcmp(s, p, sizeof(float) * n);
+    free(s);
+    return same ? t : NULL;
+}
+
 int save_converted(const model *m, const gguf_file *sf, const char *path, uint32_t type, char *err, size_t errlen) {
     gguf_writer *w = gguf_writer_new();
     const mla_config *c = &m->mla;
     uint64_t i;
     int l, rc, H = m->n_heads, qd = c->qk_nope_head_dim + c->qk_rope_head_dim, r = c->kv_lora_rank;
+    const gguf_tensor *o;
     char key[160];
     if (!m->is_mla || !m->conv) { snprintf(err, errlen, "not a converted model"); gguf_writer_free(w); return -1; }
     gguf_w_str(w, "general.architecture", "llama-mla");
@@ -292,9 +313,9 @@ int save_converted(const model *m, const gguf_file *sf, const char *path, uint32
     gguf_w_u32(w, "llama-mla.mla.q_lora_rank", (uint32_t)c->q_lora_rank);
     gguf_w_u32(w, "llama-mla.mla.attn_bias", (uint32_t)c->attn_bias);
     put_matrix(w, "mla_rope_freqs.weight", type, m->conv[0].rope_freqs, 1, c->qk_rope_head_dim / 2);
-    for (i = 0; i < sf->n_tensors; i++) { /* everything but attention q/k/v: unchanged bytes */
+    for (i = 0; i < sf->n_tensors; i++) { /* everything but attention q/k/v/o: unchanged bytes */
         const gguf_tensor *t = &sf->tensors[i];
-        if (gqa_attention(t->name)) continue;
+        if (gqa_attention(t->name) || strstr(t->name, ".attn_output.")) continue;
         gguf_w_tensor_raw(w, t->name, t->type, t->data, (int)t->n_dims, t->ne);
     }
     for (l = 0; l < m->n_layers; l++) {
@@ -318,6 +339,11 @@ int save_converted(const model *m, const gguf_file *sf, const char *path, uint32
         }
         snprintf(key, sizeof key, "blk.%d.attn_kv_b.weight", l);
         put_matrix(w, key, type, lw->w_kvb, H * (c->qk_nope_head_dim + c->v_head_dim), r);
+        snprintf(key, sizeof key, "blk.%d.attn_output.weight", l); /* the source's bytes unless refit */
+        if ((o = same_as_source(sf, key, lw->w_o, (size_t)m->dim * H * c->v_head_dim)))
+            gguf_w_tensor_raw(w, key, o->type, o->data, (int)o->n_dims, o->ne);
+        else
+            put_matrix(w, key, type, lw->w_o, m->dim, H * c->v_head_dim);
     }
     rc = gguf_writer_save(w, path, err, errlen);
     gguf_writer_free(w);
@@ -378,16 +404,6 @@ const char *deepseek2_lossy_reason(const model *m, char *buf, size_t n) {
     return NULL;
 }
 
-/* the source tensor `name` if it holds exactly `p` (then copied as stored) */
-static const gguf_tensor *same_as_source(const gguf_file *sf, const char *name, const float *p, size_t n) {
-    const gguf_tensor *t = gguf_tensor_find(sf, name);
-    float *s;
-    int same;
-    if (!t || t->n_elem != n || !(s = (float *)malloc(sizeof(float) * n))) return NULL;
-    same = !gguf_dequant(t->type, t->data, s, n) && !memcmp(s, p, sizeof(float) * n);
-    free(s);
-    return same ? t : NULL;
-}
 
 /* One layer's attention in the form DeepSeek's stock code computes it. */
 typedef struct {

@@ -25,6 +25,15 @@ typedef struct {
     int progress;              /* print progress to stderr                             */
 } convert_opts;
 
+/* A refit needs many more calibration tokens than the unknowns of one row:
+   with 2048 tokens the W_o refit of SmolLM2 (576 inputs per row) fit the
+   calibration text and broke chat replies; with 9,143 it helps. */
+#define REFIT_MIN_RATIO 8
+/* The refit targets a conversion with n_tokens calibration tokens runs: o->refit
+   less W_o below REFIT_MIN_RATIO * h * d tokens, less the values below
+   REFIT_MIN_RATIO * r. */
+int refit_targets(const convert_opts *o, const model *src, int n_tokens);
+
 /* Calibration moments of every layer's attention input, from the original
    model over n tokens in windows of `window` (0 -> 256): [n_layers]. */
 mla_calib *calib_collect(model *src, const int *toks, int n, int window, int progress, char *err, size_t errlen);
