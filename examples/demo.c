@@ -87,10 +87,10 @@ int main(int argc, char **argv) {
     printf("MLA perplexity %.3f (GQA %.3f) (%.1f s)\n", ppl_mla, ppl_gqa, now_s() - t0);
     model_free(&mla);
 
-    banner("3. trade-off: perplexity vs KV cache, TransMLA vs query-aware + expected RoPE (+ refit) (first 2048 eval tokens)");
+    banner("3. trade-off: perplexity vs KV cache, TransMLA vs query-aware + expected RoPE + refit (first 2048 eval tokens)");
     memset(&to, 0, sizeof to);
     to.ranks = ranks; to.n_ranks = 4; to.rope_dim = m.head_dim; to.freqfold = 2;
-    to.methods = "transmla,qaware-er,qaware-er-refit";
+    to.methods = "transmla,qaware-er-refit";
     to.calib = calib; to.n_calib = n_calib;
     if (ensure_dir("demo-out") || !(tsv = fopen("demo-out/tradeoff.tsv", "w"))) {
         fprintf(stderr, "demo: cannot write demo-out/tradeoff.tsv\n");

@@ -131,7 +131,7 @@ int run_tradeoff(model *src, const mla_calib *pre, const int *eval, int n_eval, 
 }
 
 int tradeoff_svg_from_tsv(const char *tsv_path, const char *svg_path, const char *title) {
-    enum { MAXS = 4, MAXP = 32 };
+    enum { MAXS = 5, MAXP = 32 }; /* five colours in svg.c */
     static char names[MAXS][64];
     double xs[MAXS][MAXP], ys[MAXS][MAXP], ref = 0;
     svg_series ser[MAXS];
