@@ -536,7 +536,7 @@ MLAPI mla_result mla_convert_layer(const mla_gqa_config *g, const mla_gqa_weight
    - MLA_REFIT_VALUES: each head's W_uv (its d_v value rows of W_kvb) maps
      z_j = sum_t p_jt c_t (the head's attention-weighted latent, with the
      converted layer's own probabilities p) to the original head's output:
-     W_uv_j = E[o_j z_j^T] E[z_j z_j^T]^-1 (unridged). Score errors are compensated
+     W_uv_j = E[o_j z_j^T] E[z_j z_j^T]^-1 (before the ridge). Score errors are compensated
      where they land, in value space.
    - MLA_REFIT_OUTPUT: W_o maps the converted heads' outputs u to the original
      layer's output y = W_o o (heads can compensate each other):
