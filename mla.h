@@ -2375,9 +2375,17 @@ static void mla__prepare(const mla_config *c, const mla_layer_weights *w, int T,
     }
 }
 
-/* q_lat [h][r] = W_uk^T q_nope per head (q [h][qd]) */
-static void mla__absorb_q(const mla_config *c, const mla_layer_weights *w, const float *q, float *qlat) {
+/* q_lat [h][r] = W_uk^T q_nope per head (q [h][qd]); heads split over
+   `threads` (a decode step's W_uk and W_uv are as many bytes as its latent
+   rows up to a few hundred tokens: one thread alone would leave the others
+   waiting) */
+static void mla__absorb_q(const mla_config *c, const mla_layer_weights *w, const float *q, float *qlat,
+                          int threads) {
     int H = c->n_heads, r = c->kv_lora_rank, dn = c->qk_nope_head_dim, dv = c->v_head_dim, qd = mla__qk_dim(c), j, i;
+    (void)threads; /* without OpenMP */
+#ifdef _OPENMP
+#pragma omp parallel for private(i) num_threads(threads) schedule(static) if (threads > 1)
+#endif
     for (j = 0; j < H; j++) {
         const float *qn = q + (size_t)j * qd;
         const float *wuk = w->w_kvb + (size_t)j * (dn + dv) * r;
@@ -2387,9 +2395,14 @@ static void mla__absorb_q(const mla_config *c, const mla_layer_weights *w, const
     }
 }
 
-/* o [h][d_v] = W_uv o_lat per head (o_lat [h][r]) */
-static void mla__absorb_o(const mla_config *c, const mla_layer_weights *w, const float *olat, float *o) {
+/* o [h][d_v] = W_uv o_lat per head (o_lat [h][r]), heads over `threads` */
+static void mla__absorb_o(const mla_config *c, const mla_layer_weights *w, const float *olat, float *o,
+                          int threads) {
     int H = c->n_heads, r = c->kv_lora_rank, dn = c->qk_nope_head_dim, dv = c->v_head_dim, j, i;
+    (void)threads; /* without OpenMP */
+#ifdef _OPENMP
+#pragma omp parallel for private(i) num_threads(threads) schedule(static) if (threads > 1)
+#endif
     for (j = 0; j < H; j++) {
         const float *wuv = w->w_kvb + ((size_t)j * (dn + dv) + dn) * r;
         for (i = 0; i < dv; i++) o[(size_t)j * dv + i] = mla__dot(wuv + (size_t)i * r, olat + (size_t)j * r, r);
@@ -2407,13 +2420,13 @@ static void mla__attend_absorbed(const mla_config *c, const mla_layer_weights *w
     mla__slot s;
     mla__job jb;
     mla__slot_layout(H, r + m, r, base, &s);
-    mla__absorb_q(c, w, q, s.qlat);
+    mla__absorb_q(c, w, q, s.qlat, threads);
     memset(&jb, 0, sizeof jb);
     jb.qa = s.qlat; jb.lda = (size_t)r; jb.qb = q + dn; jb.ldb = (size_t)qd; /* q_pe: in place */
     jb.src.type = pool->type; jb.src.pool = pool; jb.src.seq = seq; jb.src.layer = layer;
     jb.n = n_ctx; jb.out = s.olat;
     mla__attend_jobs(&jb, 1, H, r + m, r, mla_softmax_scale(c), base, sstride, threads);
-    mla__absorb_o(c, w, s.olat, o);
+    mla__absorb_o(c, w, s.olat, o, threads);
 }
 
 /* Absorbed attention of G consecutive tokens of one sequence at positions
@@ -2436,7 +2449,7 @@ static void mla__attend_group(const mla_config *c, const mla_layer_weights *w, c
     mla__slot_layout(G * H, r + m, r, base + small, &all);
     parts = base + small + mla__slot_layout(G * H, r + m, r, NULL, NULL); /* [2][H][r] */
     lse2 = parts + 2 * (size_t)H * r;                                      /* [2][H]    */
-    for (g = 0; g < G; g++) mla__absorb_q(c, w, q + (size_t)g * H * qd, all.qlat + (size_t)g * H * r);
+    for (g = 0; g < G; g++) mla__absorb_q(c, w, q + (size_t)g * H * qd, all.qlat + (size_t)g * H * r, 1);
     mla__att_query(&all.a, pool->type, all.qlat, (size_t)r, q + dn, (size_t)qd, scale); /* q_pe in place */
     mla__att_run(&all.a, &src, 0, p0, all.lse);
     for (g = 0; g < G; g++) {
@@ -2447,7 +2460,7 @@ static void mla__attend_group(const mla_config *c, const mla_layer_weights *w, c
         memcpy(parts + (size_t)H * r, one.a.o, sizeof(float) * (size_t)H * r);
         for (j = 0; j < H; j++) lse2[j] = all.lse[g * H + j];
         mla__merge(H, r, 2, parts, (size_t)H * r, lse2, (size_t)H, one.olat, NULL);
-        mla__absorb_o(c, w, one.olat, o + (size_t)g * H * c->v_head_dim);
+        mla__absorb_o(c, w, one.olat, o + (size_t)g * H * c->v_head_dim, 1);
     }
 }
 

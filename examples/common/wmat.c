@@ -102,22 +102,33 @@ static int g_act8 = 1;
 void wmat_set_act8(int on) { g_act8 = on; }
 int wmat_act8(void) { return g_act8; }
 
+/* per 32-block: amax by vector max, q = nearest(x / d) with the rounding of
+   the default MXCSR mode (to nearest even, as lrintf), d x sum(q) */
 static void quant_act(const float *x, int n, int8_t *q, act_scale *sc) {
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     int b, j;
     for (b = 0; b < n / 32; b++) {
         const float *xb = x + b * 32;
-        float amax = 0, d, id;
-        int sum = 0;
-        for (j = 0; j < 32; j++) amax = fabsf(xb[j]) > amax ? fabsf(xb[j]) : amax;
+        __m256 v[4], mx;
+        __m256i i[4], s16, s32;
+        __m128 m4;
+        float amax, d, id;
+        for (j = 0; j < 4; j++) v[j] = _mm256_loadu_ps(xb + 8 * j);
+        mx = _mm256_max_ps(_mm256_max_ps(_mm256_and_ps(v[0], absmask), _mm256_and_ps(v[1], absmask)),
+                           _mm256_max_ps(_mm256_and_ps(v[2], absmask), _mm256_and_ps(v[3], absmask)));
+        m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        amax = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
         d = amax / 127.0f;
         id = d > 0 ? 1.0f / d : 0.0f;
-        for (j = 0; j < 32; j++) {
-            int v = (int)lrintf(xb[j] * id);
-            q[b * 32 + j] = (int8_t)v;
-            sum += v;
-        }
+        for (j = 0; j < 4; j++) i[j] = _mm256_cvtps_epi32(_mm256_mul_ps(v[j], _mm256_set1_ps(id)));
+        /* |q| <= 127: the packs saturate nothing; their lane order is undone by the permute */
+        s16 = _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3]));
+        _mm256_storeu_si256((__m256i *)(q + b * 32),
+                            _mm256_permutevar8x32_epi32(s16, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+        s32 = _mm256_add_epi32(_mm256_add_epi32(i[0], i[1]), _mm256_add_epi32(i[2], i[3]));
         sc[b].d = d;
-        sc[b].s = d * (float)sum;
+        sc[b].s = d * (float)hsum8(_mm256_cvtepi32_ps(s32));
     }
 }
 
