@@ -195,6 +195,12 @@ typedef struct {
     const float *w_kvb;   /* [h*(d_nope+d_v)][r]: per head d_nope k rows, d_v v rows */
     const float *w_o;     /* [D][h*d_v]                                       */
     const float *b_o;     /* [D] optional (NULL = none)                       */
+    /* Optional: w_kvb rounded to bf16 (mla_f32_to_bf16), same layout. When
+       set, the absorbed path (decode, absorbed prefill) reads W_uk and W_uv
+       from it: half the bytes, which at a few hundred cached tokens are most
+       of a decode step's attention bytes. Each weight moves by at most 2^-9
+       of itself. The naive path and the conversion use w_kvb. */
+    const uint16_t *w_kvb_bf16;
 } mla_layer_weights;
 
 /* Checks that every weight the config needs is present (MLA_ERR_NULL_WEIGHT,
@@ -1024,6 +1030,14 @@ MLADEF mla_result mla_weights_validate(const mla_config *c, const mla_layer_weig
     if (c->attn_bias) MLA__FINITE(w->b_kva, r + m, "b_kva");
     if (c->kv_norm) MLA__FINITE(w->kv_norm, r, "kv_norm");
     MLA__FINITE(w->w_kvb, kvb, "w_kvb");
+    if (check_finite && w->w_kvb_bf16) {
+        size_t i;
+        for (i = 0; i < kvb; i++)
+            if ((w->w_kvb_bf16[i] & 0x7f80u) == 0x7f80u) { /* exponent all ones: Inf or NaN */
+                if (bad_field) *bad_field = "w_kvb_bf16";
+                return MLA_ERR_NONFINITE;
+            }
+    }
     MLA__FINITE(w->w_o, D * H * (size_t)c->v_head_dim, "w_o");
     MLA__FINITE(w->b_o, D, "b_o");
     return MLA_OK;
@@ -2375,6 +2389,41 @@ static void mla__prepare(const mla_config *c, const mla_layer_weights *w, int T,
     }
 }
 
+/* y += a x and x . y for x in bf16 (w_kvb_bf16's rows) */
+static void mla__axpy_bf16(float *y, float a, const uint16_t *x, int n) {
+    int i = 0;
+#ifdef MLA__AVX2
+    __m256 va = _mm256_set1_ps(a);
+    for (; i + 8 <= n; i += 8) {
+        __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(x + i)));
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_castsi256_ps(_mm256_slli_epi32(h, 16)),
+                                                _mm256_loadu_ps(y + i)));
+    }
+#endif
+    for (; i < n; i++) y[i] += a * mla_bf16_to_f32(x[i]);
+}
+
+static float mla__dot_bf16(const uint16_t *x, const float *y, int n) {
+    float t = 0.0f;
+    int i = 0;
+#ifdef MLA__AVX2
+    __m256 s0 = _mm256_setzero_ps(), s1 = s0;
+    __m128 h;
+    for (; i + 16 <= n; i += 16) {
+        __m256i a = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(x + i)));
+        __m256i b = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(x + i + 8)));
+        s0 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(a, 16)), _mm256_loadu_ps(y + i), s0);
+        s1 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(b, 16)), _mm256_loadu_ps(y + i + 8), s1);
+    }
+    s0 = _mm256_add_ps(s0, s1);
+    h = _mm_add_ps(_mm256_castps256_ps128(s0), _mm256_extractf128_ps(s0, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    t = _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+#endif
+    for (; i < n; i++) t += mla_bf16_to_f32(x[i]) * y[i];
+    return t;
+}
+
 /* q_lat [h][r] = W_uk^T q_nope per head (q [h][qd]); heads split over
    `threads` (a decode step's W_uk and W_uv are as many bytes as its latent
    rows up to a few hundred tokens: one thread alone would leave the others
@@ -2388,10 +2437,12 @@ static void mla__absorb_q(const mla_config *c, const mla_layer_weights *w, const
 #endif
     for (j = 0; j < H; j++) {
         const float *qn = q + (size_t)j * qd;
-        const float *wuk = w->w_kvb + (size_t)j * (dn + dv) * r;
+        size_t k0 = (size_t)j * (dn + dv) * r; /* head j's first W_uk row */
         float *ql = qlat + (size_t)j * r;
         memset(ql, 0, sizeof(float) * (size_t)r);
-        for (i = 0; i < dn; i++) mla__axpy(ql, qn[i], wuk + (size_t)i * r, r);
+        for (i = 0; i < dn; i++)
+            if (w->w_kvb_bf16) mla__axpy_bf16(ql, qn[i], w->w_kvb_bf16 + k0 + (size_t)i * r, r);
+            else mla__axpy(ql, qn[i], w->w_kvb + k0 + (size_t)i * r, r);
     }
 }
 
@@ -2404,8 +2455,10 @@ static void mla__absorb_o(const mla_config *c, const mla_layer_weights *w, const
 #pragma omp parallel for private(i) num_threads(threads) schedule(static) if (threads > 1)
 #endif
     for (j = 0; j < H; j++) {
-        const float *wuv = w->w_kvb + ((size_t)j * (dn + dv) + dn) * r;
-        for (i = 0; i < dv; i++) o[(size_t)j * dv + i] = mla__dot(wuv + (size_t)i * r, olat + (size_t)j * r, r);
+        size_t v0 = ((size_t)j * (dn + dv) + dn) * r; /* head j's first W_uv row */
+        for (i = 0; i < dv; i++)
+            o[(size_t)j * dv + i] = w->w_kvb_bf16 ? mla__dot_bf16(w->w_kvb_bf16 + v0 + (size_t)i * r, olat + (size_t)j * r, r)
+                                                  : mla__dot(w->w_kvb + v0 + (size_t)i * r, olat + (size_t)j * r, r);
     }
 }
 

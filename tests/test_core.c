@@ -302,6 +302,75 @@ static void test_absorbed_equals_naive(void) {
     rand_layer_free(&L);
 }
 
+/* w_kvb_bf16: the absorbed path on bf16 W_uk/W_uv equals the f32 path on
+   the same rounded values (1e-5: only the order of the f32 sums differs;
+   r = 44 leaves SIMD tails); the rounding itself is noted; a NaN or Inf in
+   the bf16 copy is refused by name */
+static void test_kvb_bf16(void) {
+    rand_layer L;
+    mla_layer_weights wr, wb;
+    mla_pool pr, pb, pf;
+    mla_seq sr, sb, sf;
+    int tr[64], tb[64], tf[64], N = 120, P = 29, t, D;
+    size_t n, i;
+    float *x, *orr, *ob, *of, *rounded;
+    uint16_t *half;
+    const char *bad = NULL;
+    void *ws;
+    size_t wsb;
+    double worst = 0, moved = 0;
+    rand_layer_init(&L, 64, 6, 0, 44, 24, 16, 20, 1, 1);
+    D = L.c.dim;
+    n = (size_t)L.c.n_heads * (L.c.qk_nope_head_dim + L.c.v_head_dim) * L.c.kv_lora_rank;
+    half = (uint16_t *)malloc(sizeof(uint16_t) * n);
+    rounded = (float *)malloc(sizeof(float) * n);
+    for (i = 0; i < n; i++) {
+        half[i] = mla_f32_to_bf16(L.w.w_kvb[i]);
+        rounded[i] = mla_bf16_to_f32(half[i]);
+    }
+    wr = L.w; wr.w_kvb = rounded;  /* f32 path on the rounded values */
+    wb = L.w; wb.w_kvb_bf16 = half; /* bf16 path (w_kvb: the unrounded f32) */
+    CHECK(mla_weights_validate(&L.c, &wb, 1, NULL) == MLA_OK);
+    x = rand_vec((size_t)N * D, 1.0f);
+    orr = (float *)malloc(sizeof(float) * N * D);
+    ob = (float *)malloc(sizeof(float) * N * D);
+    of = (float *)malloc(sizeof(float) * N * D);
+    CHECK(mla_pool_init(&pr, MLA_F32, 1, 44, 16, 16, 10, NULL) == MLA_OK);
+    CHECK(mla_pool_init(&pb, MLA_F32, 1, 44, 16, 16, 10, NULL) == MLA_OK);
+    CHECK(mla_pool_init(&pf, MLA_F32, 1, 44, 16, 16, 10, NULL) == MLA_OK);
+    mla_seq_init(&sr, tr, 64); mla_seq_init(&sb, tb, 64); mla_seq_init(&sf, tf, 64);
+    wsb = mla_workspace_bytes(&L.c, P, N, MLA_ABSORBED);
+    ws = malloc(wsb);
+    CHECK(mla_forward(&L.c, &wr, &pr, &sr, 0, x, P, orr, MLA_ABSORBED, ws, wsb) == MLA_OK);
+    CHECK(mla_forward(&L.c, &wb, &pb, &sb, 0, x, P, ob, MLA_ABSORBED, ws, wsb) == MLA_OK);
+    CHECK(mla_forward(&L.c, &L.w, &pf, &sf, 0, x, P, of, MLA_ABSORBED, ws, wsb) == MLA_OK);
+    mla_seq_advance(&sr, P); mla_seq_advance(&sb, P); mla_seq_advance(&sf, P);
+    for (t = P; t < N; t++) {
+        CHECK(mla_decode(&L.c, &wr, &pr, SEQS1(&sr), 1, 0, x + (size_t)t * D, orr + (size_t)t * D, ws, wsb) == MLA_OK);
+        CHECK(mla_decode(&L.c, &wb, &pb, SEQS1(&sb), 1, 0, x + (size_t)t * D, ob + (size_t)t * D, ws, wsb) == MLA_OK);
+        CHECK(mla_decode(&L.c, &L.w, &pf, SEQS1(&sf), 1, 0, x + (size_t)t * D, of + (size_t)t * D, ws, wsb) == MLA_OK);
+        mla_seq_advance(&sr, 1); mla_seq_advance(&sb, 1); mla_seq_advance(&sf, 1);
+    }
+    for (t = 0; t < N; t++) {
+        double e = th_relerr(ob + (size_t)t * D, orr + (size_t)t * D, (size_t)D);
+        double f = th_relerr(ob + (size_t)t * D, of + (size_t)t * D, (size_t)D);
+        if (e > worst) worst = e;
+        if (f > moved) moved = f;
+    }
+    th_note("bf16 W_kvb vs f32 on the same rounded values %.2e; vs the unrounded f32 weights %.2e "
+            "(the bf16 rounding)", worst, moved);
+    CHECK_LE(worst, 1e-5);
+    CHECK(moved > 0); /* the bf16 copy was read */
+    half[7] = 0x7fc0; /* NaN */
+    CHECK(mla_weights_validate(&L.c, &wb, 1, &bad) == MLA_ERR_NONFINITE);
+    CHECK(bad && strcmp(bad, "w_kvb_bf16") == 0);
+    half[7] = 0xff80; /* -Inf */
+    CHECK(mla_weights_validate(&L.c, &wb, 1, NULL) == MLA_ERR_NONFINITE);
+    free(x); free(orr); free(ob); free(of); free(ws); free(half); free(rounded);
+    mla_pool_free(&pr); mla_pool_free(&pb); mla_pool_free(&pf);
+    rand_layer_free(&L);
+}
+
 /* the caller's projections for mla_attend_projected: q [T][h*qd], kv [T][r+m] */
 static void project_for(const rand_layer *L, const float *x, int T, float *q, float *kv) {
     const mla_config *c = &L->c;
@@ -847,6 +916,7 @@ void suite_core(void) {
     RUN(test_vectors_half);
     RUN(test_gqa_vectors);
     RUN(test_absorbed_equals_naive);
+    RUN(test_kvb_bf16);
     RUN(test_attend_projected);
     RUN(test_chunks_and_paging);
     RUN(test_pool_sequences);

@@ -114,6 +114,19 @@ static int load_deepseek2_config(model *m, gguf_file *f) {
     return 0;
 }
 
+/* the bf16 copy of w_kvb that decode reads with 8-bit activations (half the
+   bytes of W_uk and W_uv per step); NULL (f->err set) on out of memory */
+static uint16_t *kvb_bf16(gguf_file *f, const float *w, size_t n) {
+    uint16_t *b = (uint16_t *)malloc(sizeof(uint16_t) * n);
+    size_t i;
+    if (!b) {
+        snprintf(f->err, sizeof f->err, "out of memory");
+        return NULL;
+    }
+    for (i = 0; i < n; i++) b[i] = mla_f32_to_bf16(w[i]);
+    return b;
+}
+
 /* w_kvb [h*(d_nope+d_v)][r] from attn_k_b {d_nope, r, h} ([h][c][i] = W_uk[i][c])
    and attn_v_b {r, d_v, h} ([h][e][c] = W_uv[e][c]) */
 static float *join_kv_b(gguf_file *f, int l, const mla_config *c) {
@@ -295,6 +308,7 @@ int model_load(model *m, gguf_file *f) {
             if (c->kv_norm) LOAD(w->kv_norm, layer_tensor(f, l, "attn_kv_a_norm.weight", 1, r));
             if (ds && !gguf_tensor_find(f, "blk.0.attn_kv_b.weight")) LOAD(w->w_kvb, join_kv_b(f, l, c));
             else LOAD(w->w_kvb, layer_tensor(f, l, "attn_kv_b.weight", H * (c->qk_nope_head_dim + c->v_head_dim), r));
+            LOAD(w->w_kvb_bf16, kvb_bf16(f, w->w_kvb, (size_t)H * (c->qk_nope_head_dim + c->v_head_dim) * r));
             if (layer_wmat(f, l, "attn_output.weight", D, H * c->v_head_dim, &L->o)) goto bad;
         }
     }
@@ -322,7 +336,7 @@ void model_free(model *m) {
             free((void *)L->mla.w_q); free((void *)L->mla.b_q); free((void *)L->mla.w_qa); free((void *)L->mla.b_qa);
             free((void *)L->mla.w_qb); free((void *)L->mla.w_kva); free((void *)L->mla.b_kva);
             free((void *)L->mla.q_norm); free((void *)L->mla.kv_norm);
-            free((void *)L->mla.w_kvb); free((void *)L->mla.w_o);
+            free((void *)L->mla.w_kvb); free((void *)L->mla.w_kvb_bf16); free((void *)L->mla.w_o);
         }
     free(m->layers);
     free(m->out_norm); free(m->mla_rope_freqs);
@@ -458,7 +472,8 @@ int model_layer_forward(const model *m, model_state *s, int l, float *x, int T) 
     for (t = 0; t < T; t++) mla_rmsnorm(s->xb + t * D, x + t * D, L->attn_norm, m->dim, m->eps);
     if (m->is_mla) { /* projections here, in the stored types; mla.h's attention core between */
         const mla_config *c = &m->mla;
-        const mla_layer_weights *w = &L->mla;
+        mla_layer_weights wl = L->mla; /* W_kvb in bf16 only beside 8-bit activations (--f32-act: f32) */
+        const mla_layer_weights *w = &wl;
         int rq = c->q_lora_rank, rm = c->kv_lora_rank + c->qk_rope_head_dim;
         float *y[2];
         const wmat *wm[2];
@@ -474,6 +489,7 @@ int model_layer_forward(const model *m, model_state *s, int l, float *x, int T) 
         } else {
             add_bias(s->q, c->attn_bias ? w->b_q : NULL, T, L->q.rows);
         }
+        if (!wmat_act8()) wl.w_kvb_bf16 = NULL;
         rc = mla_attend_projected(c, w, &s->mla.pool, &seq, 1, T, l, s->q, s->k, s->o,
                                   T > 1 ? s->prefill_mode : s->mode, s->ws, s->ws_bytes);
         if (rc) return rc;
