@@ -955,18 +955,27 @@ MLADEF void mla_rope_freqs(const mla_config *c, float *inv_freq, float *cos_scal
     }
 }
 
-MLADEF void mla_rope_apply(float *x, int m, int pos, const float *inv_freq,
-                           float cos_scale, mla_rope_layout layout) {
-    int i, half = m / 2;
+/* Rotates n vectors x, x + stride, ... of one position: each pair's cos and
+   sin computed once for all of them (a decode step's heads). */
+static void mla__rope_n(float *x, size_t stride, int n, int m, int pos, const float *inv_freq,
+                        float cos_scale, mla_rope_layout layout) {
+    int i, k, half = m / 2;
     for (i = 0; i < half; i++) {
         double a = (double)pos * inv_freq[i];
         float cs = (float)cos(a) * cos_scale, sn = (float)sin(a) * cos_scale;
         int i0 = layout == MLA_ROPE_INTERLEAVED ? 2 * i : i;
         int i1 = layout == MLA_ROPE_INTERLEAVED ? 2 * i + 1 : i + half;
-        float x0 = x[i0], x1 = x[i1];
-        x[i0] = x0 * cs - x1 * sn;
-        x[i1] = x0 * sn + x1 * cs;
+        for (k = 0; k < n; k++) {
+            float *v = x + (size_t)k * stride, x0 = v[i0], x1 = v[i1];
+            v[i0] = x0 * cs - x1 * sn;
+            v[i1] = x0 * sn + x1 * cs;
+        }
     }
+}
+
+MLADEF void mla_rope_apply(float *x, int m, int pos, const float *inv_freq,
+                           float cos_scale, mla_rope_layout layout) {
+    mla__rope_n(x, 0, 1, m, pos, inv_freq, cos_scale, layout);
 }
 
 /* ====================================================================== */
@@ -2376,7 +2385,7 @@ static void mla__project(const mla_config *c, const mla_layer_weights *w, const 
 static void mla__prepare(const mla_config *c, const mla_layer_weights *w, int T, mla_seq *const *seqs,
                          int chunk, mla__scratch *s) {
     int H = c->n_heads, r = c->kv_lora_rank, m = c->qk_rope_head_dim;
-    int dn = c->qk_nope_head_dim, qd = mla__qk_dim(c), i, j;
+    int dn = c->qk_nope_head_dim, qd = mla__qk_dim(c), i;
     float cos_scale;
     mla_rope_freqs(c, s->freq, &cos_scale);
     for (i = 0; i < T; i++) {
@@ -2384,8 +2393,7 @@ static void mla__prepare(const mla_config *c, const mla_layer_weights *w, int T,
         float *kv = s->kv + (size_t)i * (r + m);
         if (c->kv_norm) mla_rmsnorm(kv, kv, w->kv_norm, r, mla__eps(c));
         mla_rope_apply(kv + r, m, pos, s->freq, cos_scale, c->rope_layout);
-        for (j = 0; j < H; j++)
-            mla_rope_apply(s->q + ((size_t)i * H + j) * qd + dn, m, pos, s->freq, cos_scale, c->rope_layout);
+        mla__rope_n(s->q + (size_t)i * H * qd + dn, (size_t)qd, H, m, pos, s->freq, cos_scale, c->rope_layout);
     }
 }
 
@@ -2796,15 +2804,15 @@ static mla_result mla__gqa_check(const mla_gqa_config *c, const mla_gqa_cache *k
 static void mla__gqa_core(const mla_gqa_config *c, mla_gqa_cache *kc, int layer, float *q, float *k,
                           const float *v, int T, float *o, float *ws) {
     float *q0, *k0, *v0, *o0, *freq, *p;
-    int H = c->n_heads, G = c->n_kv_heads, d = c->head_dim, L = G * d, i, j;
+    int H = c->n_heads, G = c->n_kv_heads, d = c->head_dim, L = G * d, i;
     size_t base = (size_t)layer * kc->capacity * L;
     float scale = c->softmax_scale > 0 ? c->softmax_scale : (float)(1.0 / sqrt((double)d));
     mla__gqa_layout(c, T, kc->len + T, ws, &q0, &k0, &v0, &o0, &freq, &p);
     mla__gqa_freqs(c, freq);
     for (i = 0; i < T; i++) {
         int pos = kc->len + i;
-        for (j = 0; j < H; j++) mla_rope_apply(q + ((size_t)i * H + j) * d, d, pos, freq, 1.0f, c->rope_layout);
-        for (j = 0; j < G; j++) mla_rope_apply(k + ((size_t)i * G + j) * d, d, pos, freq, 1.0f, c->rope_layout);
+        mla__rope_n(q + (size_t)i * H * d, (size_t)d, H, d, pos, freq, 1.0f, c->rope_layout);
+        mla__rope_n(k + (size_t)i * G * d, (size_t)d, G, d, pos, freq, 1.0f, c->rope_layout);
         memcpy(kc->k + base + (size_t)pos * L, k + (size_t)i * L, sizeof(float) * (size_t)L);
         memcpy(kc->v + base + (size_t)pos * L, v + (size_t)i * L, sizeof(float) * (size_t)L);
     }
@@ -3078,8 +3086,8 @@ MLADEF mla_result mla_calib_attention(mla_calib *c, const mla_gqa_config *g, con
     mla__gqa_freqs(g, freq);
     scale = g->softmax_scale > 0 ? g->softmax_scale : (float)(1.0 / sqrt((double)d));
     for (t = 0; t < T; t++) {
-        for (j = 0; j < H; j++) mla_rope_apply(q + ((size_t)t * H + j) * d, d, t, freq, 1.0f, g->rope_layout);
-        for (j = 0; j < G; j++) mla_rope_apply(k + ((size_t)t * G + j) * d, d, t, freq, 1.0f, g->rope_layout);
+        mla__rope_n(q + (size_t)t * H * d, (size_t)d, H, d, t, freq, 1.0f, g->rope_layout);
+        mla__rope_n(k + (size_t)t * G * d, (size_t)d, G, d, t, freq, 1.0f, g->rope_layout);
     }
     for (j = 0; j < H; j++) {
         const int gj = j / grp;
