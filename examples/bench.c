@@ -18,7 +18,8 @@
       SmolLM2 shapes, per layer, with the working set of a 30-layer model (each
       step runs all 30 layers' attention), both with the same kernel, bf16
       caches (and MLA int8). MLA includes its absorption (W_uk into the query,
-      W_uv after attention); projections are left out on both sides.
+      W_uv after attention; each layer its own W_kvb, read in bf16 as mla-run
+      does); projections are left out on both sides.
    Timings are wall time; compare ratios within a run. */
 #define _POSIX_C_SOURCE 199309L
 #define MLA_IMPLEMENTATION
@@ -303,7 +304,8 @@ typedef struct { /* one layer's GQA bf16 cache x NL, and MLA pools (bf16, int8) 
     float *q, *o, *slots, *qm, *om;
     size_t per, ss;
     mla_config c;
-    mla_layer_weights w;
+    mla_layer_weights w[NL]; /* each layer its own W_kvb, in bf16 as mla-run reads it */
+    uint16_t *kvb;
     mla_pool pool[2];
     mla_seq seq[2];
     int *table[2];
@@ -325,7 +327,16 @@ static void ab_init(ab *a, int ctx) {
     a->slots = (float *)malloc(sizeof(float) * MLA_MAX_THREADS * a->ss);
     a->c.dim = 576; a->c.n_heads = H; a->c.kv_lora_rank = r; a->c.qk_nope_head_dim = 64; a->c.qk_rope_head_dim = m;
     a->c.v_head_dim = 64;
-    a->w.w_kvb = rnd((size_t)H * 128 * r, 0.1f);
+    {
+        size_t n = (size_t)H * 128 * r;
+        float *kvb = rnd(n * NL, 0.1f);
+        a->kvb = (uint16_t *)malloc(sizeof(uint16_t) * n * NL);
+        for (i = 0; i < n * NL; i++) a->kvb[i] = mla_f32_to_bf16(kvb[i]);
+        for (l = 0; l < NL; l++) {
+            a->w[l].w_kvb = kvb + l * n; /* f32: required, read by the naive path only */
+            a->w[l].w_kvb_bf16 = a->kvb + l * n;
+        }
+    }
     a->qm = rnd((size_t)H * 128, 1.0f);
     a->om = (float *)malloc(sizeof(float) * H * 64);
     for (p = 0; p < 2; p++) {
@@ -351,7 +362,7 @@ static void ab_init(ab *a, int ctx) {
 }
 
 static void ab_free(ab *a) {
-    free(a->k); free(a->v); free(a->q); free(a->o); free(a->slots); free((void *)a->w.w_kvb); free(a->qm); free(a->om);
+    free(a->k); free(a->v); free(a->q); free(a->o); free(a->slots); free((void *)a->w[0].w_kvb); free(a->kvb); free(a->qm); free(a->om);
     mla_pool_free(&a->pool[0]); mla_pool_free(&a->pool[1]);
     free(a->table[0]); free(a->table[1]);
 }
@@ -365,7 +376,7 @@ static double ab_time(ab *a, int which, int threads) {
             mla__gqa_attend(9, 3, 64, a->q, 1, a->ctx - 1, MLA_BF16, (const char *)(a->k + l * a->per),
                             (const char *)(a->v + l * a->per), 2 * 192, 0.125f, a->slots, a->o);
         else
-            mla__attend_absorbed(&a->c, &a->w, &a->pool[which - 1], &a->seq[which - 1], l, a->ctx, a->qm, a->om,
+            mla__attend_absorbed(&a->c, &a->w[l], &a->pool[which - 1], &a->seq[which - 1], l, a->ctx, a->qm, a->om,
                                  a->slots, a->ss, threads);
     }
     return (now() - t) / NL;
