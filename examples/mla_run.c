@@ -22,8 +22,9 @@ static void usage(void) {
             "              prompts and decode (default: absorbed everywhere except --ppl)\n"
             "  --absorbed  --ppl of MLA models: windows through the absorbed path (default there: naive)\n"
             "  --cache     KV cache storage (default f32; i8: MLA models only, int8 latent rows)\n"
-            "  --f32-act   Q4_0/Q4_1/Q8_0 weights times f32 activations (default: activations rounded to\n"
-            "              8 bits per 32-block and integer dot products, as llama.cpp does)\n"
+            "  --f32-act   Q4_0/Q4_1/Q8_0 weights times f32 activations, MLA's W_kvb in f32 (default:\n"
+            "              activations rounded to 8 bits per 32-block and integer dot products, as\n"
+            "              llama.cpp does; W_kvb read as a bf16 copy)\n"
             "  --bench     timing only: prefill D tokens (--depth, default 0) in chunks of 512, then decode -n\n"
             "              tokens (default 32) one at a time; prints one key=value line for scripts\n");
 }
