@@ -83,6 +83,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "mla-run: %s: %s\n", path, f.err);
         return 1;
     }
+    if (wmat_act8()) model_repack(&m); /* the 8-bit kernels' layout; the f32 path reads the file's */
     fprintf(stderr, "loaded %s (%s, %d layers, D=%d, %d heads, %d kv heads) in %.1f s; KV cache %ld values/token\n", path,
             m.arch, m.n_layers, m.dim, m.n_heads, m.n_kv_heads, now_s() - t0, model_kv_values_per_token(&m));
     if (ct != MLA_F32 && !m.is_mla) {

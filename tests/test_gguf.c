@@ -273,6 +273,7 @@ static void test_quant_and_wmat(void) {
                 if (e / (b > 0 ? b : 1e-30) > qerr) qerr = e / (b > 0 ? b : 1e-30);
             }
         }
+        memset(&w, 0, sizeof w);
         w.type = types[i]; w.rows = R; w.cols = C; w.q = q; w.row_bytes = (size_t)C / blk * bb;
         for (act8 = 0; act8 < 2; act8++) {
             wmat_set_act8(act8);
@@ -320,10 +321,87 @@ static void test_quant_and_wmat(void) {
     }
 }
 
+/* wmat_repack: the interleaved rows give every row back exactly (wmat_row)
+   and the same products as the stored layout (the same exact block sums in
+   another f32 order: 1e-6) with 8-bit activations, f32 activations, one or
+   two matrices per call; rows not a multiple of 8 are left as they are */
+static void test_wmat_repack(void) {
+    static const uint32_t types[] = {GGML_Q8_0, GGML_Q4_0, GGML_Q4_1};
+    static const int Ts[] = {1, 3, 9, 20};
+    uint32_t seed = 7u;
+    size_t i;
+    for (i = 0; i < sizeof types / sizeof types[0]; i++) {
+        int blk, bb, R = 72, C = 96, r, ti, act8, rowdiff = 0, packed;
+        size_t nq;
+        float *W = (float *)malloc(sizeof(float) * R * C), *x = (float *)malloc(sizeof(float) * 20 * C);
+        float *y = (float *)malloc(sizeof(float) * 20 * R), *yr = (float *)malloc(sizeof(float) * 20 * R);
+        float *y2[2], *a = (float *)malloc(sizeof(float) * C), *b = (float *)malloc(sizeof(float) * C);
+        const wmat *pair[2];
+        uint8_t *q, *qr;
+        double err = 0;
+        wmat w, wr, odd;
+        ggml_type_info(types[i], &blk, &bb);
+        nq = (size_t)R * C / blk * bb;
+        q = (uint8_t *)malloc(nq);
+        qr = (uint8_t *)malloc(nq);
+        y2[0] = (float *)malloc(sizeof(float) * 20 * R);
+        y2[1] = (float *)malloc(sizeof(float) * 20 * R);
+        for (r = 0; r < R * C; r++) {
+            seed = seed * 1664525u + 1013904223u;
+            W[r] = ((float)(seed >> 8) / 16777216.0f - 0.5f) * (r % 5 == 0 ? 6.0f : 1.0f);
+        }
+        for (r = 0; r < 20 * C; r++) {
+            seed = seed * 1664525u + 1013904223u;
+            x[r] = (float)(seed >> 8) / 16777216.0f - 0.5f;
+        }
+        CHECK(gguf_quant(types[i], W, q, (uint64_t)R * C) == 0);
+        memcpy(qr, q, nq);
+        memset(&w, 0, sizeof w);
+        w.type = types[i]; w.rows = R; w.cols = C; w.q = q; w.row_bytes = (size_t)C / blk * bb;
+        wr = w; wr.q = qr;
+        odd = w; odd.rows = 70;
+        CHECK(wmat_repack(&odd) == 0 && !odd.rp8); /* 70 rows: not a multiple of 8 */
+        packed = wmat_repack(&wr);
+        CHECK(packed == (strcmp(wmat_kernel(), "portable") != 0));
+        if (!packed) { th_note("%s: no 8-bit kernels in this build: not repacked", ggml_type_name(types[i])); }
+        CHECK(!packed || memcmp(q, qr, nq) != 0); /* the bytes really moved */
+        for (r = 0; r < R; r++) {
+            wmat_row(&w, r, a);
+            wmat_row(&wr, r, b);
+            rowdiff += memcmp(a, b, sizeof(float) * C) != 0;
+        }
+        CHECK(rowdiff == 0);
+        for (act8 = 0; act8 < 2; act8++) {
+            wmat_set_act8(act8);
+            for (ti = 0; ti < 4; ti++) {
+                int T = Ts[ti];
+                double ymax = 0, emax = 0;
+                wmat_mul(y, x, &w, T);
+                wmat_mul(yr, x, &wr, T);
+                pair[0] = &wr; pair[1] = &wr;
+                wmat_mul_n(y2, x, pair, 2, T);
+                for (r = 0; r < T * R; r++) {
+                    double e = fabs((double)yr[r] - y[r]);
+                    e = fmax(e, fmax(fabs((double)y2[0][r] - y[r]), fabs((double)y2[1][r] - y[r])));
+                    ymax = fmax(ymax, fabs(y[r]));
+                    emax = fmax(emax, e);
+                }
+                err = fmax(err, emax / ymax);
+            }
+        }
+        wmat_set_act8(1);
+        th_note("%-4s: repacked rows exact; products vs the stored layout %.1e (8-bit and f32 activations, "
+                "T = 1, 3, 9, 20, one and two matrices per call)", ggml_type_name(types[i]), err);
+        CHECK_LE(err, 1e-6);
+        free(W); free(x); free(y); free(yr); free(y2[0]); free(y2[1]); free(a); free(b); free(q); free(qr);
+    }
+}
+
 void suite_gguf(void) {
     RUN(test_dequant_blocks);
     RUN(test_roundtrip);
     RUN(test_quant_and_wmat);
+    RUN(test_wmat_repack);
     RUN(test_truncations);
     RUN(test_bitflips);
     RUN(test_malformed);

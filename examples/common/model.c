@@ -343,6 +343,22 @@ void model_free(model *m) {
     memset(m, 0, sizeof *m);
 }
 
+void model_repack(model *m) {
+    int l, tied = m->output.q == m->tok_embd.q;
+    wmat_repack(&m->tok_embd);
+    if (tied) m->output = m->tok_embd;
+    else wmat_repack(&m->output);
+    for (l = 0; l < m->n_layers; l++) {
+        model_layer *L = &m->layers[l];
+        wmat *all[10];
+        int k;
+        all[0] = &L->gate; all[1] = &L->up; all[2] = &L->down; all[3] = &L->q; all[4] = &L->k;
+        all[5] = &L->v; all[6] = &L->o; all[7] = &L->q_a; all[8] = &L->q_b; all[9] = &L->kv_a;
+        for (k = 0; k < 10; k++)
+            if (all[k]->q) wmat_repack(all[k]);
+    }
+}
+
 int model_attn_f32(model *m) {
     int l;
     for (l = 0; l < m->n_layers; l++) {

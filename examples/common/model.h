@@ -54,6 +54,10 @@ typedef struct {
 /* 0 on success; -1 with the reason in f->err */
 int model_load(model *m, gguf_file *f);
 void model_free(model *m);
+/* The runner's fast layout: every Q4_0/Q4_1/Q8_0 matrix repacked in place
+   (wmat_repack), in the file buffer m was loaded from. Only for running: the
+   buffer no longer holds GGUF tensors (do not convert or save from it). */
+void model_repack(model *m);
 /* f32 copies of the attention projections into layers[].gqa / .mla (the
    conversion's input, mla_forward's weights); idempotent. 0, or -1 out of memory */
 int model_attn_f32(model *m);

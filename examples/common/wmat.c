@@ -39,9 +39,32 @@ int wmat_from_gguf(wmat *w, gguf_file *f, const char *name, int rows, int cols) 
 void wmat_view_f32(wmat *w, const float *p, int rows, int cols) {
     w->type = GGML_F32; w->rows = rows; w->cols = cols; w->q = (const uint8_t *)p;
     w->row_bytes = sizeof(float) * (size_t)cols;
+    w->rp8 = 0;
+}
+
+/* ---- the repacked layout (wmat_repack): per 32-block of a group of 8 rows,
+   the f16 scalars of the 8 rows (d, then Q4_1's m: 16 bytes each), then the
+   codes in chunks of 32 bytes, chunk k = bytes 4k..4k+3 of each row's codes
+   in turn (Q4: 4 chunks, low nibbles columns 4k.., high ones 16+4k..; Q8_0:
+   8 chunks, columns 4k..). Where byte j of row `lane`'s stored block goes: */
+static size_t rp_off(uint32_t type, int lane, int j) {
+    int nscal = type == GGML_Q4_1 ? 2 : 1, jj = j - 2 * nscal;
+    if (jj < 0) return (size_t)(j / 2 * 16 + 2 * lane + j % 2);
+    return (size_t)(16 * nscal + 32 * (jj / 4) + 4 * lane + jj % 4);
 }
 
 void wmat_row(const wmat *w, int i, float *out) {
+    if (w->rp8) { /* rebuild the row's blocks as stored, then the one dequantizer */
+        int blk, bb, b, j, lane = i % 8;
+        const uint8_t *g = w->q + (size_t)(i - lane) * w->row_bytes;
+        uint8_t one[34];
+        ggml_type_info(w->type, &blk, &bb);
+        for (b = 0; b < w->cols / 32; b++) {
+            for (j = 0; j < bb; j++) one[j] = g[(size_t)b * 8 * bb + rp_off(w->type, lane, j)];
+            gguf_dequant(w->type, one, out + (size_t)b * 32, 32);
+        }
+        return;
+    }
     gguf_dequant(w->type, w->q + (size_t)i * w->row_bytes, out, (uint64_t)w->cols);
 }
 
@@ -197,6 +220,67 @@ static void row_dot_q8(const wmat *w, const uint8_t *r, const int8_t *q, const a
     Q8_OUT(0) Q8_OUT(1) Q8_OUT(2) Q8_OUT(3)
 #undef Q8_OUT
 }
+
+/* a += the int32[8] partial sums of u8 u times s8 s */
+static __m256i dot_u8s8_acc(__m256i a, __m256i u, __m256i s) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpbusd_epi32(a, u, s);
+#else
+    return _mm256_add_epi32(a, dot_u8s8(u, s));
+#endif
+}
+
+/* out[t][0..8) = rows 0..7 of the repacked group g . activations of token t
+   (t < T <= 4): per block, each lane of the integer sums is one row, so one
+   conversion and one scaling serve 8 rows; 4 bytes of a token's codes are
+   broadcast to every lane. Same exact block sums as row_dot_q8. */
+static void group_dot_q8(const wmat *w, const uint8_t *g, const int8_t *q, const act_scale *sc, int C, int T,
+                         float *out) {
+    const int nb = C / 32, q8 = w->type == GGML_Q8_0, q41 = w->type == GGML_Q4_1;
+    const size_t gbs = q8 ? 8 * 34 : q41 ? 8 * 20 : 8 * 18, hdr = q41 ? 32 : 16;
+    const __m256i mask = _mm256_set1_epi8(15);
+    __m256 f0 = _mm256_setzero_ps(), f1 = f0, f2 = f0, f3 = f0;
+    int b, k;
+    for (b = 0; b < nb; b++) {
+        const uint8_t *o = g + (size_t)b * gbs;
+        const int8_t *xb = q + (size_t)b * 32;
+        __m256 d8 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)o)), m8;
+        __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+        int32_t xv;
+#define BX(t, off) (memcpy(&xv, xb + (size_t)(t) * C + (off), 4), _mm256_set1_epi32(xv))
+        if (q8) {
+            m8 = _mm256_setzero_ps();
+            for (k = 0; k < 8; k++) {
+                __m256i c = _mm256_loadu_si256((const __m256i *)(o + hdr + 32 * (size_t)k)), u = _mm256_abs_epi8(c);
+#define GT8(t) if (T > t) a##t = dot_u8s8_acc(a##t, u, _mm256_sign_epi8(BX(t, 4 * k), c));
+                GT8(0) GT8(1) GT8(2) GT8(3)
+#undef GT8
+            }
+        } else {
+            m8 = q41 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(o + 16))) : _mm256_mul_ps(d8, _mm256_set1_ps(-8.0f));
+            for (k = 0; k < 4; k++) {
+                __m256i v = _mm256_loadu_si256((const __m256i *)(o + hdr + 32 * (size_t)k));
+                __m256i lo = _mm256_and_si256(v, mask), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
+#define GT4(t) if (T > t) { a##t = dot_u8s8_acc(a##t, lo, BX(t, 4 * k)); a##t = dot_u8s8_acc(a##t, hi, BX(t, 16 + 4 * k)); }
+                GT4(0) GT4(1) GT4(2) GT4(3)
+#undef GT4
+            }
+        }
+#undef BX
+#define GSC(t)                                                                                                  \
+    if (T > t) {                                                                                                \
+        const act_scale *s_ = sc + (size_t)(t) * nb + b;                                                        \
+        f##t = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a##t), _mm256_mul_ps(d8, _mm256_set1_ps(s_->d)), f##t);       \
+        f##t = _mm256_fmadd_ps(m8, _mm256_set1_ps(s_->s), f##t);                                                \
+    }
+        GSC(0) GSC(1) GSC(2) GSC(3)
+#undef GSC
+    }
+    _mm256_storeu_ps(out, f0);
+    if (T > 1) _mm256_storeu_ps(out + 8, f1);
+    if (T > 2) _mm256_storeu_ps(out + 16, f2);
+    if (T > 3) _mm256_storeu_ps(out + 24, f3);
+}
 #else
 void wmat_set_act8(int on) { (void)on; }
 int wmat_act8(void) { return 0; }
@@ -305,14 +389,24 @@ static int mul_q8(float *const *y, const float *x, const wmat *const *w, int n, 
         if (!qx || !sc) { free(qx); free(sc); return -1; }
     }
     for (t = 0; t < T; t++) quant_act(x + (size_t)t * C, C, qx + (size_t)t * C, sc + (size_t)t * (C / 32));
-    for (g = 0; g < n; g++) total += w[g]->rows;
+    for (g = 0; g < n; g++) total += w[g]->rp8 ? w[g]->rows / 8 : w[g]->rows; /* units: rows, or groups of 8 */
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static)
 #endif
     for (g = 0; g < total; g++) {
         int k = 0, i = g, t0, tt;
         float o[4];
-        while (i >= w[k]->rows) i -= w[k++]->rows;
+        while (i >= (w[k]->rp8 ? w[k]->rows / 8 : w[k]->rows)) i -= w[k]->rp8 ? w[k]->rows / 8 : w[k]->rows, k++;
+        if (w[k]->rp8) {
+            float o8[32];
+            for (t0 = 0; t0 < T; t0 += 4) {
+                int nt = T - t0 < 4 ? T - t0 : 4;
+                group_dot_q8(w[k], w[k]->q + (size_t)i * 8 * w[k]->row_bytes, qx + (size_t)t0 * C,
+                             sc + (size_t)t0 * (C / 32), C, nt, o8);
+                for (tt = 0; tt < nt; tt++) memcpy(y[k] + (size_t)(t0 + tt) * w[k]->rows + 8 * (size_t)i, o8 + 8 * tt, sizeof(float) * 8);
+            }
+            continue;
+        }
         for (t0 = 0; t0 < T; t0 += 4) {
             int nt = T - t0 < 4 ? T - t0 : 4;
             row_dot_q8(w[k], w[k]->q + (size_t)i * w[k]->row_bytes, qx + (size_t)t0 * C, sc + (size_t)t0 * (C / 32),
@@ -324,6 +418,31 @@ static int mul_q8(float *const *y, const float *x, const wmat *const *w, int n, 
     return 0;
 }
 #endif
+
+int wmat_repack(wmat *w) {
+#ifdef WMAT_AVX2
+    int blk, bb, i, b, j, lane;
+    uint8_t *tmp;
+    if (w->rp8 || (w->type != GGML_Q4_0 && w->type != GGML_Q4_1 && w->type != GGML_Q8_0) || w->rows % 8 ||
+        w->cols % 32 || !(tmp = (uint8_t *)malloc(8 * w->row_bytes)))
+        return 0;
+    ggml_type_info(w->type, &blk, &bb);
+    for (i = 0; i < w->rows; i += 8) {
+        uint8_t *g = (uint8_t *)(uintptr_t)(w->q + (size_t)i * w->row_bytes); /* the caller's writable buffer */
+        memcpy(tmp, g, 8 * w->row_bytes);
+        for (lane = 0; lane < 8; lane++)
+            for (b = 0; b < w->cols / 32; b++)
+                for (j = 0; j < bb; j++)
+                    g[(size_t)b * 8 * bb + rp_off(w->type, lane, j)] = tmp[lane * w->row_bytes + (size_t)b * bb + j];
+    }
+    free(tmp);
+    w->rp8 = 1;
+    return 1;
+#else
+    (void)w;
+    return 0;
+#endif
+}
 
 void wmat_mul_n(float *const *y, const float *x, const wmat *const *w, int n, int T) {
     int k;
@@ -346,7 +465,7 @@ void wmat_mul(float *y, const float *x, const wmat *w, int T) {
 #ifdef WMAT_AVX2
     if (act8_ok(w, C) && mul_q8(&y, x, &w, 1, T) == 0) return;
 #endif
-    if (T <= WMAT_FUSED_T) { /* decode and short prompts: blocks dequantized per 4 tokens */
+    if (T <= WMAT_FUSED_T && !w->rp8) { /* decode and short prompts: blocks dequantized per 4 tokens */
         int i;
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static)

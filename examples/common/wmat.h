@@ -17,6 +17,7 @@ typedef struct {
     int rows, cols;     /* [rows][cols], cols a multiple of the type's block   */
     const uint8_t *q;   /* the stored rows (borrowed from the file buffer)     */
     size_t row_bytes;
+    int rp8;            /* rows interleaved in groups of 8 (wmat_repack)       */
 } wmat;
 
 /* tensor `name` of f as a [rows][cols] matrix, stored bytes borrowed from f
@@ -44,6 +45,15 @@ void wmat_set_act8(int on);
 int wmat_act8(void); /* the current setting */
 /* "avx512-vnni+int8-act", "avx2+int8-act", "avx2+fma+f32-act" or "portable" */
 const char *wmat_kernel(void);
+/* Q4_0/Q4_1/Q8_0 with rows % 8 == 0, in builds with the 8-bit kernels:
+   rewrites the rows in place (same bytes, the buffer must be writable and
+   must not be written out as GGUF afterwards) so that each 32-block of 8
+   consecutive rows is [8 scales (f16)][8 mins (Q4_1)][codes, 4 columns of
+   each row in turn]: one integer dot product then serves 8 rows at once and
+   one scaling per block serves all 8 (llama.cpp's repacked CPU layout is the
+   same idea), about twice the weights per cycle of the row kernel.
+   wmat_row and wmat_mul read either layout. 1 if repacked, 0 if left as is. */
+int wmat_repack(wmat *w);
 /* a malloc'd f32 copy [rows][cols] (NULL on out of memory) */
 float *wmat_f32(const wmat *w);
 #endif
