@@ -26,7 +26,8 @@ MODEL=$(tools/fetch_model.sh | tail -1)
 LB=$(tools/llamacpp.sh llama-bench | tail -1)/llama-bench
 make -s build/mla-convert build/mla-run >&2
 CONV=$B/smollm2-mla.gguf
-[ -f "$CONV" ] || ./build/mla-convert --model "$MODEL" --out "$CONV" >&2
+# converted again when mla-convert changed since (its defaults may have)
+[ "$CONV" -nt build/mla-convert ] || ./build/mla-convert --model "$MODEL" --out "$CONV" >&2
 
 # peak RSS in MB of a command (its children's maxrss), its stdout to stderr
 peak_rss() {
