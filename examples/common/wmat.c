@@ -232,8 +232,8 @@ static __m256i dot_u8s8_acc(__m256i a, __m256i u, __m256i s) {
 
 /* out[t][0..8) = rows 0..7 of the repacked group g . activations of token t
    (t < T <= 4): per block, each lane of the integer sums is one row, so one
-   conversion and one scaling serve 8 rows; 4 bytes of a token's codes are
-   broadcast to every lane. Same exact block sums as row_dot_q8. */
+   conversion and one scaling serve 8 rows; 4 of a token's 8-bit activations
+   are broadcast to every lane. Same exact block sums as row_dot_q8. */
 static void group_dot_q8(const wmat *w, const uint8_t *g, const int8_t *q, const act_scale *sc, int C, int T,
                          float *out) {
     const int nb = C / 32, q8 = w->type == GGML_Q8_0, q41 = w->type == GGML_Q4_1;
@@ -375,6 +375,9 @@ static int act8_ok(const wmat *w, int C) {
     return g_act8 && (w->type == GGML_Q4_0 || w->type == GGML_Q4_1 || w->type == GGML_Q8_0) && C % 32 == 0;
 }
 
+/* the parallel loop's work items of a matrix: its rows, or groups of 8 (repacked) */
+static int units(const wmat *w) { return w->rp8 ? w->rows / 8 : w->rows; }
+
 /* y[k] [T][rows_k] = x [T][C] W_k^T for n matrices of 8-bit-activation types
    sharing x: x quantized once (on the stack up to 16 tokens of 4096, else one
    malloc), one parallel loop over all their rows; each row's bytes stay in L1
@@ -389,14 +392,14 @@ static int mul_q8(float *const *y, const float *x, const wmat *const *w, int n, 
         if (!qx || !sc) { free(qx); free(sc); return -1; }
     }
     for (t = 0; t < T; t++) quant_act(x + (size_t)t * C, C, qx + (size_t)t * C, sc + (size_t)t * (C / 32));
-    for (g = 0; g < n; g++) total += w[g]->rp8 ? w[g]->rows / 8 : w[g]->rows; /* units: rows, or groups of 8 */
+    for (g = 0; g < n; g++) total += units(w[g]);
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static)
 #endif
     for (g = 0; g < total; g++) {
         int k = 0, i = g, t0, tt;
         float o[4];
-        while (i >= (w[k]->rp8 ? w[k]->rows / 8 : w[k]->rows)) i -= w[k]->rp8 ? w[k]->rows / 8 : w[k]->rows, k++;
+        while (i >= units(w[k])) i -= units(w[k++]);
         if (w[k]->rp8) {
             float o8[32];
             for (t0 = 0; t0 < T; t0 += 4) {
