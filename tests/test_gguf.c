@@ -222,6 +222,20 @@ static void test_malformed(void) {
     free(buf);
 }
 
+/* W [nw] uniform in [-0.5, 0.5) with every `every`-th value scaled by `big`
+   (block outliers), then x [nx] uniform in [-0.5, 0.5); one LCG */
+static void weights_and_inputs(uint32_t *seed, float *W, int nw, int every, float big, float *x, int nx) {
+    int r;
+    for (r = 0; r < nw; r++) {
+        *seed = *seed * 1664525u + 1013904223u;
+        W[r] = ((float)(*seed >> 8) / 16777216.0f - 0.5f) * (r % every == 0 ? big : 1.0f);
+    }
+    for (r = 0; r < nx; r++) {
+        *seed = *seed * 1664525u + 1013904223u;
+        x[r] = (float)(*seed >> 8) / 16777216.0f - 0.5f;
+    }
+}
+
 /* gguf_quant is the inverse of gguf_dequant within each type's rounding, and
    wmat_mul on the stored bytes == the f32 product of the dequantized matrix
    (double reference), for every type, the fused kernel (T <= 16, token
@@ -243,14 +257,7 @@ static void test_quant_and_wmat(void) {
         wmat w;
         ggml_type_info(types[i], &blk, &bb);
         q = (uint8_t *)malloc((size_t)R * C / blk * bb);
-        for (r = 0; r < R * C; r++) {
-            seed = seed * 1664525u + 1013904223u;
-            W[r] = ((float)(seed >> 8) / 16777216.0f - 0.5f) * (r % 7 == 0 ? 8.0f : 1.0f);
-        }
-        for (r = 0; r < 20 * C; r++) {
-            seed = seed * 1664525u + 1013904223u;
-            x[r] = (float)(seed >> 8) / 16777216.0f - 0.5f;
-        }
+        weights_and_inputs(&seed, W, R * C, 7, 8.0f, x, 20 * C);
         CHECK(gguf_quant(types[i], W, q, (uint64_t)R * C) == 0);
         CHECK(gguf_dequant(types[i], q, D, (uint64_t)R * C) == 0);
         for (r = 0; r < R * C; r += blk > 1 ? 32 : 1) { /* error per value against the block's step */
@@ -346,14 +353,7 @@ static void test_wmat_repack(void) {
         qr = (uint8_t *)malloc(nq);
         y2[0] = (float *)malloc(sizeof(float) * 20 * R);
         y2[1] = (float *)malloc(sizeof(float) * 20 * R);
-        for (r = 0; r < R * C; r++) {
-            seed = seed * 1664525u + 1013904223u;
-            W[r] = ((float)(seed >> 8) / 16777216.0f - 0.5f) * (r % 5 == 0 ? 6.0f : 1.0f);
-        }
-        for (r = 0; r < 20 * C; r++) {
-            seed = seed * 1664525u + 1013904223u;
-            x[r] = (float)(seed >> 8) / 16777216.0f - 0.5f;
-        }
+        weights_and_inputs(&seed, W, R * C, 5, 6.0f, x, 20 * C);
         CHECK(gguf_quant(types[i], W, q, (uint64_t)R * C) == 0);
         memcpy(qr, q, nq);
         memset(&w, 0, sizeof w);
