@@ -488,11 +488,12 @@ int model_layer_forward(const model *m, model_state *s, int l, float *x, int T) 
     for (t = 0; t < T; t++) mla_rmsnorm(s->xb + t * D, x + t * D, L->attn_norm, m->dim, m->eps);
     if (m->is_mla) { /* projections here, in the stored types; mla.h's attention core between */
         const mla_config *c = &m->mla;
-        mla_layer_weights wl = L->mla; /* W_kvb in bf16 only beside 8-bit activations (--f32-act: f32) */
+        mla_layer_weights wl = L->mla;
         const mla_layer_weights *w = &wl;
         int rq = c->q_lora_rank, rm = c->kv_lora_rank + c->qk_rope_head_dim;
         float *y[2];
         const wmat *wm[2];
+        if (!wmat_act8()) wl.w_kvb_bf16 = NULL; /* W_kvb in bf16 only beside 8-bit activations */
         y[0] = rq ? s->qa : s->q; y[1] = s->k;
         wm[0] = rq ? &L->q_a : &L->q; wm[1] = &L->kv_a;
         wmat_mul_n(y, s->xb, wm, 2, T);
@@ -505,7 +506,6 @@ int model_layer_forward(const model *m, model_state *s, int l, float *x, int T) 
         } else {
             add_bias(s->q, c->attn_bias ? w->b_q : NULL, T, L->q.rows);
         }
-        if (!wmat_act8()) wl.w_kvb_bf16 = NULL;
         rc = mla_attend_projected(c, w, &s->mla.pool, &seq, 1, T, l, s->q, s->k, s->o,
                                   T > 1 ? s->prefill_mode : s->mode, s->ws, s->ws_bytes);
         if (rc) return rc;

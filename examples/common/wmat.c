@@ -1,6 +1,5 @@
 #include "wmat.h"
 #include "../../mla.h"
-#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
