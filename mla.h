@@ -479,6 +479,12 @@ typedef struct {
     float *rope_freqs; /* [m/2], cfg.rope_freqs points here                  */
     float *mem;        /* one block for all weights                          */
     float *mem_q;      /* low-rank query weights (mla_convert_lowrank_q)     */
+    /* [h][d_nope+m][d]: head j's query is q_map_j times the source's head-j
+       query before RoPE (W_q[j] x + b_q[j]); w.w_q and w.b_q are that product.
+       A file can store the source's W_q as it is plus this map: fewer bytes
+       than the product (2x the rows at d_nope = m = d) and no second rounding
+       of quantized weights. In mem; NULL after mla_convert_lowrank_q. */
+    float *q_map;
 } mla_converted;
 MLAPI void mla_converted_free(mla_converted *c);
 
@@ -3325,21 +3331,15 @@ MLADEF mla_result mla_rorope_basis(const mla_gqa_config *g, const double *ck, co
 }
 
 /* (x0, x1) <- [a -b; b a] (x0, x1) */
-static void mla__rot2(float *x0, float *x1, double a, double b) {
-    double v0 = *x0, v1 = *x1;
-    *x0 = (float)(a * v0 - b * v1);
-    *x1 = (float)(b * v0 + a * v1);
-}
-
 MLADEF mla_result mla_convert_assemble(const mla_gqa_config *g, const mla_gqa_weights *w,
                                        const double *Kd, const double *Ku, int m, int f, int r,
                                        const double *down, const double *up, const double *rope_expect,
                                        mla_converted *out) {
     int H = g->n_heads, G = g->n_kv_heads, d = g->head_dim, L = G * d, D = g->dim, grp;
     int dn, zd, qd, i, j, k, p, e, bias;
-    size_t nq, nkva, nkvb, no, total;
+    size_t nq, nkva, nkvb, no, nmap, total;
     double sq, *Z = NULL, *zb = NULL;
-    float *mem;
+    float *mem, *qmap;
     mla_config *c;
     mla_result rc = mla_gqa_config_validate(g, NULL);
     if (rc != MLA_OK) return rc;
@@ -3359,8 +3359,10 @@ MLADEF mla_result mla_convert_assemble(const mla_gqa_config *g, const mla_gqa_we
     nkva = (size_t)(r + m) * D;
     nkvb = (size_t)H * (dn + d) * r;
     no = (size_t)D * H * d;
-    total = nq + (bias ? (size_t)H * qd + (size_t)(r + m) : 0) + nkva + nkvb + no + (w->b_o ? (size_t)D : 0);
+    nmap = (size_t)H * qd * d;
+    total = nq + (bias ? (size_t)H * qd + (size_t)(r + m) : 0) + nkva + nkvb + no + (w->b_o ? (size_t)D : 0) + nmap;
     mem = (float *)MLA_MALLOC(sizeof(float) * total);
+    qmap = mem + total - nmap;
     out->rope_freqs = (float *)MLA_MALLOC(sizeof(float) * (size_t)(m / 2));
     Z = (double *)MLA_MALLOC(sizeof(double) * (size_t)zd * (D + 1));
     if (!mem || !out->rope_freqs || !Z) {
@@ -3379,37 +3381,39 @@ MLADEF mla_result mla_convert_assemble(const mla_gqa_config *g, const mla_gqa_we
     c->rope_theta = g->rope_theta; c->rope_layout = MLA_ROPE_INTERLEAVED;
     mla_rorope_freqs(g, m, f, out->rope_freqs);
     c->rope_freqs = out->rope_freqs;
-    /* ---- query: nope rows = E[R]^T W_q[j] (W_q[j] without rope_expect),
-            rope rows = Ku_rope(g)^T W_q[j]; times sq ---- */
+    /* ---- query: head j's converted query is a map of the source's head-j query
+            (before RoPE, bias included): q_map_j = sq [E_j ; Ku_rope(g)^T] ([qd][d];
+            E_j the identity, or with rope_expect a 2x2 E[R(-dt theta)]^T = [a -b; b a] per
+            pair, a = E cos, b = E sin); W_q rows = q_map_j W_q[j], b_q = q_map_j b_q[j] ---- */
     out->w.w_q = mem;
+    out->q_map = qmap;
     if (bias) out->w.b_q = mem + nq;
     for (j = 0; j < H; j++) {
         int gj = j / grp;
         const float *wq = w->w_q + (size_t)j * d * D;
-        float *dst = mem + (size_t)j * qd * D;
-        for (i = 0; i < dn; i++) {
-            for (k = 0; k < D; k++) dst[(size_t)i * D + k] = (float)(sq * wq[(size_t)i * D + k]);
-            if (bias) mem[nq + (size_t)j * qd + i] = (float)(sq * w->b_q[(size_t)j * d + i]);
-        }
-        if (rope_expect && dn) /* pair (i0, i1): [a -b; b a] = E[R(-dt theta)]^T, a = E cos, b = E sin */
+        float *A = qmap + (size_t)j * qd * d, *dst = mem + (size_t)j * qd * D;
+        memset(A, 0, sizeof(float) * (size_t)qd * d);
+        for (i = 0; i < dn; i++) A[(size_t)i * d + i] = (float)sq;
+        if (rope_expect && dn)
             for (i = 0; i < d / 2; i++) {
                 double a = rope_expect[((size_t)j * (d / 2) + i) * 2], b = rope_expect[((size_t)j * (d / 2) + i) * 2 + 1];
                 int i0 = g->rope_layout == MLA_ROPE_INTERLEAVED ? 2 * i : i;
                 int i1 = g->rope_layout == MLA_ROPE_INTERLEAVED ? 2 * i + 1 : i + d / 2;
-                for (k = 0; k < D; k++) mla__rot2(&dst[(size_t)i0 * D + k], &dst[(size_t)i1 * D + k], a, b);
-                if (bias) mla__rot2(&mem[nq + (size_t)j * qd + i0], &mem[nq + (size_t)j * qd + i1], a, b);
+                A[(size_t)i0 * d + i0] = (float)(sq * a); A[(size_t)i0 * d + i1] = (float)(-sq * b);
+                A[(size_t)i1 * d + i0] = (float)(sq * b); A[(size_t)i1 * d + i1] = (float)(sq * a);
             }
-        for (p = 0; p < m; p++) {
-            double bacc = 0.0;
-            for (k = 0; k < D; k++) {
-                double acc = 0.0;
-                for (i = 0; i < d; i++) acc += Ku[(size_t)(gj * d + i) * L + p] * wq[(size_t)i * D + k];
-                dst[(size_t)(dn + p) * D + k] = (float)(sq * acc);
+        for (p = 0; p < m; p++)
+            for (e = 0; e < d; e++) A[(size_t)(dn + p) * d + e] = (float)(sq * Ku[(size_t)(gj * d + e) * L + p]);
+        for (i = 0; i < qd; i++) { /* row i of q_map_j [W_q[j] | b_q[j]], Z's memory as scratch */
+            memset(Z, 0, sizeof(double) * (size_t)(D + 1));
+            for (e = 0; e < d; e++) {
+                double a = A[(size_t)i * d + e];
+                if (a == 0.0) continue; /* the nope rows: one or two entries */
+                for (k = 0; k < D; k++) Z[k] += a * wq[(size_t)e * D + k];
+                if (bias) Z[D] += a * w->b_q[(size_t)j * d + e];
             }
-            if (bias) {
-                for (i = 0; i < d; i++) bacc += Ku[(size_t)(gj * d + i) * L + p] * w->b_q[(size_t)j * d + i];
-                mem[nq + (size_t)j * qd + dn + p] = (float)(sq * bacc);
-            }
+            for (k = 0; k < D; k++) dst[(size_t)i * D + k] = (float)Z[k];
+            if (bias) mem[nq + (size_t)j * qd + i] = (float)Z[D];
         }
     }
     mem += nq + (bias ? (size_t)H * qd : 0);
@@ -3524,6 +3528,7 @@ MLADEF mla_result mla_convert_lowrank_q(mla_converted *cv, const mla_calib *cal,
     cv->w.w_qb = cv->mem_q + (size_t)rq * D + rq;
     cv->w.w_q = NULL;
     cv->w.b_q = NULL;
+    cv->q_map = NULL; /* the query is no longer a per-head map of the source's */
     cv->w.q_norm = NULL;
     c->q_lora_rank = rq;
     c->q_norm = 0;

@@ -135,6 +135,28 @@ static float *make_inputs(int N, int D) {
     return x;
 }
 
+/* cv's query against its map of the source's (mla_converted.q_map): max
+   relative error of w_q and b_q against q_map_j [W_q[j] | b_q[j]] per head */
+static double qmap_err(const gqa_layer *L, const mla_converted *cv) {
+    int H = L->c.n_heads, d = L->c.head_dim, D = L->c.dim, j, i, k, e;
+    int qd = cv->cfg.qk_nope_head_dim + cv->cfg.qk_rope_head_dim;
+    double err = 0, big = 0;
+    if (!cv->q_map || !cv->w.w_q) return 1e30;
+    for (j = 0; j < H; j++)
+        for (i = 0; i < qd; i++)
+            for (k = 0; k <= D; k++) {
+                double ref = 0, got;
+                if (k == D && !L->w.b_q) break;
+                for (e = 0; e < d; e++)
+                    ref += (double)cv->q_map[((size_t)j * qd + i) * d + e] *
+                           (k < D ? L->w.w_q[((size_t)j * d + e) * D + k] : L->w.b_q[(size_t)j * d + e]);
+                got = k < D ? cv->w.w_q[((size_t)j * qd + i) * D + k] : cv->w.b_q[(size_t)j * qd + i];
+                err = fmax(err, fabs(got - ref));
+                big = fmax(big, fabs(ref));
+            }
+    return err / big;
+}
+
 /* GQA output vs converted MLA output (prefill + decode, both modes) */
 static double compare(const gqa_layer *L, const mla_converted *cv, const float *x, int N, int P) {
     mla_gqa_cache gc;
@@ -171,14 +193,16 @@ static void test_lossless_random(void) {
         gqa_layer L;
         mla_converted cv;
         float *x;
-        double e;
+        double e, eq;
         gqa_init(&L, cases[i].D, cases[i].H, cases[i].G, cases[i].d, cases[i].bias, 10000.0f);
         x = make_inputs(40, cases[i].D);
         CHECK(mla_convert_lossless(&L.c, &L.w, &cv) == MLA_OK);
         CHECK(cv.cfg.kv_lora_rank + cv.cfg.qk_rope_head_dim == 2 * cases[i].G * cases[i].d); /* same cache */
+        eq = qmap_err(&L, &cv);
+        CHECK_LE(eq, 1e-6);
         e = compare(&L, &cv, x, 40, 13);
-        th_note("lossless D=%d h=%d g=%d d=%d bias=%d: rel err %.2e (absorbed decode and naive)", cases[i].D,
-                cases[i].H, cases[i].G, cases[i].d, cases[i].bias, e);
+        th_note("lossless D=%d h=%d g=%d d=%d bias=%d: rel err %.2e (absorbed decode and naive), W_q vs q_map W_q %.1e",
+                cases[i].D, cases[i].H, cases[i].G, cases[i].d, cases[i].bias, e, eq);
         CHECK_LE(e, 1e-5);
         mla_converted_free(&cv);
         free(x);
@@ -326,7 +350,7 @@ static void test_lowrank_q(void) {
     CHECK(mla_convert_layer(&L.c, &L.w, &cal, &o, &cv) == MLA_OK);
     CHECK(mla_convert_lowrank_q(&cv, &cal, 0, 0) == MLA_ERR_BAD_CONFIG);
     CHECK(mla_convert_lowrank_q(&cv, &cal, 48, 0) == MLA_OK); /* rank D: W_q x is reproduced exactly */
-    CHECK(cv.cfg.q_lora_rank == 48 && cv.w.w_q == NULL && cv.w.b_qa != NULL);
+    CHECK(cv.cfg.q_lora_rank == 48 && cv.w.w_q == NULL && cv.w.b_qa != NULL && cv.q_map == NULL);
     CHECK(mla_convert_lowrank_q(&cv, &cal, 24, 0) == MLA_ERR_BAD_CONFIG); /* already low-rank */
     e_full = compare(&L, &cv, x, N, 30);
     mla_converted_free(&cv);
@@ -556,6 +580,7 @@ static void test_expected_rope(void) {
         o.qk_rope_head_dim = 8; o.freqfold = 1; o.kv_lora_rank = 0;
         o.expected_rope = with;
         CHECK(mla_convert_layer(&L.c, &L.w, &cal, &o, &cv) == MLA_OK);
+        CHECK_LE(qmap_err(&L, &cv), 1e-6); /* with the 2x2 expected rotations in the nope rows */
         for (j = 0; j < 4; j++)
             for (i = dt0; i < 20; i++) {
                 double so = score_orig(&L, x + i * 32, x + (i - dt0) * 32, j, i, i - dt0);
