@@ -479,11 +479,12 @@ typedef struct {
     float *rope_freqs; /* [m/2], cfg.rope_freqs points here                  */
     float *mem;        /* one block for all weights                          */
     float *mem_q;      /* low-rank query weights (mla_convert_lowrank_q)     */
-    /* [h][d_nope+m][d]: head j's query is q_map_j times the source's head-j
-       query before RoPE (W_q[j] x + b_q[j]); w.w_q and w.b_q are that product.
-       A file can store the source's W_q as it is plus this map: fewer bytes
-       than the product (2x the rows at d_nope = m = d) and no second rounding
-       of quantized weights. In mem; NULL after mla_convert_lowrank_q. */
+    /* [h][m][d]: head j's query is [q_j ; q_map_j q_j] of the source's head-j
+       query q_j = W_q[j] x + b_q[j] before RoPE (d_nope is d, or 0: then
+       just q_map_j q_j); w.w_q and w.b_q are that product. A file can store
+       the source's W_q as it is plus this map: a third of the bytes of the
+       product at d_nope = m = d in Q8_0, and no second rounding of quantized
+       weights. In mem; NULL after mla_convert_lowrank_q. */
     float *q_map;
 } mla_converted;
 MLAPI void mla_converted_free(mla_converted *c);
@@ -510,13 +511,14 @@ MLAPI void mla_rorope_freqs(const mla_gqa_config *g, int m, int f, float *inv_fr
 
 /* Stages 3-4 assembled: given the key bases Kd, Ku (stage 2) and the latent
    maps down [r][2L-m] (c = down z) and up [2L-m][r] (z ~ up c) of
-   z = [Kd_nope^T k ; v], write the MLA layer: query rope part Ku_rope(g)^T W_q
-   and the scale fix sqrt((d_nope+m)/d) folded into W_q (so the default scale
-   is right), W_kva = [down [Kd_nope^T W_k ; W_v] ; Kd_rope^T W_k], W_kvb per
-   head [Ku_nope(g) up_k ; v_up up_v], biases carried. down/up NULL = identity.
+   z = [Kd_nope^T k ; v], write the MLA layer: query nope part the source's
+   W_q as it is, rope part Ku_rope(g)^T W_q (mla_converted.q_map), the scale
+   fix sq = sqrt((d_nope+m)/d) (so the default scale is right) in the rope part
+   and in W_uk, W_kva = [down [Kd_nope^T W_k ; W_v] ; Kd_rope^T W_k], W_kvb per
+   head [sq Ku_nope(g) up_k ; v_up up_v], biases carried. down/up NULL = identity.
    rope_expect [h][d/2][2] (NULL = none): per query head and RoPE pair the
    expected (cos, sin) of the rotation over the distances the head attends
-   to; the nope query rows then carry E[R(dt)]^T (a 2x2 per pair), so the key
+   to; head j's W_uk rows then turn each pair of its key by E[R(dt)], so the key
    dims that lose RoPE score q.E[R].k instead of q.k (exact for a head that
    always looks the same distance back). */
 MLAPI mla_result mla_convert_assemble(const mla_gqa_config *g, const mla_gqa_weights *w,
@@ -3359,7 +3361,7 @@ MLADEF mla_result mla_convert_assemble(const mla_gqa_config *g, const mla_gqa_we
     nkva = (size_t)(r + m) * D;
     nkvb = (size_t)H * (dn + d) * r;
     no = (size_t)D * H * d;
-    nmap = (size_t)H * qd * d;
+    nmap = (size_t)H * m * d;
     total = nq + (bias ? (size_t)H * qd + (size_t)(r + m) : 0) + nkva + nkvb + no + (w->b_o ? (size_t)D : 0) + nmap;
     mem = (float *)MLA_MALLOC(sizeof(float) * total);
     qmap = mem + total - nmap;
@@ -3381,39 +3383,28 @@ MLADEF mla_result mla_convert_assemble(const mla_gqa_config *g, const mla_gqa_we
     c->rope_theta = g->rope_theta; c->rope_layout = MLA_ROPE_INTERLEAVED;
     mla_rorope_freqs(g, m, f, out->rope_freqs);
     c->rope_freqs = out->rope_freqs;
-    /* ---- query: head j's converted query is a map of the source's head-j query
-            (before RoPE, bias included): q_map_j = sq [E_j ; Ku_rope(g)^T] ([qd][d];
-            E_j the identity, or with rope_expect a 2x2 E[R(-dt theta)]^T = [a -b; b a] per
-            pair, a = E cos, b = E sin); W_q rows = q_map_j W_q[j], b_q = q_map_j b_q[j] ---- */
+    /* ---- query: head j's nope part is the source's head-j query itself (its scale
+            and expected rotation go to W_uk below), its rope part q_map_j times it,
+            q_map_j = sq Ku_rope(g)^T [m][d]: W_q rows [W_q[j] ; q_map_j W_q[j]], biases alike ---- */
     out->w.w_q = mem;
     out->q_map = qmap;
     if (bias) out->w.b_q = mem + nq;
     for (j = 0; j < H; j++) {
         int gj = j / grp;
         const float *wq = w->w_q + (size_t)j * d * D;
-        float *A = qmap + (size_t)j * qd * d, *dst = mem + (size_t)j * qd * D;
-        memset(A, 0, sizeof(float) * (size_t)qd * d);
-        for (i = 0; i < dn; i++) A[(size_t)i * d + i] = (float)sq;
-        if (rope_expect && dn)
-            for (i = 0; i < d / 2; i++) {
-                double a = rope_expect[((size_t)j * (d / 2) + i) * 2], b = rope_expect[((size_t)j * (d / 2) + i) * 2 + 1];
-                int i0 = g->rope_layout == MLA_ROPE_INTERLEAVED ? 2 * i : i;
-                int i1 = g->rope_layout == MLA_ROPE_INTERLEAVED ? 2 * i + 1 : i + d / 2;
-                A[(size_t)i0 * d + i0] = (float)(sq * a); A[(size_t)i0 * d + i1] = (float)(-sq * b);
-                A[(size_t)i1 * d + i0] = (float)(sq * b); A[(size_t)i1 * d + i1] = (float)(sq * a);
-            }
-        for (p = 0; p < m; p++)
-            for (e = 0; e < d; e++) A[(size_t)(dn + p) * d + e] = (float)(sq * Ku[(size_t)(gj * d + e) * L + p]);
-        for (i = 0; i < qd; i++) { /* row i of q_map_j [W_q[j] | b_q[j]], Z's memory as scratch */
-            memset(Z, 0, sizeof(double) * (size_t)(D + 1));
+        float *A = qmap + (size_t)j * m * d, *dst = mem + (size_t)j * qd * D;
+        memcpy(dst, wq, sizeof(float) * (size_t)dn * D);
+        if (bias) memcpy(mem + nq + (size_t)j * qd, w->b_q + (size_t)j * d, sizeof(float) * (size_t)dn);
+        for (p = 0; p < m; p++) {
+            for (e = 0; e < d; e++) A[(size_t)p * d + e] = (float)(sq * Ku[(size_t)(gj * d + e) * L + p]);
+            memset(Z, 0, sizeof(double) * (size_t)(D + 1)); /* row p of q_map_j [W_q[j] | b_q[j]]; Z as scratch */
             for (e = 0; e < d; e++) {
-                double a = A[(size_t)i * d + e];
-                if (a == 0.0) continue; /* the nope rows: one or two entries */
+                double a = A[(size_t)p * d + e];
                 for (k = 0; k < D; k++) Z[k] += a * wq[(size_t)e * D + k];
                 if (bias) Z[D] += a * w->b_q[(size_t)j * d + e];
             }
-            for (k = 0; k < D; k++) dst[(size_t)i * D + k] = (float)Z[k];
-            if (bias) mem[nq + (size_t)j * qd + i] = (float)Z[D];
+            for (k = 0; k < D; k++) dst[(size_t)(dn + p) * D + k] = (float)Z[k];
+            if (bias) mem[nq + (size_t)j * qd + dn + p] = (float)Z[D];
         }
     }
     mem += nq + (bias ? (size_t)H * qd : 0);
@@ -3450,18 +3441,32 @@ MLADEF mla_result mla_convert_assemble(const mla_gqa_config *g, const mla_gqa_we
             else if (bias) mem[nkva + r + p] = (float)acc;
         }
     mem += nkva + (bias ? (size_t)(r + m) : 0);
-    /* ---- W_kvb: head j = [Ku_nope(g) up_k ; select_g up_v] ---- */
+    /* ---- W_kvb: head j = [sq E_j^T Ku_nope(g) up_k ; select_g up_v], E_j the identity or,
+            with rope_expect, per RoPE pair (i0, i1) the 2x2 [a -b; b a] = E[R(-dt theta)]^T
+            (a = E cos, b = E sin) that the head's nope query would carry ---- */
     out->w.w_kvb = mem;
     for (j = 0; j < H; j++) {
         int gj = j / grp;
         float *dst = mem + (size_t)j * (dn + d) * r;
-        for (i = 0; i < dn; i++)
-            for (k = 0; k < r; k++) {
-                double acc = 0.0;
-                for (e = 0; e < L - m; e++)
-                    acc += Ku[(size_t)(gj * d + i) * L + m + e] * (up ? up[(size_t)e * r + k] : (e == k ? 1.0 : 0.0));
-                dst[(size_t)i * r + k] = (float)acc;
+        for (i = 0; i < dn / 2; i++) {
+            double a = 1.0, b = 0.0;
+            int i0 = g->rope_layout == MLA_ROPE_INTERLEAVED ? 2 * i : i;
+            int i1 = g->rope_layout == MLA_ROPE_INTERLEAVED ? 2 * i + 1 : i + d / 2;
+            if (rope_expect) {
+                a = rope_expect[((size_t)j * (d / 2) + i) * 2];
+                b = rope_expect[((size_t)j * (d / 2) + i) * 2 + 1];
             }
+            for (k = 0; k < r; k++) {
+                double k0 = 0.0, k1 = 0.0; /* rows i0, i1 of Ku_nope(g) up_k */
+                for (e = 0; e < L - m; e++) {
+                    double u = up ? up[(size_t)e * r + k] : (e == k ? 1.0 : 0.0);
+                    k0 += Ku[(size_t)(gj * d + i0) * L + m + e] * u;
+                    k1 += Ku[(size_t)(gj * d + i1) * L + m + e] * u;
+                }
+                dst[(size_t)i0 * r + k] = (float)(sq * (a * k0 + b * k1));
+                dst[(size_t)i1 * r + k] = (float)(sq * (a * k1 - b * k0));
+            }
+        }
         for (i = 0; i < d; i++) {
             int zi = L - m + gj * d + i;
             for (k = 0; k < r; k++)

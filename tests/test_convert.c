@@ -135,22 +135,23 @@ static float *make_inputs(int N, int D) {
     return x;
 }
 
-/* cv's query against its map of the source's (mla_converted.q_map): max
-   relative error of w_q and b_q against q_map_j [W_q[j] | b_q[j]] per head */
+/* cv's query against the source's (mla_converted.q_map): max relative error
+   of w_q and b_q against [W_q[j] ; q_map_j W_q[j]] (and the bias) per head */
 static double qmap_err(const gqa_layer *L, const mla_converted *cv) {
     int H = L->c.n_heads, d = L->c.head_dim, D = L->c.dim, j, i, k, e;
-    int qd = cv->cfg.qk_nope_head_dim + cv->cfg.qk_rope_head_dim;
+    int dn = cv->cfg.qk_nope_head_dim, m = cv->cfg.qk_rope_head_dim;
     double err = 0, big = 0;
-    if (!cv->q_map || !cv->w.w_q) return 1e30;
+    if (!cv->q_map || !cv->w.w_q || (dn != 0 && dn != d)) return 1e30;
     for (j = 0; j < H; j++)
-        for (i = 0; i < qd; i++)
+        for (i = 0; i < dn + m; i++)
             for (k = 0; k <= D; k++) {
                 double ref = 0, got;
                 if (k == D && !L->w.b_q) break;
-                for (e = 0; e < d; e++)
-                    ref += (double)cv->q_map[((size_t)j * qd + i) * d + e] *
-                           (k < D ? L->w.w_q[((size_t)j * d + e) * D + k] : L->w.b_q[(size_t)j * d + e]);
-                got = k < D ? cv->w.w_q[((size_t)j * qd + i) * D + k] : cv->w.b_q[(size_t)j * qd + i];
+                for (e = 0; e < d; e++) {
+                    double a = i < dn ? (e == i) : cv->q_map[((size_t)j * m + i - dn) * d + e];
+                    ref += a * (k < D ? L->w.w_q[((size_t)j * d + e) * D + k] : L->w.b_q[(size_t)j * d + e]);
+                }
+                got = k < D ? cv->w.w_q[((size_t)j * (dn + m) + i) * D + k] : cv->w.b_q[(size_t)j * (dn + m) + i];
                 err = fmax(err, fabs(got - ref));
                 big = fmax(big, fabs(ref));
             }

@@ -397,11 +397,48 @@ static void test_wmat_repack(void) {
     }
 }
 
+/* wmat_mul_heads (the per-head query map): head j's rows meet the j-th slice
+   of each token's input; against a double product of the dequantized rows,
+   for F32/F16/BF16 (slices of 20 and 64: vector tails) and Q8_0, T = 1, 3, 9 */
+static void test_wmat_mul_heads(void) {
+    static const uint32_t types[] = {GGML_F32, GGML_F16, GGML_BF16, GGML_Q8_0};
+    static const int Ts[] = {1, 3, 9};
+    uint32_t seed = 5u;
+    size_t i;
+    double worst = 0;
+    for (i = 0; i < 2 * sizeof types / sizeof types[0]; i++) {
+        int Hh = 3, rh = 5, C = i % 2 || types[i / 2] == GGML_Q8_0 ? 64 : 20, R = Hh * rh, blk, bb, ti, t, r, c;
+        float W[15 * 64], D[15 * 64], x[9 * 3 * 64], y[9 * 15];
+        uint8_t q[15 * 64 * 4];
+        wmat w;
+        ggml_type_info(types[i / 2], &blk, &bb);
+        weights_and_inputs(&seed, W, R * C, 9, 4.0f, x, 9 * Hh * C);
+        CHECK(gguf_quant(types[i / 2], W, q, (uint64_t)R * C) == 0 && gguf_dequant(types[i / 2], q, D, (uint64_t)R * C) == 0);
+        memset(&w, 0, sizeof w);
+        w.type = types[i / 2]; w.rows = R; w.cols = C; w.q = q; w.row_bytes = (size_t)C / blk * bb;
+        for (ti = 0; ti < 3; ti++) {
+            double ymax = 0, emax = 0;
+            wmat_mul_heads(y, x, &w, Hh, Ts[ti]);
+            for (t = 0; t < Ts[ti]; t++)
+                for (r = 0; r < R; r++) {
+                    double ref = 0;
+                    for (c = 0; c < C; c++) ref += (double)D[r * C + c] * x[(t * Hh + r / rh) * C + c];
+                    ymax = fmax(ymax, fabs(ref));
+                    emax = fmax(emax, fabs(ref - y[t * R + r]));
+                }
+            worst = fmax(worst, emax / ymax);
+        }
+    }
+    th_note("wmat_mul_heads vs double product of the dequantized blocks: max rel err %.1e (F32, F16, BF16, Q8_0)", worst);
+    CHECK_LE(worst, 1e-6);
+}
+
 void suite_gguf(void) {
     RUN(test_dequant_blocks);
     RUN(test_roundtrip);
     RUN(test_quant_and_wmat);
     RUN(test_wmat_repack);
+    RUN(test_wmat_mul_heads);
     RUN(test_truncations);
     RUN(test_bitflips);
     RUN(test_malformed);

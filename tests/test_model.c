@@ -464,6 +464,70 @@ static void test_refit_export(void) {
     gguf_close(&f);
 }
 
+/* a copy of the GGUF at src with tensor `name` given the shape {ne0, ne1}
+   (its first ne0*ne1 values: the bytes say nothing of the shape) */
+static int reshaped_copy(const char *src, const char *dst, const char *name, uint64_t ne0, uint64_t ne1) {
+    gguf_file f;
+    gguf_writer *w;
+    char err[128];
+    uint64_t i;
+    int rc;
+    if (gguf_read(&f, src)) return -1;
+    w = gguf_writer_new();
+    for (i = 0; i < f.n_kv; i++) gguf_w_copy(w, &f.kv[i]);
+    for (i = 0; i < f.n_tensors; i++) {
+        const gguf_tensor *t = &f.tensors[i];
+        uint64_t ne[2];
+        ne[0] = ne0; ne[1] = ne1;
+        if (strcmp(t->name, name)) gguf_w_tensor_raw(w, t->name, t->type, t->data, (int)t->n_dims, t->ne);
+        else gguf_w_tensor_raw(w, t->name, t->type, t->data, 2, ne);
+    }
+    rc = gguf_writer_save(w, dst, err, sizeof err);
+    gguf_writer_free(w);
+    gguf_close(&f);
+    return rc;
+}
+
+/* The llama-mla files of test_deepseek2_export store each layer's query as
+   the source's attn_q bytes plus the per-head rope map (F32 in an F32 file,
+   F16 in a Q8_0 one); shapes that do not fit are a load error. */
+static void check_q_map_files(const gguf_file *src, const model *mla) {
+    static const struct { const char *path; uint32_t map_type; } files[] = {
+        {"build/test_lm_f32.gguf", GGML_F32}, {"build/test_lm_q8_0.gguf", GGML_F16}};
+    const gguf_tensor *sq = gguf_tensor_find(src, "blk.0.attn_q.weight");
+    int H = mla->n_heads, m = mla->mla.qk_rope_head_dim, d = mla->head_dim;
+    size_t i;
+    for (i = 0; i < 2; i++) {
+        gguf_file f;
+        const gguf_tensor *q, *mp;
+        model x;
+        char err[256];
+        if (gguf_read(&f, files[i].path)) { CHECK(0); continue; }
+        q = gguf_tensor_find(&f, "blk.1.attn_q.weight");
+        mp = gguf_tensor_find(&f, "blk.1.attn_q_map.weight");
+        CHECK(sq && sq->type == GGML_F32 && q && q->type == sq->type && q->n_elem == sq->n_elem);
+        if (sq && q && q->n_elem == sq->n_elem) /* layer 1's rows are the source's layer-1 bytes */
+            CHECK(memcmp(q->data, gguf_tensor_find(src, "blk.1.attn_q.weight")->data, sizeof(float) * q->n_elem) == 0);
+        CHECK(mp && mp->type == files[i].map_type && mp->ne[0] == (uint64_t)d && mp->ne[1] == (uint64_t)H * m);
+        gguf_close(&f);
+        if (i == 1) { /* shapes that do not fit: named, not a crash */
+            CHECK(reshaped_copy(files[i].path, "build/test_lm_badmap.gguf", "blk.1.attn_q_map.weight", (uint64_t)d,
+                                (uint64_t)H * m / 2) == 0);
+            CHECK(gguf_read(&f, "build/test_lm_badmap.gguf") == 0);
+            CHECK(model_load(&x, &f) != 0 && strstr(f.err, "attn_q_map"));
+            snprintf(err, sizeof err, "%s", f.err);
+            gguf_close(&f);
+            CHECK(reshaped_copy(files[i].path, "build/test_lm_badmap.gguf", "blk.1.attn_q.weight",
+                                (uint64_t)mla->dim, (uint64_t)H * d / 2) == 0); /* half the source's query rows */
+            CHECK(gguf_read(&f, "build/test_lm_badmap.gguf") == 0);
+            CHECK(model_load(&x, &f) != 0 && strstr(f.err, "attn_q.weight"));
+            th_note("llama-mla per-head query map: bad shapes refused (\"%s\", \"%s\")", err, f.err);
+            gguf_close(&f);
+            remove("build/test_lm_badmap.gguf");
+        }
+    }
+}
+
 /* The exported deepseek2 file computes what the converted model computes:
    the latent norm construction, the scale fold, the split of W_kvb into
    attn_k_b / attn_v_b and the zero nope dim of a lossless rewrite, all read
@@ -509,6 +573,7 @@ static void test_deepseek2_export(void) {
         e8 = file_vs_model("build/test_lm_q8_0.gguf", &mla);
         th_note("llama-mla attention F32 -> Q8_0: file %ld -> %ld bytes, logits rel err 0 -> %.1e", n32, n8, e8);
         CHECK(n8 > 0 && n8 < n32 && e8 > 0 && e8 < 0.1);
+        check_q_map_files(&f, &mla);
     }
     o.q_rank = 40;
     CHECK(convert_model(&src, NULL, 0, NULL, &o, &lowq, err, sizeof err) == 0);

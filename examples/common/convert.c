@@ -328,7 +328,17 @@ int save_converted(const model *m, const gguf_file *sf, const char *path, uint32
             if (c->attn_bias) { snprintf(key, sizeof key, "blk.%d.attn_q_a.bias", l); put_matrix(w, key, type, lw->b_qa, 1, c->q_lora_rank); }
         } else {
             snprintf(key, sizeof key, "blk.%d.attn_q.weight", l);
-            put_matrix(w, key, type, lw->w_q, H * qd, m->dim);
+            if (m->conv[l].q_map && (o = gguf_tensor_find(sf, key)) && o->n_elem == (uint64_t)H * m->head_dim * m->dim) {
+                /* the source's query rows as stored, then each head's rope map: fewer bytes
+                   than the product and no second rounding of them; the map in F32 for an exact
+                   file, else in 16 bits (F16: 11 significant bits; BF16 when asked for) */
+                uint32_t mt = type == GGML_F32 ? GGML_F32 : type == GGML_BF16 ? GGML_BF16 : GGML_F16;
+                gguf_w_tensor_raw(w, key, o->type, o->data, (int)o->n_dims, o->ne);
+                snprintf(key, sizeof key, "blk.%d.attn_q_map.weight", l);
+                put_matrix(w, key, mt, m->conv[l].q_map, H * c->qk_rope_head_dim, m->head_dim);
+            } else {
+                put_matrix(w, key, type, lw->w_q, H * qd, m->dim);
+            }
             if (c->attn_bias) { snprintf(key, sizeof key, "blk.%d.attn_q.bias", l); put_matrix(w, key, type, lw->b_q, 1, H * qd); }
         }
         snprintf(key, sizeof key, "blk.%d.attn_kv_a_mqa.weight", l);

@@ -299,7 +299,20 @@ int model_load(model *m, gguf_file *f) {
                     goto bad;
                 if (c->attn_bias) LOAD(w->b_qa, layer_tensor(f, l, "attn_q_a.bias", 1, c->q_lora_rank));
             } else {
-                if (layer_wmat(f, l, "attn_q.weight", H * qd, D, &L->q)) goto bad;
+                const gguf_tensor *tm;
+                snprintf(key, sizeof key, "blk.%d.attn_q_map.weight", l);
+                if ((tm = gguf_tensor_find(f, key))) { /* the source's query rows, then each head's rope map */
+                    int dn = c->qk_nope_head_dim, m_ = c->qk_rope_head_dim, ds = dn ? dn : (int)tm->ne[0];
+                    if (tm->n_dims != 2 || tm->ne[0] == 0 || tm->ne[0] > 4096) {
+                        snprintf(f->err, sizeof f->err, "%s is not {d, %d} with 0 < d <= 4096", key, H * m_);
+                        goto bad;
+                    }
+                    if (layer_wmat(f, l, "attn_q_map.weight", H * m_, ds, &L->q_map) ||
+                        layer_wmat(f, l, "attn_q.weight", H * ds, D, &L->q))
+                        goto bad;
+                } else if (layer_wmat(f, l, "attn_q.weight", H * qd, D, &L->q)) {
+                    goto bad;
+                }
                 if (c->attn_bias) LOAD(w->b_q, layer_tensor(f, l, "attn_q.bias", 1, H * qd));
             }
             if (c->q_norm) LOAD(w->q_norm, layer_tensor(f, l, "attn_q_a_norm.weight", 1, c->q_lora_rank));
@@ -359,6 +372,33 @@ void model_repack(model *m) {
     }
 }
 
+/* W_q [h*(dn+m)][D] of a file that stores the source's query rows q [h*d][D]
+   and each head's rope map [h*m][d]: head j's rows [q_j ; map_j q_j] (dn = d)
+   or [map_j q_j] (dn = 0), as mla.h built them */
+static float *q_product(const wmat *q, const wmat *map, int H, int dn) {
+    int m = map->rows / H, d = map->cols, D = q->cols, j, i, e, k;
+    float *src = wmat_f32(q), *mp = wmat_f32(map), *out = (float *)malloc(sizeof(float) * (size_t)H * (dn + m) * D);
+    double *acc = (double *)malloc(sizeof(double) * (size_t)D);
+    if (src && mp && out && acc)
+        for (j = 0; j < H; j++) {
+            float *dst = out + (size_t)j * (dn + m) * D;
+            memcpy(dst, src + (size_t)j * d * D, sizeof(float) * (size_t)dn * D);
+            for (i = 0; i < m; i++) {
+                const float *a = mp + ((size_t)j * m + i) * d;
+                memset(acc, 0, sizeof(double) * (size_t)D);
+                for (e = 0; e < d; e++)
+                    for (k = 0; k < D; k++) acc[k] += (double)a[e] * src[((size_t)j * d + e) * D + k];
+                for (k = 0; k < D; k++) dst[(size_t)(dn + i) * D + k] = (float)acc[k];
+            }
+        }
+    else {
+        free(out);
+        out = NULL;
+    }
+    free(src); free(mp); free(acc);
+    return out;
+}
+
 int model_attn_f32(model *m) {
     int l;
     for (l = 0; l < m->n_layers; l++) {
@@ -367,6 +407,8 @@ int model_attn_f32(model *m) {
 #define F32_OF(dst, src)                                                 \
     if (!(dst) && (src).q && !((dst) = wmat_f32(&(src)))) return -1
         if (m->is_mla) {
+            if (!L->mla.w_q && L->q_map.q && !(L->mla.w_q = q_product(&L->q, &L->q_map, m->n_heads, m->mla.qk_nope_head_dim)))
+                return -1;
             F32_OF(L->mla.w_q, L->q); F32_OF(L->mla.w_qa, L->q_a); F32_OF(L->mla.w_qb, L->q_b);
             F32_OF(L->mla.w_kva, L->kv_a); F32_OF(L->mla.w_o, L->o);
         } else {
@@ -383,7 +425,7 @@ void model_attn_views(model *m, int l) {
     const mla_layer_weights *w = &L->mla;
     int qd = c->qk_nope_head_dim + c->qk_rope_head_dim, H = c->n_heads;
     memset(&L->q, 0, sizeof L->q); memset(&L->k, 0, sizeof L->k); memset(&L->v, 0, sizeof L->v);
-    memset(&L->q_a, 0, sizeof L->q_a); memset(&L->q_b, 0, sizeof L->q_b);
+    memset(&L->q_a, 0, sizeof L->q_a); memset(&L->q_b, 0, sizeof L->q_b); memset(&L->q_map, 0, sizeof L->q_map);
     if (w->w_q) wmat_view_f32(&L->q, w->w_q, H * qd, c->dim);
     if (w->w_qa) wmat_view_f32(&L->q_a, w->w_qa, c->q_lora_rank, c->dim);
     if (w->w_qb) wmat_view_f32(&L->q_b, w->w_qb, H * qd, c->q_lora_rank);
@@ -422,11 +464,14 @@ int model_state_init(model_state *s, const model *m, int max_ctx, int max_tokens
     if (m->is_mla) {
         const mla_config *c = &m->mla;
         size_t qd = (size_t)c->qk_nope_head_dim + c->qk_rope_head_dim, rq = (size_t)c->q_lora_rank;
+        int l;
+        for (l = 0; l < m->n_layers; l++) /* qa also holds the source's query before a per-head map */
+            if (m->layers[l].q_map.q && (size_t)m->layers[l].q.rows > rq) rq = (size_t)m->layers[l].q.rows;
         s->q = (float *)malloc(sizeof(float) * T * c->n_heads * qd);
         s->k = (float *)malloc(sizeof(float) * T * (c->kv_lora_rank + c->qk_rope_head_dim));
         s->o = (float *)malloc(sizeof(float) * T * c->n_heads * c->v_head_dim);
         s->qa = (float *)malloc(sizeof(float) * T * (rq ? rq : 1));
-        s->v = (float *)malloc(sizeof(float));
+        s->v = (float *)malloc(sizeof(float) * T * c->n_heads * c->qk_rope_head_dim); /* q_pe of a q map */
     } else {
         size_t hd = (size_t)m->n_heads * m->head_dim, kvd = (size_t)m->n_kv_heads * m->head_dim;
         s->q = (float *)malloc(sizeof(float) * T * hd);
@@ -494,7 +539,7 @@ int model_layer_forward(const model *m, model_state *s, int l, float *x, int T) 
         float *y[2];
         const wmat *wm[2];
         if (!wmat_act8()) wl.w_kvb_bf16 = NULL; /* W_kvb in bf16 only beside 8-bit activations */
-        y[0] = rq ? s->qa : s->q; y[1] = s->k;
+        y[0] = rq || L->q_map.q ? s->qa : s->q; y[1] = s->k;
         wm[0] = rq ? &L->q_a : &L->q; wm[1] = &L->kv_a;
         wmat_mul_n(y, s->xb, wm, 2, T);
         add_bias(s->k, c->attn_bias ? w->b_kva : NULL, T, rm);
@@ -504,7 +549,17 @@ int model_layer_forward(const model *m, model_state *s, int l, float *x, int T) 
                 for (t = 0; t < T; t++) mla_rmsnorm(s->qa + (size_t)t * rq, s->qa + (size_t)t * rq, w->q_norm, rq, m->eps);
             wmat_mul(s->q, s->qa, &L->q_b, T);
         } else {
-            add_bias(s->q, c->attn_bias ? w->b_q : NULL, T, L->q.rows);
+            if (L->q_map.q) { /* q_j = [source q_j ; map_j source q_j] */
+                int H = c->n_heads, dn = c->qk_nope_head_dim, m_ = c->qk_rope_head_dim, d = L->q_map.cols, j;
+                wmat_mul_heads(s->v, s->qa, &L->q_map, H, T);
+                for (t = 0; t < T; t++)
+                    for (j = 0; j < H; j++) {
+                        float *qj = s->q + ((size_t)t * H + j) * (dn + m_);
+                        memcpy(qj, s->qa + ((size_t)t * H + j) * d, sizeof(float) * (size_t)dn);
+                        memcpy(qj + dn, s->v + ((size_t)t * H + j) * m_, sizeof(float) * (size_t)m_);
+                    }
+            }
+            add_bias(s->q, c->attn_bias ? w->b_q : NULL, T, c->n_heads * (c->qk_nope_head_dim + c->qk_rope_head_dim));
         }
         rc = mla_attend_projected(c, w, &s->mla.pool, &seq, 1, T, l, s->q, s->k, s->o,
                                   T > 1 ? s->prefill_mode : s->mode, s->ws, s->ws_bytes);

@@ -18,6 +18,8 @@ typedef struct {
     wmat gate, up, down;                            /* ffn: [F][D], [F][D], [D][F] */
     wmat q, k, v, o;      /* attention projections as stored; MLA: q (or q_a, q_b), kv_a, o */
     wmat q_a, q_b, kv_a;
+    wmat q_map;           /* MLA, optional: [h*m][d] per-head rope map of the source's query
+                             (mla_converted.q_map); q then holds the source's h*d rows */
     mla_gqa_weights gqa;  /* when !is_mla: biases; w_q..w_o after model_attn_f32 */
     mla_layer_weights mla; /* when is_mla: norms, biases, w_kvb; projections after model_attn_f32 */
 } model_layer;
@@ -48,7 +50,9 @@ typedef struct {
     size_t ws_bytes;
     float *x, *xb, *xc, *hb, *hb2; /* [max_tokens][D or F]                        */
     float *q, *k, *v, *o, *qa;     /* attention projections [max_tokens][...]
-                                      (MLA: k holds W_kva x, qa W_qa x)           */
+                                      (MLA: k holds W_kva x, qa W_qa x or the
+                                      source's query before a per-head map, v
+                                      the map's q_pe)                            */
 } model_state;
 
 /* 0 on success; -1 with the reason in f->err */

@@ -508,3 +508,19 @@ void wmat_mul(float *y, const float *x, const wmat *w, int T) {
         free(yt);
     }
 }
+
+void wmat_mul_heads(float *y, const float *x, const wmat *w, int heads, int T) {
+    int R = w->rows, rh = R / heads, C = heads * w->cols, i;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) if ((long)R * w->cols * T > 32768)
+#endif
+    for (i = 0; i < R; i++) {
+        float o[4];
+        int t0, t;
+        for (t0 = 0; t0 < T; t0 += 4) {
+            int n = T - t0 < 4 ? T - t0 : 4;
+            row_dot(w, w->q + (size_t)i * w->row_bytes, x + (size_t)t0 * C + (size_t)(i / rh) * w->cols, C, n, o);
+            for (t = 0; t < n; t++) y[(size_t)(t0 + t) * R + i] = o[t];
+        }
+    }
+}

@@ -37,6 +37,11 @@ void wmat_mul(float *y, const float *x, const wmat *w, int T);
 /* y[k] = x W_k^T for n matrices with the same input (q/k/v, gate/up): one
    pass over x and one parallel loop where the types allow, else wmat_mul each */
 void wmat_mul_n(float *const *y, const float *x, const wmat *const *w, int n, int T);
+/* A block-diagonal product stored as its blocks: W [rows][cols] is `heads`
+   blocks of rows/heads rows, block j meets the j-th cols-slice of x [T][heads*cols]:
+   y[t][i] = W[i] . x[t][(i / (rows/heads)) * cols ...]. (MLA's per-head query
+   map.) Any type but the repacked layout; rows split over threads. */
+void wmat_mul_heads(float *y, const float *x, const wmat *w, int heads, int T);
 /* Q4_0/Q4_1/Q8_0 products with the activations rounded to 8 bits per
    32-block and integer dot products, as llama.cpp computes them (on by
    default where AVX2 is compiled in; 0: dequantized weights times f32
