@@ -201,6 +201,14 @@ typedef struct {
        of a decode step's attention bytes. Each weight moves by at most 2^-9
        of itself. The naive path and the conversion use w_kvb. */
     const uint16_t *w_kvb_bf16;
+    /* Optional: w_kvb as int8 codes [h*(d_nope+d_v)][r] with one f32 scale
+       per 32 columns of a row, [h*(d_nope+d_v)][(r+31)/32] (mla_quant_q8):
+       W_kvb[i][k] = w_kvb_q8_scale[i][k/32] * w_kvb_q8[i][k]. A GGUF Q8_0
+       matrix is exactly this (its scales are f16), so the absorbed path then
+       reads a Q8_0 file's W_kvb as stored, in half the bytes of bf16. Both
+       pointers or neither; used instead of w_kvb_bf16 when both are set. */
+    const int8_t *w_kvb_q8;
+    const float *w_kvb_q8_scale;
 } mla_layer_weights;
 
 /* Checks that every weight the config needs is present (MLA_ERR_NULL_WEIGHT,
@@ -276,6 +284,10 @@ MLAPI uint16_t mla_f32_to_f16(float f);
 MLAPI float mla_f16_to_f32(uint16_t h);
 MLAPI uint16_t mla_f32_to_bf16(float f);
 MLAPI float mla_bf16_to_f32(uint16_t h);
+/* x [rows][cols] (finite) -> int8 q [rows][cols] and scale [rows][(cols+31)/32]:
+   per 32 columns of a row (the last block may be shorter) scale = absmax/127,
+   q = x/scale to nearest. Values that are a Q8_0 matrix's come back exactly. */
+MLAPI void mla_quant_q8(const float *x, int rows, int cols, int8_t *q, float *scale);
 
 /* ====================================================================== */
 /* 4. attention                                                             */
@@ -1055,6 +1067,11 @@ MLADEF mla_result mla_weights_validate(const mla_config *c, const mla_layer_weig
                 return MLA_ERR_NONFINITE;
             }
     }
+    if (!w->w_kvb_q8 != !w->w_kvb_q8_scale) { /* codes without scales or the other way round */
+        if (bad_field) *bad_field = w->w_kvb_q8 ? "w_kvb_q8_scale" : "w_kvb_q8";
+        return MLA_ERR_NULL_WEIGHT;
+    }
+    MLA__FINITE(w->w_kvb_q8_scale, kvb / r * ((r + 31) / 32), "w_kvb_q8_scale");
     MLA__FINITE(w->w_o, D * H * (size_t)c->v_head_dim, "w_o");
     MLA__FINITE(w->b_o, D, "b_o");
     return MLA_OK;
@@ -1123,6 +1140,14 @@ static float mla__quant_i8(int8_t *d, const float *x, int n) {
     sc = amax / 127.0f;
     for (i = 0; i < n; i++) d[i] = (int8_t)(sc > 0 ? lrintf(x[i] / sc) : 0);
     return sc;
+}
+
+MLADEF void mla_quant_q8(const float *x, int rows, int cols, int8_t *q, float *scale) {
+    int i, k, nb = (cols + 31) / 32;
+    for (i = 0; i < rows; i++)
+        for (k = 0; k < cols; k += 32)
+            scale[(size_t)i * nb + k / 32] = mla__quant_i8(q + (size_t)i * cols + k, x + (size_t)i * cols + k,
+                                                           cols - k < 32 ? cols - k : 32);
 }
 
 /* row [c (r) | k_pe (m)] in f32 -> stored row */
@@ -2440,6 +2465,50 @@ static float mla__dot_bf16(const uint16_t *x, const float *y, int n) {
     return t;
 }
 
+/* y += a x and x . y for x as w_kvb_q8's rows: int8 codes, one scale per 32 */
+static void mla__axpy_q8(float *y, float a, const int8_t *x, const float *sc, int n) {
+    int b, i;
+    for (b = 0; b < n; b += 32) {
+        int e = n - b < 32 ? n : b + 32;
+        float as = a * sc[b / 32];
+        i = b;
+#ifdef MLA__AVX2
+        {
+            __m256 va = _mm256_set1_ps(as);
+            for (; i + 8 <= e; i += 8)
+                _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(x + i)))),
+                                                        _mm256_loadu_ps(y + i)));
+        }
+#endif
+        for (; i < e; i++) y[i] += as * (float)x[i];
+    }
+}
+
+static float mla__dot_q8(const int8_t *x, const float *sc, const float *y, int n) {
+    float t = 0.0f;
+    int b, i;
+    for (b = 0; b < n; b += 32) {
+        int e = n - b < 32 ? n : b + 32;
+        float s = 0.0f;
+        i = b;
+#ifdef MLA__AVX2
+        {
+            __m256 acc = _mm256_setzero_ps();
+            __m128 h;
+            for (; i + 8 <= e; i += 8)
+                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(x + i)))),
+                                      _mm256_loadu_ps(y + i), acc);
+            h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+            h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+            s = _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+        }
+#endif
+        for (; i < e; i++) s += (float)x[i] * y[i];
+        t += sc[b / 32] * s;
+    }
+    return t;
+}
+
 /* q_lat [h][r] = W_uk^T q_nope per head (q [h][qd]); heads split over
    `threads` (a decode step's W_uk and W_uv are as many bytes as its latent
    rows up to a few hundred tokens: one thread alone would leave the others
@@ -2447,6 +2516,7 @@ static float mla__dot_bf16(const uint16_t *x, const float *y, int n) {
 static void mla__absorb_q(const mla_config *c, const mla_layer_weights *w, const float *q, float *qlat,
                           int threads) {
     int H = c->n_heads, r = c->kv_lora_rank, dn = c->qk_nope_head_dim, dv = c->v_head_dim, qd = mla__qk_dim(c), j, i;
+    size_t nb = (size_t)(r + 31) / 32; /* w_kvb_q8 scales per row */
     (void)threads; /* without OpenMP */
 #ifdef _OPENMP
 #pragma omp parallel for private(i) num_threads(threads) schedule(static) if (threads > 1)
@@ -2457,7 +2527,9 @@ static void mla__absorb_q(const mla_config *c, const mla_layer_weights *w, const
         float *ql = qlat + (size_t)j * r;
         memset(ql, 0, sizeof(float) * (size_t)r);
         for (i = 0; i < dn; i++)
-            if (w->w_kvb_bf16) mla__axpy_bf16(ql, qn[i], w->w_kvb_bf16 + k0 + (size_t)i * r, r);
+            if (w->w_kvb_q8)
+                mla__axpy_q8(ql, qn[i], w->w_kvb_q8 + k0 + (size_t)i * r, w->w_kvb_q8_scale + (k0 / r + i) * nb, r);
+            else if (w->w_kvb_bf16) mla__axpy_bf16(ql, qn[i], w->w_kvb_bf16 + k0 + (size_t)i * r, r);
             else mla__axpy(ql, qn[i], w->w_kvb + k0 + (size_t)i * r, r);
     }
 }
@@ -2466,15 +2538,20 @@ static void mla__absorb_q(const mla_config *c, const mla_layer_weights *w, const
 static void mla__absorb_o(const mla_config *c, const mla_layer_weights *w, const float *olat, float *o,
                           int threads) {
     int H = c->n_heads, r = c->kv_lora_rank, dn = c->qk_nope_head_dim, dv = c->v_head_dim, j, i;
+    size_t nb = (size_t)(r + 31) / 32; /* w_kvb_q8 scales per row */
     (void)threads; /* without OpenMP */
 #ifdef _OPENMP
 #pragma omp parallel for private(i) num_threads(threads) schedule(static) if (threads > 1)
 #endif
     for (j = 0; j < H; j++) {
         size_t v0 = ((size_t)j * (dn + dv) + dn) * r; /* head j's first W_uv row */
-        for (i = 0; i < dv; i++)
-            o[(size_t)j * dv + i] = w->w_kvb_bf16 ? mla__dot_bf16(w->w_kvb_bf16 + v0 + (size_t)i * r, olat + (size_t)j * r, r)
-                                                  : mla__dot(w->w_kvb + v0 + (size_t)i * r, olat + (size_t)j * r, r);
+        for (i = 0; i < dv; i++) {
+            const float *ol = olat + (size_t)j * r;
+            size_t row = v0 / r + i;
+            o[(size_t)j * dv + i] = w->w_kvb_q8     ? mla__dot_q8(w->w_kvb_q8 + row * r, w->w_kvb_q8_scale + row * nb, ol, r)
+                                  : w->w_kvb_bf16 ? mla__dot_bf16(w->w_kvb_bf16 + row * r, ol, r)
+                                                  : mla__dot(w->w_kvb + row * r, ol, r);
+        }
     }
 }
 

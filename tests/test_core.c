@@ -302,72 +302,107 @@ static void test_absorbed_equals_naive(void) {
     rand_layer_free(&L);
 }
 
-/* w_kvb_bf16: the absorbed path on bf16 W_uk/W_uv equals the f32 path on
-   the same rounded values (1e-5: only the order of the f32 sums differs;
-   r = 44 leaves SIMD tails); the rounding itself is noted; a NaN or Inf in
-   the bf16 copy is refused by name */
-static void test_kvb_bf16(void) {
+/* w_kvb_bf16 and w_kvb_q8: the absorbed path on the compact copy of W_uk/W_uv
+   equals the f32 path on the same rounded values (1e-5: only the order of the
+   f32 sums differs; r = 44 leaves SIMD tails and a short last q8 block); the
+   rounding itself is noted; NaN or Inf in the copy, or codes without scales,
+   are refused by name; mla_quant_q8 gives a Q8_0 matrix's values back exactly */
+static void test_kvb_copies(void) {
     rand_layer L;
     mla_layer_weights wr, wb;
     mla_pool pr, pb, pf;
     mla_seq sr, sb, sf;
-    int tr[64], tb[64], tf[64], N = 120, P = 29, t, D;
+    int tr[64], tb[64], tf[64], N = 120, P = 29, t, D, kind, nb;
     size_t n, i;
-    float *x, *orr, *ob, *of, *rounded;
+    float *x, *orr, *ob, *of, *rounded, *scale;
     uint16_t *half;
+    int8_t *codes;
     const char *bad = NULL;
     void *ws;
     size_t wsb;
-    double worst = 0, moved = 0;
     rand_layer_init(&L, 64, 6, 0, 44, 24, 16, 20, 1, 1);
     D = L.c.dim;
     n = (size_t)L.c.n_heads * (L.c.qk_nope_head_dim + L.c.v_head_dim) * L.c.kv_lora_rank;
+    nb = (L.c.kv_lora_rank + 31) / 32;
     half = (uint16_t *)malloc(sizeof(uint16_t) * n);
+    codes = (int8_t *)malloc(n);
+    scale = (float *)malloc(sizeof(float) * n / L.c.kv_lora_rank * nb);
     rounded = (float *)malloc(sizeof(float) * n);
-    for (i = 0; i < n; i++) {
-        half[i] = mla_f32_to_bf16(L.w.w_kvb[i]);
-        rounded[i] = mla_bf16_to_f32(half[i]);
-    }
-    wr = L.w; wr.w_kvb = rounded;  /* f32 path on the rounded values */
-    wb = L.w; wb.w_kvb_bf16 = half; /* bf16 path (w_kvb: the unrounded f32) */
-    CHECK(mla_weights_validate(&L.c, &wb, 1, NULL) == MLA_OK);
     x = rand_vec((size_t)N * D, 1.0f);
     orr = (float *)malloc(sizeof(float) * N * D);
     ob = (float *)malloc(sizeof(float) * N * D);
     of = (float *)malloc(sizeof(float) * N * D);
-    CHECK(mla_pool_init(&pr, MLA_F32, 1, 44, 16, 16, 10, NULL) == MLA_OK);
-    CHECK(mla_pool_init(&pb, MLA_F32, 1, 44, 16, 16, 10, NULL) == MLA_OK);
-    CHECK(mla_pool_init(&pf, MLA_F32, 1, 44, 16, 16, 10, NULL) == MLA_OK);
-    mla_seq_init(&sr, tr, 64); mla_seq_init(&sb, tb, 64); mla_seq_init(&sf, tf, 64);
     wsb = mla_workspace_bytes(&L.c, P, N, MLA_ABSORBED);
     ws = malloc(wsb);
-    CHECK(mla_forward(&L.c, &wr, &pr, &sr, 0, x, P, orr, MLA_ABSORBED, ws, wsb) == MLA_OK);
-    CHECK(mla_forward(&L.c, &wb, &pb, &sb, 0, x, P, ob, MLA_ABSORBED, ws, wsb) == MLA_OK);
-    CHECK(mla_forward(&L.c, &L.w, &pf, &sf, 0, x, P, of, MLA_ABSORBED, ws, wsb) == MLA_OK);
-    mla_seq_advance(&sr, P); mla_seq_advance(&sb, P); mla_seq_advance(&sf, P);
-    for (t = P; t < N; t++) {
-        CHECK(mla_decode(&L.c, &wr, &pr, SEQS1(&sr), 1, 0, x + (size_t)t * D, orr + (size_t)t * D, ws, wsb) == MLA_OK);
-        CHECK(mla_decode(&L.c, &wb, &pb, SEQS1(&sb), 1, 0, x + (size_t)t * D, ob + (size_t)t * D, ws, wsb) == MLA_OK);
-        CHECK(mla_decode(&L.c, &L.w, &pf, SEQS1(&sf), 1, 0, x + (size_t)t * D, of + (size_t)t * D, ws, wsb) == MLA_OK);
-        mla_seq_advance(&sr, 1); mla_seq_advance(&sb, 1); mla_seq_advance(&sf, 1);
+    mla_quant_q8(L.w.w_kvb, (int)(n / L.c.kv_lora_rank), L.c.kv_lora_rank, codes, scale);
+    for (kind = 0; kind < 2; kind++) {
+        double worst = 0, moved = 0;
+        for (i = 0; i < n; i++) {
+            half[i] = mla_f32_to_bf16(L.w.w_kvb[i]);
+            rounded[i] = kind == 0 ? mla_bf16_to_f32(half[i])
+                                   : scale[i / L.c.kv_lora_rank * nb + i % L.c.kv_lora_rank / 32] * codes[i];
+        }
+        wr = L.w; wr.w_kvb = rounded; /* f32 path on the rounded values */
+        wb = L.w;                     /* the copy's path (w_kvb: the unrounded f32) */
+        if (kind == 0) wb.w_kvb_bf16 = half;
+        else { wb.w_kvb_bf16 = half; wb.w_kvb_q8 = codes; wb.w_kvb_q8_scale = scale; } /* q8 wins over bf16 */
+        CHECK(mla_weights_validate(&L.c, &wb, 1, NULL) == MLA_OK);
+        CHECK(mla_pool_init(&pr, MLA_F32, 1, 44, 16, 16, 10, NULL) == MLA_OK);
+        CHECK(mla_pool_init(&pb, MLA_F32, 1, 44, 16, 16, 10, NULL) == MLA_OK);
+        CHECK(mla_pool_init(&pf, MLA_F32, 1, 44, 16, 16, 10, NULL) == MLA_OK);
+        mla_seq_init(&sr, tr, 64); mla_seq_init(&sb, tb, 64); mla_seq_init(&sf, tf, 64);
+        CHECK(mla_forward(&L.c, &wr, &pr, &sr, 0, x, P, orr, MLA_ABSORBED, ws, wsb) == MLA_OK);
+        CHECK(mla_forward(&L.c, &wb, &pb, &sb, 0, x, P, ob, MLA_ABSORBED, ws, wsb) == MLA_OK);
+        CHECK(mla_forward(&L.c, &L.w, &pf, &sf, 0, x, P, of, MLA_ABSORBED, ws, wsb) == MLA_OK);
+        mla_seq_advance(&sr, P); mla_seq_advance(&sb, P); mla_seq_advance(&sf, P);
+        for (t = P; t < N; t++) {
+            CHECK(mla_decode(&L.c, &wr, &pr, SEQS1(&sr), 1, 0, x + (size_t)t * D, orr + (size_t)t * D, ws, wsb) == MLA_OK);
+            CHECK(mla_decode(&L.c, &wb, &pb, SEQS1(&sb), 1, 0, x + (size_t)t * D, ob + (size_t)t * D, ws, wsb) == MLA_OK);
+            CHECK(mla_decode(&L.c, &L.w, &pf, SEQS1(&sf), 1, 0, x + (size_t)t * D, of + (size_t)t * D, ws, wsb) == MLA_OK);
+            mla_seq_advance(&sr, 1); mla_seq_advance(&sb, 1); mla_seq_advance(&sf, 1);
+        }
+        for (t = 0; t < N; t++) {
+            double e = th_relerr(ob + (size_t)t * D, orr + (size_t)t * D, (size_t)D);
+            double f = th_relerr(ob + (size_t)t * D, of + (size_t)t * D, (size_t)D);
+            if (e > worst) worst = e;
+            if (f > moved) moved = f;
+        }
+        th_note("%s W_kvb vs f32 on the same rounded values %.2e; vs the unrounded f32 weights %.2e (the rounding)",
+                kind ? "q8" : "bf16", worst, moved);
+        CHECK_LE(worst, 1e-5);
+        CHECK(moved > 0); /* the copy was read */
+        mla_pool_free(&pr); mla_pool_free(&pb); mla_pool_free(&pf);
     }
-    for (t = 0; t < N; t++) {
-        double e = th_relerr(ob + (size_t)t * D, orr + (size_t)t * D, (size_t)D);
-        double f = th_relerr(ob + (size_t)t * D, of + (size_t)t * D, (size_t)D);
-        if (e > worst) worst = e;
-        if (f > moved) moved = f;
+    { /* refusals by name */
+        mla_layer_weights wq = L.w;
+        wq.w_kvb_bf16 = half;
+        half[7] = 0x7fc0; /* NaN */
+        CHECK(mla_weights_validate(&L.c, &wq, 1, &bad) == MLA_ERR_NONFINITE && bad && strcmp(bad, "w_kvb_bf16") == 0);
+        half[7] = 0xff80; /* -Inf */
+        CHECK(mla_weights_validate(&L.c, &wq, 1, NULL) == MLA_ERR_NONFINITE);
+        wq.w_kvb_bf16 = NULL;
+        wq.w_kvb_q8 = codes;
+        CHECK(mla_weights_validate(&L.c, &wq, 0, &bad) == MLA_ERR_NULL_WEIGHT && bad && strcmp(bad, "w_kvb_q8_scale") == 0);
+        wq.w_kvb_q8 = NULL; wq.w_kvb_q8_scale = scale;
+        CHECK(mla_weights_validate(&L.c, &wq, 0, &bad) == MLA_ERR_NULL_WEIGHT && bad && strcmp(bad, "w_kvb_q8") == 0);
+        wq.w_kvb_q8 = codes;
+        scale[3] = NAN;
+        CHECK(mla_weights_validate(&L.c, &wq, 1, &bad) == MLA_ERR_NONFINITE && bad && strcmp(bad, "w_kvb_q8_scale") == 0);
     }
-    th_note("bf16 W_kvb vs f32 on the same rounded values %.2e; vs the unrounded f32 weights %.2e "
-            "(the bf16 rounding)", worst, moved);
-    CHECK_LE(worst, 1e-5);
-    CHECK(moved > 0); /* the bf16 copy was read */
-    half[7] = 0x7fc0; /* NaN */
-    CHECK(mla_weights_validate(&L.c, &wb, 1, &bad) == MLA_ERR_NONFINITE);
-    CHECK(bad && strcmp(bad, "w_kvb_bf16") == 0);
-    half[7] = 0xff80; /* -Inf */
-    CHECK(mla_weights_validate(&L.c, &wb, 1, NULL) == MLA_ERR_NONFINITE);
-    free(x); free(orr); free(ob); free(of); free(ws); free(half); free(rounded);
-    mla_pool_free(&pr); mla_pool_free(&pb); mla_pool_free(&pf);
+    { /* a Q8_0 matrix's values (f16 scale d, codes with max |q| = 127) come back exactly */
+        float v[2 * 40], sc2[2 * 2];
+        int8_t q[2 * 40];
+        int same = 1, k;
+        for (k = 0; k < 80; k++) { /* row k/40, block k%40/32 (of 32 and of 8 columns) */
+            float d = mla_f16_to_f32(mla_f32_to_f16(0.0123f * (float)(1 + k / 40 * 2 + k % 40 / 32)));
+            int code = k % 40 % 32 == 5 ? -127 : (k * 37) % 255 - 127;
+            v[k] = d * (float)code;
+        }
+        mla_quant_q8(v, 2, 40, q, sc2);
+        for (k = 0; k < 80; k++) same = same && sc2[k / 40 * 2 + k % 40 / 32] * q[k] == v[k];
+        CHECK(same);
+    }
+    free(x); free(orr); free(ob); free(of); free(ws); free(half); free(rounded); free(codes); free(scale);
     rand_layer_free(&L);
 }
 
@@ -916,7 +951,7 @@ void suite_core(void) {
     RUN(test_vectors_half);
     RUN(test_gqa_vectors);
     RUN(test_absorbed_equals_naive);
-    RUN(test_kvb_bf16);
+    RUN(test_kvb_copies);
     RUN(test_attend_projected);
     RUN(test_chunks_and_paging);
     RUN(test_pool_sequences);

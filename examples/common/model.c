@@ -114,17 +114,29 @@ static int load_deepseek2_config(model *m, gguf_file *f) {
     return 0;
 }
 
-/* the bf16 copy of w_kvb that decode reads with 8-bit activations (half the
-   bytes of W_uk and W_uv per step); NULL (f->err set) on out of memory */
-static uint16_t *kvb_bf16(gguf_file *f, const float *w, size_t n) {
-    uint16_t *b = (uint16_t *)malloc(sizeof(uint16_t) * n);
-    size_t i;
-    if (!b) {
-        snprintf(f->err, sizeof f->err, "out of memory");
-        return NULL;
+/* The compact copy of w_kvb [rows][r] that decode reads with 8-bit
+   activations: int8 in blocks of 32 (mla_quant_q8; exactly the values of a
+   Q8_0 file, a Q4 file's within 1/254 of a block's largest) when the file
+   stores it block-quantized, else bf16; half or a quarter of the f32 bytes of
+   W_uk and W_uv per step. -1 (f->err set) on out of memory. */
+static int kvb_copy(gguf_file *f, mla_layer_weights *w, uint32_t stored, int rows, int r) {
+    size_t n = (size_t)rows * r, i;
+    if (stored == GGML_Q8_0 || stored == GGML_Q4_0 || stored == GGML_Q4_1) {
+        int8_t *q = (int8_t *)malloc(n);
+        float *sc = (float *)malloc(sizeof(float) * (size_t)rows * ((r + 31) / 32));
+        w->w_kvb_q8 = q; w->w_kvb_q8_scale = sc;
+        if (q && sc) mla_quant_q8(w->w_kvb, rows, r, q, sc);
+        if (q && sc) return 0;
+    } else {
+        uint16_t *b = (uint16_t *)malloc(sizeof(uint16_t) * n);
+        w->w_kvb_bf16 = b;
+        if (b) {
+            for (i = 0; i < n; i++) b[i] = mla_f32_to_bf16(w->w_kvb[i]);
+            return 0;
+        }
     }
-    for (i = 0; i < n; i++) b[i] = mla_f32_to_bf16(w[i]);
-    return b;
+    snprintf(f->err, sizeof f->err, "out of memory");
+    return -1;
 }
 
 /* w_kvb [h*(d_nope+d_v)][r] from attn_k_b {d_nope, r, h} ([h][c][i] = W_uk[i][c])
@@ -319,9 +331,10 @@ int model_load(model *m, gguf_file *f) {
             if (layer_wmat(f, l, "attn_kv_a_mqa.weight", rm, D, &L->kv_a)) goto bad;
             if (c->attn_bias) LOAD(w->b_kva, layer_tensor(f, l, "attn_kv_a_mqa.bias", 1, rm));
             if (c->kv_norm) LOAD(w->kv_norm, layer_tensor(f, l, "attn_kv_a_norm.weight", 1, r));
+            snprintf(key, sizeof key, "blk.%d.attn_%s.weight", l, gguf_tensor_find(f, "blk.0.attn_kv_b.weight") ? "kv_b" : "k_b");
             if (ds && !gguf_tensor_find(f, "blk.0.attn_kv_b.weight")) LOAD(w->w_kvb, join_kv_b(f, l, c));
             else LOAD(w->w_kvb, layer_tensor(f, l, "attn_kv_b.weight", H * (c->qk_nope_head_dim + c->v_head_dim), r));
-            LOAD(w->w_kvb_bf16, kvb_bf16(f, w->w_kvb, (size_t)H * (c->qk_nope_head_dim + c->v_head_dim) * r));
+            if (kvb_copy(f, w, gguf_tensor_find(f, key)->type, H * (c->qk_nope_head_dim + c->v_head_dim), r)) goto bad;
             if (layer_wmat(f, l, "attn_output.weight", D, H * c->v_head_dim, &L->o)) goto bad;
         }
     }
@@ -350,6 +363,7 @@ void model_free(model *m) {
             free((void *)L->mla.w_qb); free((void *)L->mla.w_kva); free((void *)L->mla.b_kva);
             free((void *)L->mla.q_norm); free((void *)L->mla.kv_norm);
             free((void *)L->mla.w_kvb); free((void *)L->mla.w_kvb_bf16); free((void *)L->mla.w_o);
+            free((void *)L->mla.w_kvb_q8); free((void *)L->mla.w_kvb_q8_scale);
         }
     free(m->layers);
     free(m->out_norm); free(m->mla_rope_freqs);
@@ -538,7 +552,10 @@ int model_layer_forward(const model *m, model_state *s, int l, float *x, int T) 
         int rq = c->q_lora_rank, rm = c->kv_lora_rank + c->qk_rope_head_dim;
         float *y[2];
         const wmat *wm[2];
-        if (!wmat_act8()) wl.w_kvb_bf16 = NULL; /* W_kvb in bf16 only beside 8-bit activations */
+        if (!wmat_act8()) { /* W_kvb's compact copy only beside 8-bit activations */
+            wl.w_kvb_bf16 = NULL;
+            wl.w_kvb_q8 = NULL; wl.w_kvb_q8_scale = NULL;
+        }
         y[0] = rq || L->q_map.q ? s->qa : s->q; y[1] = s->k;
         wm[0] = rq ? &L->q_a : &L->q; wm[1] = &L->kv_a;
         wmat_mul_n(y, s->xb, wm, 2, T);
