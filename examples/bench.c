@@ -304,8 +304,9 @@ typedef struct { /* one layer's GQA bf16 cache x NL, and MLA pools (bf16, int8) 
     float *q, *o, *slots, *qm, *om;
     size_t per, ss;
     mla_config c;
-    mla_layer_weights w[NL]; /* each layer its own W_kvb, in bf16 as mla-run reads it */
-    uint16_t *kvb;
+    mla_layer_weights w[NL]; /* each layer its own W_kvb, int8 blocks as mla-run reads a Q8_0 file's */
+    int8_t *kvb;
+    float *kvs;
     mla_pool pool[2];
     mla_seq seq[2];
     int *table[2];
@@ -330,11 +331,13 @@ static void ab_init(ab *a, int ctx) {
     {
         size_t n = (size_t)H * 128 * r;
         float *kvb = rnd(n * NL, 0.1f);
-        a->kvb = (uint16_t *)malloc(sizeof(uint16_t) * n * NL);
-        for (i = 0; i < n * NL; i++) a->kvb[i] = mla_f32_to_bf16(kvb[i]);
+        a->kvb = (int8_t *)malloc(n * NL);
+        a->kvs = (float *)malloc(sizeof(float) * n / 32 * NL);
+        mla_quant_q8(kvb, (int)(n / r) * NL, r, a->kvb, a->kvs);
         for (l = 0; l < NL; l++) {
             a->w[l].w_kvb = kvb + l * n; /* f32: required, read by the naive path only */
-            a->w[l].w_kvb_bf16 = a->kvb + l * n;
+            a->w[l].w_kvb_q8 = a->kvb + l * n;
+            a->w[l].w_kvb_q8_scale = a->kvs + l * n / 32;
         }
     }
     a->qm = rnd((size_t)H * 128, 1.0f);
@@ -362,7 +365,7 @@ static void ab_init(ab *a, int ctx) {
 }
 
 static void ab_free(ab *a) {
-    free(a->k); free(a->v); free(a->q); free(a->o); free(a->slots); free((void *)a->w[0].w_kvb); free(a->kvb); free(a->qm); free(a->om);
+    free(a->k); free(a->v); free(a->q); free(a->o); free(a->slots); free((void *)a->w[0].w_kvb); free(a->kvb); free(a->kvs); free(a->qm); free(a->om);
     mla_pool_free(&a->pool[0]); mla_pool_free(&a->pool[1]);
     free(a->table[0]); free(a->table[1]);
 }
