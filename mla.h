@@ -494,9 +494,9 @@ typedef struct {
     /* [h][m][d]: head j's query is [q_j ; q_map_j q_j] of the source's head-j
        query q_j = W_q[j] x + b_q[j] before RoPE (d_nope is d, or 0: then
        just q_map_j q_j); w.w_q and w.b_q are that product. A file can store
-       the source's W_q as it is plus this map: a third of the bytes of the
-       product at d_nope = m = d in Q8_0, and no second rounding of quantized
-       weights. In mem; NULL after mla_convert_lowrank_q. */
+       the source's W_q as it is plus this map: fewer bytes than the product
+       (twice the source's rows at d_nope = m = d) and no second rounding of
+       quantized weights. In mem; NULL after mla_convert_lowrank_q. */
     float *q_map;
 } mla_converted;
 MLAPI void mla_converted_free(mla_converted *c);
@@ -2475,9 +2475,10 @@ static void mla__axpy_q8(float *y, float a, const int8_t *x, const float *sc, in
 #ifdef MLA__AVX2
         {
             __m256 va = _mm256_set1_ps(as);
-            for (; i + 8 <= e; i += 8)
-                _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(x + i)))),
-                                                        _mm256_loadu_ps(y + i)));
+            for (; i + 8 <= e; i += 8) {
+                __m256 v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(x + i))));
+                _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, v, _mm256_loadu_ps(y + i)));
+            }
         }
 #endif
         for (; i < e; i++) y[i] += as * (float)x[i];

@@ -509,6 +509,13 @@ static void check_q_map_files(const gguf_file *src, const model *mla) {
         if (sq && q && q->n_elem == sq->n_elem) /* layer 1's rows are the source's layer-1 bytes */
             CHECK(memcmp(q->data, gguf_tensor_find(src, "blk.1.attn_q.weight")->data, sizeof(float) * q->n_elem) == 0);
         CHECK(mp && mp->type == files[i].map_type && mp->ne[0] == (uint64_t)d && mp->ne[1] == (uint64_t)H * m);
+        if (model_load(&x, &f) == 0) { /* W_kvb's copy for decode: int8 blocks from Q8_0, else bf16 */
+            CHECK(i == 1 ? x.layers[1].mla.w_kvb_q8 && x.layers[1].mla.w_kvb_q8_scale && !x.layers[1].mla.w_kvb_bf16
+                         : x.layers[1].mla.w_kvb_bf16 && !x.layers[1].mla.w_kvb_q8);
+            model_free(&x);
+        } else {
+            CHECK(0);
+        }
         gguf_close(&f);
         if (i == 1) { /* shapes that do not fit: named, not a crash */
             CHECK(reshaped_copy(files[i].path, "build/test_lm_badmap.gguf", "blk.1.attn_q_map.weight", (uint64_t)d,

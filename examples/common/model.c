@@ -485,7 +485,7 @@ int model_state_init(model_state *s, const model *m, int max_ctx, int max_tokens
         s->k = (float *)malloc(sizeof(float) * T * (c->kv_lora_rank + c->qk_rope_head_dim));
         s->o = (float *)malloc(sizeof(float) * T * c->n_heads * c->v_head_dim);
         s->qa = (float *)malloc(sizeof(float) * T * (rq ? rq : 1));
-        s->v = (float *)malloc(sizeof(float) * T * c->n_heads * c->qk_rope_head_dim); /* q_pe of a q map */
+        s->v = (float *)malloc(sizeof(float) * (T * c->n_heads * c->qk_rope_head_dim + 1)); /* q_pe of a q map */
     } else {
         size_t hd = (size_t)m->n_heads * m->head_dim, kvd = (size_t)m->n_kv_heads * m->head_dim;
         s->q = (float *)malloc(sizeof(float) * T * hd);
