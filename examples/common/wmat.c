@@ -468,19 +468,7 @@ void wmat_mul(float *y, const float *x, const wmat *w, int T) {
     if (act8_ok(w, C) && mul_q8(&y, x, &w, 1, T) == 0) return;
 #endif
     if (T <= WMAT_FUSED_T && !w->rp8) { /* decode and short prompts: blocks dequantized per 4 tokens */
-        int i;
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static)
-#endif
-        for (i = 0; i < R; i++) {
-            float o[4];
-            int t0, t;
-            for (t0 = 0; t0 < T; t0 += 4) {
-                int n = T - t0 < 4 ? T - t0 : 4;
-                row_dot(w, w->q + (size_t)i * w->row_bytes, x + (size_t)t0 * C, C, n, o);
-                for (t = 0; t < n; t++) y[(size_t)(t0 + t) * R + i] = o[t];
-            }
-        }
+        wmat_mul_heads(y, x, w, 1, T);
         return;
     }
 #ifdef _OPENMP
@@ -509,6 +497,9 @@ void wmat_mul(float *y, const float *x, const wmat *w, int T) {
     }
 }
 
+/* each stored row meets every token, 4 at a time (row_dot); row i reads
+   the (i / (rows/heads))-th cols-slice of a token (heads 1: wmat_mul's
+   decode path) */
 void wmat_mul_heads(float *y, const float *x, const wmat *w, int heads, int T) {
     int R = w->rows, rh = R / heads, C = heads * w->cols, i;
 #ifdef _OPENMP
