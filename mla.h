@@ -2430,6 +2430,14 @@ static void mla__prepare(const mla_config *c, const mla_layer_weights *w, int T,
     }
 }
 
+#ifdef MLA__AVX2
+static float mla__sum8(__m256 v) { /* the 8 lanes of v added */
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    return _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+}
+#endif
+
 /* y += a x and x . y for x in bf16 (w_kvb_bf16's rows) */
 static void mla__axpy_bf16(float *y, float a, const uint16_t *x, int n) {
     int i = 0;
@@ -2449,17 +2457,13 @@ static float mla__dot_bf16(const uint16_t *x, const float *y, int n) {
     int i = 0;
 #ifdef MLA__AVX2
     __m256 s0 = _mm256_setzero_ps(), s1 = s0;
-    __m128 h;
     for (; i + 16 <= n; i += 16) {
         __m256i a = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(x + i)));
         __m256i b = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(x + i + 8)));
         s0 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(a, 16)), _mm256_loadu_ps(y + i), s0);
         s1 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(b, 16)), _mm256_loadu_ps(y + i + 8), s1);
     }
-    s0 = _mm256_add_ps(s0, s1);
-    h = _mm_add_ps(_mm256_castps256_ps128(s0), _mm256_extractf128_ps(s0, 1));
-    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    t = _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+    t = mla__sum8(_mm256_add_ps(s0, s1));
 #endif
     for (; i < n; i++) t += mla_bf16_to_f32(x[i]) * y[i];
     return t;
@@ -2495,13 +2499,10 @@ static float mla__dot_q8(const int8_t *x, const float *sc, const float *y, int n
 #ifdef MLA__AVX2
         {
             __m256 acc = _mm256_setzero_ps();
-            __m128 h;
             for (; i + 8 <= e; i += 8)
                 acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(x + i)))),
                                       _mm256_loadu_ps(y + i), acc);
-            h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-            h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-            s = _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+            s = mla__sum8(acc);
         }
 #endif
         for (; i < e; i++) s += (float)x[i] * y[i];

@@ -124,9 +124,11 @@ static int kvb_copy(gguf_file *f, mla_layer_weights *w, uint32_t stored, int row
     if (stored == GGML_Q8_0 || stored == GGML_Q4_0 || stored == GGML_Q4_1) {
         int8_t *q = (int8_t *)malloc(n);
         float *sc = (float *)malloc(sizeof(float) * (size_t)rows * ((r + 31) / 32));
-        w->w_kvb_q8 = q; w->w_kvb_q8_scale = sc;
-        if (q && sc) mla_quant_q8(w->w_kvb, rows, r, q, sc);
-        if (q && sc) return 0;
+        w->w_kvb_q8 = q; w->w_kvb_q8_scale = sc; /* freed by model_free either way */
+        if (q && sc) {
+            mla_quant_q8(w->w_kvb, rows, r, q, sc);
+            return 0;
+        }
     } else {
         uint16_t *b = (uint16_t *)malloc(sizeof(uint16_t) * n);
         w->w_kvb_bf16 = b;
@@ -331,10 +333,13 @@ int model_load(model *m, gguf_file *f) {
             if (layer_wmat(f, l, "attn_kv_a_mqa.weight", rm, D, &L->kv_a)) goto bad;
             if (c->attn_bias) LOAD(w->b_kva, layer_tensor(f, l, "attn_kv_a_mqa.bias", 1, rm));
             if (c->kv_norm) LOAD(w->kv_norm, layer_tensor(f, l, "attn_kv_a_norm.weight", 1, r));
-            snprintf(key, sizeof key, "blk.%d.attn_%s.weight", l, gguf_tensor_find(f, "blk.0.attn_kv_b.weight") ? "kv_b" : "k_b");
-            if (ds && !gguf_tensor_find(f, "blk.0.attn_kv_b.weight")) LOAD(w->w_kvb, join_kv_b(f, l, c));
-            else LOAD(w->w_kvb, layer_tensor(f, l, "attn_kv_b.weight", H * (c->qk_nope_head_dim + c->v_head_dim), r));
-            if (kvb_copy(f, w, gguf_tensor_find(f, key)->type, H * (c->qk_nope_head_dim + c->v_head_dim), r)) goto bad;
+            {
+                int split = ds && !gguf_tensor_find(f, "blk.0.attn_kv_b.weight"); /* attn_k_b + attn_v_b */
+                if (split) LOAD(w->w_kvb, join_kv_b(f, l, c));
+                else LOAD(w->w_kvb, layer_tensor(f, l, "attn_kv_b.weight", H * (c->qk_nope_head_dim + c->v_head_dim), r));
+                snprintf(key, sizeof key, "blk.%d.attn_%s.weight", l, split ? "k_b" : "kv_b"); /* the stored type */
+                if (kvb_copy(f, w, gguf_tensor_find(f, key)->type, H * (c->qk_nope_head_dim + c->v_head_dim), r)) goto bad;
+            }
             if (layer_wmat(f, l, "attn_output.weight", D, H * c->v_head_dim, &L->o)) goto bad;
         }
     }
