@@ -50,15 +50,17 @@
      MLA_MALLOC/MLA_FREE/MLA_ASSERT   override before the implementation
      MLA_USE_CBLAS     matrix products through cblas_sgemm (link a BLAS)
      MLA_NO_SIMD       no SIMD: no vector extensions or intrinsics, plain C loops
-     MLA_NO_BF16_DOT   AVX-512 builds: bf16 rows scored in f32, not by vdpbf16ps
+     MLA_NO_AVX512     AVX-512 builds: the AVX2 kernels (MLA_NO_BF16_DOT, its
+                       old name, still works)
      MLA_NO_AMX        AMX builds: leave the tile unit alone (AVX-512 only)
      MLA_MAX_THREADS   most threads one attention call uses (default 8)
      Compile with -fopenmp to run matrix products and attention on several
      threads; with -mavx2 -mfma (or -march=native on such a CPU) the
      attention kernels use AVX2/FMA (and F16C when present); with AVX-512
-     F/BW/VL + BF16 (+ VNNI), e.g. -march=sapphirerapids or znver4, bf16
-     rows are scored by vdpbf16ps, int8 rows by vpdpwssd, and P.V runs on
-     512-bit FMAs. The choice is made at compile time: a binary built for
+     F/BW/VL (+ VNNI), e.g. -march=sapphirerapids, znver4 or skylake-avx512,
+     f32 and bf16 rows are widened to f32 in registers for 512-bit FMAs,
+     int8 rows scored by vpdpwssd, and with AMX bf16 rows of 16+ heads run
+     on tiles. The choice is made at compile time: a binary built for
      AVX-512 needs a CPU that has it.
 
    ------------------------------------------------------ memory and errors --
@@ -356,10 +358,8 @@ MLAPI mla_result mla_attend_projected(const mla_config *cfg, const mla_layer_wei
      below 16 heads the padding to a 16-row tile costs more than it gains):
      query and probabilities split into bf16 hi + lo parts: a score moves
      by at most 2^-16 * scale * sum_i |q_i k_i|, o by 2^-16 max|c| more;
-   - else with AVX-512 BF16 ("bf16dot"): the scaled query rounded to bf16
-     for vdpbf16ps: a score moves by at most 2^-8 * scale * sum_i |q_i k_i|
-     (each probability by a factor within exp(+-2 of that)); P.V in f32.
-   MLA_NO_BF16_DOT keeps bf16 rows in f32 (AVX2 path), MLA_NO_AMX off AMX.
+   - else in f32: the rows widened, the query as given.
+   MLA_NO_AMX leaves the tiles alone, MLA_NO_AVX512 runs the AVX2 kernels.
    Scores do not depend on how rows fall into tiles, pages or threads. */
 MLAPI size_t mla_attend_scratch_bytes(int n_heads, int kv_lora_rank, int qk_rope_head_dim);
 MLAPI mla_result mla_attend_latent(const mla_pool *pool, const mla_seq *seq, int layer,
@@ -377,8 +377,8 @@ MLAPI mla_result mla_attend_latent_partial(const mla_pool *pool, const mla_seq *
 /* o [h][d], lse [h] from n parts o_parts [n][h][d], lse_parts [n][h]. */
 MLAPI void mla_attend_merge(int n_heads, int d, int n_parts, const float *o_parts,
                             const float *lse_parts, float *o, float *lse);
-/* Which kernels this build runs: "avx512-bf16dot+vnni", "avx512-bf16dot",
-   "avx2+fma+f16c", "avx2+fma" or "portable". */
+/* Which kernels this build runs: "amx-bf16+avx512+vnni", "avx512+vnni",
+   "avx512", "avx2+fma+f16c", "avx2+fma" or "portable". */
 MLAPI const char *mla_kernel_name(void);
 
 /* ---- plain GQA / MHA attention, the reference beside MLA ---- */
@@ -633,12 +633,12 @@ MLAPI mla_result mla_refit_apply(mla_refit *rf, mla_converted *cv, int targets, 
 /* keeps a loaded vector in a register (GCC would fold the load into every use) */
 #define MLA__KEEP(v) __asm__("" : "+x"(v))
 #endif
-/* AVX-512 with bf16 dot products (vdpbf16ps): bf16 rows are scored against
-   a bf16 copy of the query (sums in f32; the bound is in mla_attend_latent's
-   comment); P.V in f32 with 512-bit FMAs. MLA_NO_BF16_DOT: the AVX2 path. */
+/* AVX-512 F/BW/VL: f32 and bf16 rows widened to f32 in registers for both
+   GEMMs (512-bit FMAs). MLA_NO_AVX512 (or its old name MLA_NO_BF16_DOT):
+   the AVX2 path. */
 #if defined(MLA__AVX2) && defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && \
-    defined(__AVX512BF16__) && !defined(MLA_NO_BF16_DOT)
-#define MLA__BF16DOT 1
+    !defined(MLA_NO_AVX512) && !defined(MLA_NO_BF16_DOT)
+#define MLA__AVX512 1
 #if defined(__AVX512VNNI__)
 #define MLA__VNNI 1 /* int8 cache scores: vpdpwssd */
 #endif
@@ -1328,12 +1328,12 @@ static int mla__imin(int a, int b) { return a < b ? a : b; }
 
 MLADEF const char *mla_kernel_name(void) {
 #ifdef MLA__AMX
-    if (mla__amx_ok()) return "amx-bf16+avx512-bf16dot+vnni";
+    if (mla__amx_ok()) return "amx-bf16+avx512+vnni";
 #endif
 #if defined(MLA__VNNI)
-    return "avx512-bf16dot+vnni";
-#elif defined(MLA__BF16DOT)
-    return "avx512-bf16dot";
+    return "avx512+vnni";
+#elif defined(MLA__AVX512)
+    return "avx512";
 #elif defined(MLA__AVX2) && defined(__F16C__)
     return "avx2+fma+f16c";
 #elif defined(MLA__AVX2)
@@ -1379,8 +1379,9 @@ typedef struct {
     float *kb, *vb;     /* [TILE][dk], [TILE][dv] rows converted to f32            */
     int16_t *qi, *ki;   /* int8 rows: [H][rp+mp] query, [TILE][rp+mp] rows         */
     float *qs, *rs;     /* int8 rows: [2][H] query scales, [2][PST] row scales     */
-    uint16_t *qh;       /* bf16 rows: [2][H16][dk32] query as bf16 hi + lo (AMX;   */
-                        /* vdpbf16ps uses hi: the query rounded to bf16)           */
+    uint16_t *qh;       /* AMX: [2][H16][dk32] query as bf16 hi + lo               */
+    float *qw;          /* AVX-512, f32 and bf16 rows: [H][dk32] the query laid    */
+                        /* out for mla__scores_512 (the memory of qh)              */
     uint32_t *kt;       /* AMX: [dk32/32][2][16][16] bf16 pairs of k, transposed   */
     uint16_t *vv;       /* AMX: [2][dv/16][16][32] value rows, pairs interleaved   */
     uint16_t *pa;       /* AMX: [2][2][16][32] probabilities of 16 heads, hi + lo  */
@@ -1416,6 +1417,7 @@ static size_t mla__slot_layout(int H, int dk, int dv, float *base, mla__slot *s)
     s->a.qs = mla__carve(base, &off, 2 * (size_t)H);
     s->a.rs = mla__carve(base, &off, 2 * MLA__PST);
     s->a.qh = (uint16_t *)mla__carve(base, &off, H16 * s->a.dk32);
+    s->a.qw = (float *)s->a.qh;
     s->a.kt = (uint32_t *)mla__carve(base, &off, (size_t)s->a.dk32 * T / 2);
     s->a.vv = (uint16_t *)mla__carve(base, &off, (((size_t)dv + 15) & ~(size_t)15) * T / 2);
     s->a.pa = (uint16_t *)mla__carve(base, &off, 2 * 16 * T / 2);
@@ -1457,7 +1459,7 @@ static __m256 mla__exp8(__m256 x) {
     e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     return _mm256_and_ps(_mm256_mul_ps(y, _mm256_castsi256_ps(e)), ok);
 }
-#ifdef MLA__BF16DOT
+#ifdef MLA__AVX512
 static __mmask32 mla__mask32(int n) { return n >= 32 ? 0xffffffffu : (__mmask32)((1u << (n > 0 ? n : 0)) - 1u); }
 static __m256 mla__half512(__m512 a) { /* the two halves added */
     __m512d d = _mm512_castps_pd(a); /* (maskz: GCC 12's plain forms warn in C++) */
@@ -1669,33 +1671,64 @@ static void mla__pv_f32(float *o, int Hp, int dv, const float *p, const float *v
         }
 }
 
-#ifdef MLA__BF16DOT
-/* ---- AVX-512 bf16 dot products: the two GEMMs on bf16 rows as stored ---- */
+#ifdef MLA__AVX512
+/* ---- AVX-512: the two GEMMs on rows as stored, widened to f32 in registers ---- */
 
-/* s[j][t] (row stride MLA__PST) = q_j . k_t, j < H, t < n: the query rounded
-   to bf16, rows dk32 apart (zero padded); k bf16 rows ks bytes apart.
-   Blocks of 3 heads x 8 rows (clamped like mla__scores_f32); each sum is a
-   16-lane vdpbf16ps chain. */
-static void mla__scores_bf16(const uint16_t *q, int dk32, int H, int dk, const char *k, size_t ks, int n, float *s) {
+/* The query of mla__scores_512, qw [H][dk32] f32 (zero padded), laid out as
+   the row loader below produces each 32-value chunk of a row: f32 rows in
+   order; bf16 rows as its 16 even then its 16 odd values (a 32-bit lane
+   holds a bf16 pair: the low half shifted up is the even value, the high
+   half masked the odd one; no shuffle). */
+static void mla__query_512(float *qw, int dk32, const float *q, int H, int dk, mla_dtype type) {
+    int j, i;
+    for (j = 0; j < H; j++)
+        for (i = 0; i < dk32; i++) {
+            int src = type == MLA_BF16 ? (i & ~31) + 2 * (i & 15) + ((i >> 4) & 1) : i;
+            qw[(size_t)j * dk32 + i] = src < dk ? q[(size_t)j * dk + src] : 0.0f;
+        }
+}
+
+/* s[j][t] (row stride MLA__PST) = q_j . k_t, j < H, t < n, for f32 or bf16
+   rows ks bytes apart: each 32-value chunk of a row becomes two f32 vectors
+   in registers, multiplied by the query qw (mla__query_512) with f32 FMAs:
+   the products are exact (a bf16 times an f32 fits an f32 FMA), so bf16 rows
+   are scored as precisely as f32 rows. (vdpbf16ps would round the query to
+   bf16 and, on the Xeon this was measured on, issues every other cycle: half
+   the rate of two 512-bit FMAs.) Blocks of 3 heads x 8 rows, clamped like
+   mla__scores_f32; each sum is 16 lanes, reduced once per block. */
+static void mla__scores_512(const float *qw, int dk32, int H, int dk, mla_dtype type, const char *k, size_t ks,
+                            int n, float *s) {
     int j0, t0, j, t, i;
+    const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
     for (j0 = 0; j0 < H; j0 += MLA__HB)
         for (t0 = 0; t0 < n; t0 += 8) {
-            const uint16_t *qr[3], *kr[8];
-            __m512 a[3][8];
-            for (j = 0; j < 3; j++) qr[j] = q + (size_t)mla__imin(j0 + j, H - 1) * dk32;
-            for (t = 0; t < 8; t++) kr[t] = (const uint16_t *)(k + (size_t)mla__imin(t0 + t, n - 1) * ks);
+            const float *qr[3];
+            const char *kr[8];
+            __m512 a[3][8], x0, x1;
+            for (j = 0; j < 3; j++) qr[j] = qw + (size_t)mla__imin(j0 + j, H - 1) * dk32;
+            for (t = 0; t < 8; t++) kr[t] = k + (size_t)mla__imin(t0 + t, n - 1) * ks;
             a[0][0] = _mm512_setzero_ps(); /* (no loops over the accumulators: they stay in registers) */
             a[0][1] = a[0][2] = a[0][3] = a[0][4] = a[0][5] = a[0][6] = a[0][7] = a[0][0];
             a[1][0] = a[1][1] = a[1][2] = a[1][3] = a[1][4] = a[1][5] = a[1][6] = a[1][7] = a[0][0];
             a[2][0] = a[2][1] = a[2][2] = a[2][3] = a[2][4] = a[2][5] = a[2][6] = a[2][7] = a[0][0];
             for (i = 0; i < dk; i += 32) {
                 __mmask32 mk = mla__mask32(dk - i);
-                __m512bh w0 = MLA__BH(_mm512_loadu_si512(qr[0] + i)), w1 = MLA__BH(_mm512_loadu_si512(qr[1] + i));
-                __m512bh w2 = MLA__BH(_mm512_loadu_si512(qr[2] + i)), x;
+                __mmask16 m0 = (__mmask16)(mk & 0xffff), m1 = (__mmask16)(mk >> 16);
 #define MLA__SC(t)                                                                                      \
-    x = MLA__BH(_mm512_maskz_loadu_epi16(mk, kr[t] + i));                                               \
-    a[0][t] = _mm512_dpbf16_ps(a[0][t], w0, x); a[1][t] = _mm512_dpbf16_ps(a[1][t], w1, x);             \
-    a[2][t] = _mm512_dpbf16_ps(a[2][t], w2, x);
+    if (type == MLA_BF16) {                                                                             \
+        __m512i w_ = _mm512_maskz_loadu_epi16(mk, (const uint16_t *)kr[t] + i);                         \
+        x0 = _mm512_castsi512_ps(_mm512_maskz_slli_epi32(0xffff, w_, 16));                              \
+        x1 = _mm512_castsi512_ps(_mm512_and_si512(w_, hi));                                             \
+    } else {                                                                                            \
+        x0 = _mm512_maskz_loadu_ps(m0, (const float *)kr[t] + i);                                       \
+        x1 = _mm512_maskz_loadu_ps(m1, (const float *)kr[t] + i + 16);                                  \
+    }                                                                                                   \
+    a[0][t] = _mm512_fmadd_ps(_mm512_loadu_ps(qr[0] + i), x0, a[0][t]);                                 \
+    a[1][t] = _mm512_fmadd_ps(_mm512_loadu_ps(qr[1] + i), x0, a[1][t]);                                 \
+    a[2][t] = _mm512_fmadd_ps(_mm512_loadu_ps(qr[2] + i), x0, a[2][t]);                                 \
+    a[0][t] = _mm512_fmadd_ps(_mm512_loadu_ps(qr[0] + i + 16), x1, a[0][t]);                            \
+    a[1][t] = _mm512_fmadd_ps(_mm512_loadu_ps(qr[1] + i + 16), x1, a[1][t]);                            \
+    a[2][t] = _mm512_fmadd_ps(_mm512_loadu_ps(qr[2] + i + 16), x1, a[2][t]);
                 MLA__SC(0) MLA__SC(1) MLA__SC(2) MLA__SC(3) MLA__SC(4) MLA__SC(5) MLA__SC(6) MLA__SC(7)
 #undef MLA__SC
             }
@@ -1990,7 +2023,7 @@ static void mla__att_tile(mla__att *a, mla_dtype type, const char *k, size_t ks,
     int H = a->H, dk = a->dk, dv = a->dv, j, t;
     const float *vf = NULL; /* f32 value rows for mla__pv_f32, vst floats apart */
     size_t vst = 0;
-#ifdef MLA__BF16DOT
+#ifdef MLA__AVX512
     const int wide = type != MLA_F16; /* P.V by mla__pv_512 from the rows as stored */
 #else
     const int wide = 0;
@@ -2004,17 +2037,18 @@ static void mla__att_tile(mla__att *a, mla_dtype type, const char *k, size_t ks,
         if (a->mp)
             mla__scores_i16(a->qi, (size_t)w, H, a->ki, (size_t)w, n, a->rp, a->mp, a->qs + H, a->rs + MLA__PST, 1, a->p);
         vf = a->vb; vst = (size_t)dv;
-    } else if (type == MLA_F32) {
-        mla__scores_f32(a->q, H, dk, (const float *)k, ks / 4, n, a->p);
-        vf = (const float *)v; vst = vs / 4;
 #ifdef MLA__AMX
     } else if (a->amx) {
         mla__scores_amx(a, k, ks, mla__imin(n, 32), 0);
         if (n > 32) mla__scores_amx(a, k + 32 * ks, ks, n - 32, 32);
 #endif
-#ifdef MLA__BF16DOT
-    } else if (type == MLA_BF16) {
-        mla__scores_bf16(a->qh, a->dk32, H, dk, k, ks, n, a->p);
+#ifdef MLA__AVX512
+    } else if (type == MLA_F32 || type == MLA_BF16) {
+        mla__scores_512(a->qw, a->dk32, H, dk, type, k, ks, n, a->p);
+#else
+    } else if (type == MLA_F32) {
+        mla__scores_f32(a->q, H, dk, (const float *)k, ks / 4, n, a->p);
+        vf = (const float *)v; vst = vs / 4;
 #endif
     } else {
         for (t = 0; t < n; t++) mla__half_to_f32(a->kb + (size_t)t * dk, (const uint16_t *)(k + (size_t)t * ks), dk, type);
@@ -2058,7 +2092,7 @@ static void mla__att_tile(mla__att *a, mla_dtype type, const char *k, size_t ks,
         return;
     }
 #endif
-#ifdef MLA__BF16DOT
+#ifdef MLA__AVX512
     if (wide) {
         mla__pv_512(a->o, a->Hp, dv, a->p, type, v, vs, n);
         return;
@@ -2067,6 +2101,18 @@ static void mla__att_tile(mla__att *a, mla_dtype type, const char *k, size_t ks,
     (void)wide;
     mla__pv_f32(a->o, a->Hp, dv, a->p, vf, vst, n);
 }
+
+#ifdef MLA__AVX512
+/* Whether a state runs rows of this type on AMX tiles */
+static int mla__att_amx(const mla__att *a, mla_dtype type) {
+#ifdef MLA__AMX
+    return MLA__AMX_FOR(type, a->H, a->dv, a->dk) && mla__amx_ok();
+#else
+    (void)a; (void)type;
+    return 0;
+#endif
+}
+#endif
 
 /* Sets the query of a state: q [H][dk] = scale * [qa (dv) | qb (dk-dv)]
    (row strides lda, ldb); the int16 copy too for int8 rows. */
@@ -2078,8 +2124,8 @@ static void mla__att_query(mla__att *a, mla_dtype type, const float *qa, size_t 
         for (i = 0; i < dv; i++) q[i] = scale * qa[(size_t)j * lda + i];
         for (i = dv; i < dk; i++) q[i] = scale * qb[(size_t)j * ldb + i - dv];
     }
-#ifdef MLA__BF16DOT
-    if (type == MLA_BF16) /* bf16 rows: the query as bf16 hi + lo (zero padded to H16 x dk32) */
+#ifdef MLA__AVX512
+    if (mla__att_amx(a, type)) /* AMX: the query as bf16 hi + lo (zero padded to H16 x dk32) */
         for (j = 0; j < a->H16; j++) {
             uint16_t *hi = a->qh + (size_t)j * a->dk32, *lo = hi + (size_t)a->H16 * a->dk32;
             for (i = 0; i < a->dk32; i++) {
@@ -2088,6 +2134,8 @@ static void mla__att_query(mla__att *a, mla_dtype type, const float *qa, size_t 
                 lo[i] = mla_f32_to_bf16(x - mla_bf16_to_f32(hi[i]));
             }
         }
+    else if (type == MLA_F32 || type == MLA_BF16)
+        mla__query_512(a->qw, a->dk32, a->q, H, dk, type);
 #endif
     if (type != MLA_I8) return;
     for (j = 0; j < H; j++) { /* int16 query, one scale per part; |sum| < 2^31 for any row */
@@ -2109,7 +2157,7 @@ static void mla__att_query(mla__att *a, mla_dtype type, const float *qa, size_t 
 static void mla__att_run(mla__att *a, const mla__rows *src, int t0, int t1, float *lse) {
     int H = a->H, dv = a->dv, j, t, n, u;
 #ifdef MLA__AMX
-    a->amx = MLA__AMX_FOR(src->type, H, dv, a->dk) && mla__amx_ok();
+    a->amx = mla__att_amx(a, src->type);
     if (a->amx) mla__amx_config();
 #endif
     memset(a->o, 0, sizeof(float) * (size_t)a->Hr * dv);

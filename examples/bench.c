@@ -3,7 +3,8 @@
 
    1. Machine: memory bandwidth (a STREAM-style triad over 3 x 128 MB) and
       compute peaks of the vector instructions in this build (fp32 FMA, int16
-      multiply-add; with AVX-512: fp32 FMA, bf16 dot, int16 and int8 dots),
+      multiply-add; with AVX-512: fp32 FMA, int16 and int8 dots, and the bf16
+      dot where the CPU has it, for comparison: the kernels do not use it),
       1 and 2 threads, measured here.
    2. The absorbed attention kernel (mla_attend_latent: the latent rows read
       once for all heads) at DeepSeek-V3 shape (128 heads, r 512 + m 64) and
@@ -11,15 +12,16 @@
       1 and 8, 1 and 2 threads, f32 / bf16 / int8 cache. Roofline fraction =
       max(bytes / bandwidth, flops / compute peak) / measured time, where the
       compute time is that of the instructions the kernel uses on this CPU
-      at their measured peaks: scores (q.k) on f32 rows by AVX2 FMA, on bf16
-      rows by vdpbf16ps (AVX2 FMA without AVX-512 BF16), on int8 rows by
-      vpdpwssd (AVX2 vpmaddwd); P.V by fp32 FMA (AVX-512 where built).
+      at their measured peaks: bf16 rows of 16+ heads on AMX tiles; else
+      scores (q.k) on f32 and bf16 rows by fp32 FMA (AVX-512 where built, the
+      rows widened in registers), on int8 rows by vpdpwssd (AVX2 vpmaddwd);
+      P.V by fp32 FMA.
    3. MLA (r 128, m 64: half the KV cache) vs GQA (3 KV heads of 64) at
       SmolLM2 shapes, per layer, with the working set of a 30-layer model (each
       step runs all 30 layers' attention), both with the same kernel, bf16
       caches (and MLA int8). MLA includes its absorption (W_uk into the query,
-      W_uv after attention; each layer its own W_kvb, read in bf16 as mla-run
-      does); projections are left out on both sides.
+      W_uv after attention; each layer its own W_kvb, read as int8 blocks as
+      mla-run reads a Q8_0 file's); projections are left out on both sides.
    Timings are wall time; compare ratios within a run. */
 #define _POSIX_C_SOURCE 199309L
 #define MLA_IMPLEMENTATION
@@ -80,7 +82,12 @@ static double triad_gbs(int threads) {
 }
 
 /* Register-only loops of one instruction, 10 independent chains: the
-   machine's peak for it, GFLOP/s (a multiply-add = 2 operations). */
+   machine's peak for it, GFLOP/s (a multiply-add = 2 operations). The empty
+   asm statements make each chain start from, and end in, a value the
+   compiler cannot see: ten chains of the same instruction on the same
+   operands would otherwise be merged into one (common subexpressions), or
+   all but the used ones dropped, and the loop would time the instruction's
+   latency, not its throughput. */
 enum { FMA256, MADD256, FMA512, DPBF16, DPWSSD, DPBUSD, AMXBF16, NPEAK };
 static const char *const peak_name[NPEAK] = {"fp32 FMA (AVX2)", "int16 madd (AVX2)", "fp32 FMA (AVX-512)",
                                              "bf16 dot (vdpbf16ps)", "int16 dot (vpdpwssd)", "int8 dot (vpdpbusd)",
@@ -88,14 +95,16 @@ static const char *const peak_name[NPEAK] = {"fp32 FMA (AVX2)", "int16 madd (AVX
 static const int peak_ops[NPEAK] = {16, 32, 32, 64, 64, 128, 16384}; /* per instruction */
 #define CHAINS(T, OP)                                                                                   \
     {                                                                                                   \
-        T a0 = z, a1 = z, a2 = z, a3 = z, a4 = z, a5 = z, a6 = z, a7 = z, a8 = z, a9 = z, o_[1];          \
+        T a0 = z, a1 = z, a2 = z, a3 = z, a4 = z, a5 = z, a6 = z, a7 = z, a8 = z, a9 = z;               \
+        __asm__ volatile("" : "+v"(a0), "+v"(a1), "+v"(a2), "+v"(a3), "+v"(a4), "+v"(a5), "+v"(a6),     \
+                         "+v"(a7), "+v"(a8), "+v"(a9));                                                 \
         for (i = 0; i < iters / 10; i++) {                                                              \
             a0 = OP(a0); a1 = OP(a1); a2 = OP(a2); a3 = OP(a3); a4 = OP(a4);                              \
             a5 = OP(a5); a6 = OP(a6); a7 = OP(a7); a8 = OP(a8); a9 = OP(a9);                              \
-            __asm__ volatile("" : "+x"(x), "+x"(y));                                                    \
+            __asm__ volatile("" : "+v"(x), "+v"(y));                                                    \
         }                                                                                               \
-        o_[0] = a0; memcpy(&f, o_, sizeof f); sink += f;                                                \
-        o_[0] = a9; memcpy(&f, o_, sizeof f); sink += f;                                                \
+        __asm__ volatile("" : : "v"(a0), "v"(a1), "v"(a2), "v"(a3), "v"(a4), "v"(a5), "v"(a6), "v"(a7), \
+                         "v"(a8), "v"(a9));                                                             \
     }
 /* is the instruction in this build (the kernels use these) */
 static int peak_built(int kind) {
@@ -105,8 +114,11 @@ static int peak_built(int kind) {
 #ifdef MLA__VNNI
     if (kind == DPWSSD || kind == DPBUSD) return 1;
 #endif
-#ifdef MLA__BF16DOT
-    if (kind == FMA512 || kind == DPBF16) return 1;
+#ifdef MLA__AVX512
+    if (kind == FMA512) return 1;
+#endif
+#if defined(MLA__AVX512) && defined(__AVX512BF16__)
+    if (kind == DPBF16) return 1;
 #endif
 #ifdef MLA__AVX2
     if (kind == FMA256 || kind == MADD256) return 1;
@@ -114,18 +126,17 @@ static int peak_built(int kind) {
     return 0;
 }
 static double peak_gflops(int kind, int threads) {
-    double best = 1e30, sink = 0;
+    double best = 1e30;
     long iters = 20000000;
     int rep;
     set_threads(threads);
     for (rep = 0; rep < 3; rep++) {
         double t = now();
 #ifdef _OPENMP
-#pragma omp parallel reduction(+ : sink)
+#pragma omp parallel
 #endif
         {
             long i;
-            float f = 0;
 #ifdef MLA__AVX2
             if (kind == FMA256) {
                 __m256 x = _mm256_set1_ps(0.999f), y = _mm256_set1_ps(1e-7f), z = y;
@@ -139,13 +150,16 @@ static double peak_gflops(int kind, int threads) {
 #undef OP
             }
 #endif
-#ifdef MLA__BF16DOT
+#ifdef MLA__AVX512
             if (kind == FMA512) {
                 __m512 x = _mm512_set1_ps(0.999f), y = _mm512_set1_ps(1e-7f), z = y;
 #define OP(a) _mm512_fmadd_ps(a, x, y)
                 CHAINS(__m512, OP)
 #undef OP
-            } else if (kind == DPBF16) {
+            }
+#endif
+#if defined(MLA__AVX512) && defined(__AVX512BF16__)
+            if (kind == DPBF16) {
                 __m512i x = _mm512_set1_epi16(0x3f80), y = x;
                 __m512 z = _mm512_setzero_ps();
 #define OP(a) _mm512_dpbf16_ps(a, (__m512bh)x, (__m512bh)y)
@@ -176,12 +190,11 @@ static double peak_gflops(int kind, int threads) {
 #undef OPB
             }
 #endif
-            (void)iters; (void)i; (void)f;
+            (void)iters; (void)i;
         }
         t = now() - t;
         if (t < best) best = t;
     }
-    if (sink == 1234.5) printf(" ");
     return (double)threads * (kind == AMXBF16 ? iters / 10 : iters) * peak_ops[kind] / best / 1e9;
 }
 
@@ -200,7 +213,7 @@ static int amx_for(mla_dtype t, int H, int r, int m) {
 static int score_instr(mla_dtype t, int H, int r, int m) {
     if (amx_for(t, H, r, m)) return AMXBF16;
     if (t == MLA_I8) return peak_built(DPWSSD) ? DPWSSD : MADD256;
-    return t == MLA_BF16 && peak_built(DPBF16) ? DPBF16 : FMA256;
+    return peak_built(FMA512) ? FMA512 : FMA256;
 }
 static int pv_instr(mla_dtype t, int H, int r, int m) {
     return amx_for(t, H, r, m) ? AMXBF16 : peak_built(FMA512) ? FMA512 : FMA256;

@@ -911,7 +911,11 @@ void suite_model(void) {
     RUN(test_logits_vs_reference);
     RUN(test_lossless_smollm2);
     RUN(test_compressed_smollm2);
-    wmat_set_act8(1);
+    /* the greedy reply with f32 activations: with 8-bit ones the original
+       model's reply to this prompt sits at a near-tie that any change of f32
+       summation order upstream can flip (README, "Accuracy of the 8-bit
+       activations"); that path's next-token choices are test_act8_smollm2's */
     RUN(test_chat_and_generation);
+    wmat_set_act8(1);
     RUN(test_act8_smollm2);
 }
