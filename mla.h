@@ -2559,6 +2559,55 @@ static float mla__dot_q8(const int8_t *x, const float *sc, const float *y, int n
     return t;
 }
 
+#ifdef MLA__AVX512
+/* The same for a whole head at once (AVX-512): y [n] = sum_i a[i] X_i over
+   `rows` rows of w_kvb_q8 (n values, scales nb apart), 64 values of y in
+   registers across all rows; and y[i] = X_i . v for `rows` rows, one
+   16-lane sum per row (the per-32 scales applied as vectors, reduced once).
+   (maskz forms with a full mask: GCC 12's plain ones warn in C++.) */
+static void mla__axpys_q8(float *y, const float *a, int rows, const int8_t *X, const float *sc, size_t nb, int n) {
+    int c, i;
+    for (c = 0; c < n; c += 64) {
+        int left = n - c;
+        __mmask16 m0 = (__mmask16)(left >= 16 ? 0xffff : (1u << left) - 1u);
+        __mmask16 m1 = (__mmask16)(left >= 32 ? 0xffff : left > 16 ? (1u << (left - 16)) - 1u : 0);
+        __mmask16 m2 = (__mmask16)(left >= 48 ? 0xffff : left > 32 ? (1u << (left - 32)) - 1u : 0);
+        __mmask16 m3 = (__mmask16)(left >= 64 ? 0xffff : left > 48 ? (1u << (left - 48)) - 1u : 0);
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0; /* (no array: registers) */
+        for (i = 0; i < rows; i++) {
+            const int8_t *x = X + (size_t)i * n + c;
+            const float *si = sc + (size_t)i * nb + c / 32;
+            __m512 s0 = _mm512_set1_ps(a[i] * si[0]), s1 = _mm512_set1_ps(a[i] * si[m2 ? 1 : 0]);
+#define MLA__AX(acc, u, mk, sv)                                                                          \
+    acc = _mm512_fmadd_ps(_mm512_maskz_cvtepi32_ps(0xffff, _mm512_maskz_cvtepi8_epi32(0xffff, _mm_maskz_loadu_epi8(mk, x + 16 * u))), sv, acc);
+            MLA__AX(a0, 0, m0, s0) MLA__AX(a1, 1, m1, s0) MLA__AX(a2, 2, m2, s1) MLA__AX(a3, 3, m3, s1)
+#undef MLA__AX
+        }
+        _mm512_mask_storeu_ps(y + c, m0, a0); _mm512_mask_storeu_ps(y + c + 16, m1, a1);
+        _mm512_mask_storeu_ps(y + c + 32, m2, a2); _mm512_mask_storeu_ps(y + c + 48, m3, a3);
+    }
+}
+
+static void mla__dots_q8(float *y, int rows, const int8_t *X, const float *sc, size_t nb, const float *v, int n) {
+    int i, c;
+    for (i = 0; i < rows; i++) {
+        const int8_t *x = X + (size_t)i * n;
+        __m512 acc = _mm512_setzero_ps();
+        for (c = 0; c < n; c += 32) {
+            int left = n - c;
+            __mmask32 mk = mla__mask32(left);
+            __mmask16 m0 = (__mmask16)(mk & 0xffff), m1 = (__mmask16)(mk >> 16);
+            __m512 x0 = _mm512_maskz_cvtepi32_ps(0xffff, _mm512_maskz_cvtepi8_epi32(0xffff, _mm_maskz_loadu_epi8(m0, x + c)));
+            __m512 x1 = _mm512_maskz_cvtepi32_ps(0xffff, _mm512_maskz_cvtepi8_epi32(0xffff, _mm_maskz_loadu_epi8(m1, x + c + 16)));
+            __m512 t = _mm512_mul_ps(x0, _mm512_maskz_loadu_ps(m0, v + c));
+            t = _mm512_fmadd_ps(x1, _mm512_maskz_loadu_ps(m1, v + c + 16), t);
+            acc = _mm512_fmadd_ps(t, _mm512_set1_ps(sc[(size_t)i * nb + c / 32]), acc);
+        }
+        y[i] = mla__sum8(mla__half512(acc));
+    }
+}
+#endif
+
 /* q_lat [h][r] = W_uk^T q_nope per head (q [h][qd]); heads split over
    `threads` (a decode step's W_uk and W_uv are as many bytes as its latent
    rows up to a few hundred tokens: one thread alone would leave the others
@@ -2575,6 +2624,12 @@ static void mla__absorb_q(const mla_config *c, const mla_layer_weights *w, const
         const float *qn = q + (size_t)j * qd;
         size_t k0 = (size_t)j * (dn + dv) * r; /* head j's first W_uk row */
         float *ql = qlat + (size_t)j * r;
+#ifdef MLA__AVX512
+        if (w->w_kvb_q8) {
+            mla__axpys_q8(ql, qn, dn, w->w_kvb_q8 + k0, w->w_kvb_q8_scale + k0 / r * nb, nb, r);
+            continue;
+        }
+#endif
         memset(ql, 0, sizeof(float) * (size_t)r);
         for (i = 0; i < dn; i++)
             if (w->w_kvb_q8)
@@ -2595,6 +2650,12 @@ static void mla__absorb_o(const mla_config *c, const mla_layer_weights *w, const
 #endif
     for (j = 0; j < H; j++) {
         size_t v0 = ((size_t)j * (dn + dv) + dn) * r; /* head j's first W_uv row */
+#ifdef MLA__AVX512
+        if (w->w_kvb_q8) {
+            mla__dots_q8(o + (size_t)j * dv, dv, w->w_kvb_q8 + v0, w->w_kvb_q8_scale + v0 / r * nb, nb, olat + (size_t)j * r, r);
+            continue;
+        }
+#endif
         for (i = 0; i < dv; i++) {
             const float *ol = olat + (size_t)j * r;
             size_t row = v0 / r + i;
