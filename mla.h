@@ -1386,6 +1386,9 @@ typedef struct {
     uint16_t *vv;       /* AMX: [2][dv/16][16][32] value rows, pairs interleaved   */
     uint16_t *pa;       /* AMX: [2][2][16][32] probabilities of 16 heads, hi + lo  */
     float *ct;          /* AMX: [16][32] the query-lo part of 16 heads' scores     */
+    const char *pf;     /* AVX-512 f32/bf16 rows: the next tile's key rows (pfn of */
+    size_t pfs, pfb;    /* them, pfs bytes apart, pfb bytes each), prefetched by   */
+    int pfn;            /* mla__scores_512 8 rows per register block; NULL: none   */
 } mla__att;
 
 /* One thread's scratch: the absorbed query/output of one token and a state. */
@@ -1404,7 +1407,7 @@ static size_t mla__slot_layout(int H, int dk, int dv, float *base, mla__slot *s)
     s->olat = mla__carve(base, &off, (size_t)H * dv);
     s->lse = mla__carve(base, &off, (size_t)H);
     s->a.H = H; s->a.Hp = (int)Hp; s->a.dk = dk; s->a.dv = dv; s->a.rp = rp; s->a.mp = mp;
-    s->a.dk32 = (dk + 31) & ~31; s->a.H16 = (int)H16; s->a.Hr = (int)Hr; s->a.amx = 0;
+    s->a.dk32 = (dk + 31) & ~31; s->a.H16 = (int)H16; s->a.Hr = (int)Hr; s->a.amx = 0; s->a.pf = NULL;
     s->a.q = mla__carve(base, &off, (size_t)H * dk);
     s->a.o = mla__carve(base, &off, Hr * dv);
     s->a.mx = mla__carve(base, &off, (size_t)H);
@@ -1696,8 +1699,9 @@ static void mla__query_512(float *qw, int dk32, const float *q, int H, int dk, m
    bf16 and, on the Xeon this was measured on, issues every other cycle: half
    the rate of two 512-bit FMAs.) Blocks of 3 heads x 8 rows, clamped like
    mla__scores_f32; each sum is 16 lanes, reduced once per block. */
-static void mla__scores_512(const float *qw, int dk32, int H, int dk, mla_dtype type, const char *k, size_t ks,
-                            int n, float *s) {
+static void mla__scores_512(const mla__att *at, mla_dtype type, const char *k, size_t ks, int n, float *s) {
+    const float *qw = at->qw;
+    const int dk32 = at->dk32, H = at->H, dk = at->dk;
     int j0, t0, j, t, i;
     const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
     for (j0 = 0; j0 < H; j0 += MLA__HB)
@@ -1707,6 +1711,11 @@ static void mla__scores_512(const float *qw, int dk32, int H, int dk, mla_dtype 
             __m512 a[3][8], x0, x1;
             for (j = 0; j < 3; j++) qr[j] = qw + (size_t)mla__imin(j0 + j, H - 1) * dk32;
             for (t = 0; t < 8; t++) kr[t] = k + (size_t)mla__imin(t0 + t, n - 1) * ks;
+            if (j0 == 0 && at->pf) { /* the next tile's rows, spread over the blocks (not one burst) */
+                size_t b;
+                for (t = t0; t < t0 + 8 && t < at->pfn; t++)
+                    for (b = 0; b < at->pfb; b += 64) _mm_prefetch(at->pf + (size_t)t * at->pfs + b, _MM_HINT_T0);
+            }
             a[0][0] = _mm512_setzero_ps(); /* (no loops over the accumulators: they stay in registers) */
             a[0][1] = a[0][2] = a[0][3] = a[0][4] = a[0][5] = a[0][6] = a[0][7] = a[0][0];
             a[1][0] = a[1][1] = a[1][2] = a[1][3] = a[1][4] = a[1][5] = a[1][6] = a[1][7] = a[0][0];
@@ -2044,7 +2053,7 @@ static void mla__att_tile(mla__att *a, mla_dtype type, const char *k, size_t ks,
 #endif
 #ifdef MLA__AVX512
     } else if (type == MLA_F32 || type == MLA_BF16) {
-        mla__scores_512(a->qw, a->dk32, H, dk, type, k, ks, n, a->p);
+        mla__scores_512(a, type, k, ks, n, a->p);
 #else
     } else if (type == MLA_F32) {
         mla__scores_f32(a->q, H, dk, (const float *)k, ks / 4, n, a->p);
@@ -2168,12 +2177,19 @@ static void mla__att_run(mla__att *a, const mla__rows *src, int t0, int t1, floa
         const char *k, *v;
         size_t ks, vs;
         n = mla__rows_at(src, t, mla__imin(MLA__TILE, t1 - t), &k, &v, &ks, &vs);
+        a->pf = NULL;
 #ifdef MLA__AVX2
         if (t + n < t1) { /* the next tile's rows travel while this one is computed */
             const char *k2, *v2;
             size_t ks2, vs2, b, el = src->type == MLA_F32 ? 4 : 2;
             size_t kb = src->pool ? mla_pool_row_bytes(src->pool) : (size_t)a->dk * el, vb = src->pool ? 0 : (size_t)a->dv * el;
             int n2 = mla__rows_at(src, t + n, mla__imin(MLA__TILE, t1 - t - n), &k2, &v2, &ks2, &vs2), u;
+#ifdef MLA__AVX512
+            if (!a->amx && (src->type == MLA_F32 || src->type == MLA_BF16)) { /* keys: by mla__scores_512 */
+                a->pf = k2; a->pfs = ks2; a->pfb = kb; a->pfn = n2;
+                kb = 0;
+            }
+#endif
             for (u = 0; u < n2; u++) {
                 for (b = 0; b < kb; b += 64) _mm_prefetch(k2 + u * ks2 + b, _MM_HINT_T0);
                 for (b = 0; b < vb; b += 64) _mm_prefetch(v2 + u * vs2 + b, _MM_HINT_T0);
