@@ -101,6 +101,7 @@ hello: $(BIN)/hello_mla
 # the header must compile warning-free as C99 (gcc, clang if present) and as C++,
 # with each instruction set it has kernels for (compiled here whatever this CPU has)
 AVX512 = -mavx2 -mfma -mf16c -mavx512f -mavx512bw -mavx512vl -mavx512bf16 -mavx512vnni -mamx-tile -mamx-bf16
+AVX512_BASE = -mavx2 -mfma -mf16c -mavx512f -mavx512bw -mavx512vl  # Skylake-X: the AVX-512 path without BF16, VNNI, AMX
 headercheck: | $(BIN)
 	@printf '#define MLA_IMPLEMENTATION\n#include "mla.h"\nint main(void){return 0;}\n' > $(BIN)/hc.c
 	$(CC) -std=c99 -Wall -Wextra -pedantic -Werror -O2 -I. -c -o $(BIN)/hc_c.o $(BIN)/hc.c
@@ -123,9 +124,13 @@ headercheck: | $(BIN)
 	  clang -std=c99 -Wall -Wextra -pedantic -Werror -O2 $(AVX512) -I. -c -o $(BIN)/hc_clang_avx512.o $(BIN)/hc.c; \
 	fi
 	$(CC) -std=c99 -Wall -Wextra -pedantic -Werror -O2 $(AVX512) -fopenmp -I. -c -o $(BIN)/hc_avx512.o $(BIN)/hc.c
+	$(CC) -std=c99 -Wall -Wextra -pedantic -Werror -O2 $(AVX512_BASE) -fopenmp -I. -c -o $(BIN)/hc_avx512_base.o $(BIN)/hc.c
+	g++ -x c++ -Wall -Wextra -pedantic -Werror -O2 $(AVX512_BASE) -I. -c -o $(BIN)/hc_cpp_avx512_base.o $(BIN)/hc.c
 	g++ -x c++ -Wall -Wextra -pedantic -Werror -O2 $(AVX512) -I. -c -o $(BIN)/hc_cpp_avx512.o $(BIN)/hc.c
 	@printf '#define MLA_IMPLEMENTATION\n#include "mla.h"\n#if !defined(MLA__VNNI) || !defined(MLA__AMX)\n#error no AVX-512 or AMX kernels\n#endif\n' > $(BIN)/hc512.c
 	@$(CC) -std=c99 -O0 $(AVX512) -I. -c -o $(BIN)/hc512.o $(BIN)/hc512.c
+	@printf '#define MLA_IMPLEMENTATION\n#include "mla.h"\n#if !defined(MLA__AVX512) || defined(MLA__VNNI)\n#error no AVX-512 kernels without BF16/VNNI\n#endif\n' > $(BIN)/hc512b.c
+	@$(CC) -std=c99 -O0 $(AVX512_BASE) -I. -c -o $(BIN)/hc512b.o $(BIN)/hc512b.c
 
 CLI_BIN = $(BIN)/mla-run $(BIN)/mla-convert $(BIN)/mla-tradeoff
 REPLAY_BIN = $(BIN)/replay_gguf $(BIN)/replay_tokenizer $(BIN)/replay_api $(BIN)/replay_convert

@@ -1469,7 +1469,6 @@ static __m256 mla__half512(__m512 a) { /* the two halves added */
     return _mm256_add_ps(_mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xff, d, 0)),
                          _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xff, d, 1)));
 }
-#define MLA__BH(x) ((__m512bh)(x))
 #endif
 #endif
 
