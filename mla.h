@@ -2583,11 +2583,9 @@ static float mla__dot_q8(const int8_t *x, const float *sc, const float *y, int n
 static void mla__axpys_q8(float *y, const float *a, int rows, const int8_t *X, const float *sc, size_t nb, int n) {
     int c, i;
     for (c = 0; c < n; c += 64) {
-        int left = n - c;
-        __mmask16 m0 = (__mmask16)(left >= 16 ? 0xffff : (1u << left) - 1u);
-        __mmask16 m1 = (__mmask16)(left >= 32 ? 0xffff : left > 16 ? (1u << (left - 16)) - 1u : 0);
-        __mmask16 m2 = (__mmask16)(left >= 48 ? 0xffff : left > 32 ? (1u << (left - 32)) - 1u : 0);
-        __mmask16 m3 = (__mmask16)(left >= 64 ? 0xffff : left > 48 ? (1u << (left - 48)) - 1u : 0);
+        __mmask32 lo = mla__mask32(n - c), hi = mla__mask32(n - c - 32);
+        __mmask16 m0 = (__mmask16)(lo & 0xffff), m1 = (__mmask16)(lo >> 16);
+        __mmask16 m2 = (__mmask16)(hi & 0xffff), m3 = (__mmask16)(hi >> 16);
         __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0; /* (no array: registers) */
         for (i = 0; i < rows; i++) {
             const int8_t *x = X + (size_t)i * n + c;
