@@ -59,7 +59,7 @@
      attention kernels use AVX2/FMA (and F16C when present); with AVX-512
      F/BW/VL (+ VNNI), e.g. -march=sapphirerapids, znver4 or skylake-avx512,
      f32 and bf16 rows are widened to f32 in registers for 512-bit FMAs,
-     int8 rows scored by vpdpwssd, and with AMX bf16 rows of 16+ heads run
+     int8 rows scored by vpdpwssd, and with AMX bf16 rows of 8+ heads run
      on tiles. The choice is made at compile time: a binary built for
      AVX-512 needs a CPU that has it.
 
@@ -354,10 +354,13 @@ MLAPI mla_result mla_attend_projected(const mla_config *cfg, const mla_layer_wei
    Precision: sums and softmax in f32. f32 and f16 rows use the query as
    given. int8 rows round each query part to int16 (a score moves by at most
    scale * 2^-14 * (max|q_lat| sum|c| + max|q_pe| sum|k_pe|)). bf16 rows:
-   - AMX (mla_kernel_name() starts "amx"; h >= 16, r % 16 == 0, r + m even;
-     below 16 heads the padding to a 16-row tile costs more than it gains):
-     query and probabilities split into bf16 hi + lo parts: a score moves
-     by at most 2^-16 * scale * sum_i |q_i k_i|, o by 2^-16 max|c| more;
+   - AMX (mla_kernel_name() starts "amx"; r % 16 == 0, r + m even, and
+     h >= 16, or 8 <= h <= 16 with (r + m) % 32 == 0; with fewer heads the
+     padding to 16 costs more than the tiles gain): scores with the query
+     split into bf16 hi + lo parts: a score moves by at most
+     2^-16 * scale * sum_i |q_i k_i|. P.V: in f32 up to 16 heads with
+     (r + m) % 32 == 0 (the cached rows are the tiles' M); otherwise on
+     tiles with the probabilities split too: o by 2^-16 max|c| more;
    - else in f32: the rows widened, the query as given.
    MLA_NO_AMX leaves the tiles alone, MLA_NO_AVX512 runs the AVX2 kernels.
    Scores do not depend on how rows fall into tiles, pages or threads. */
@@ -644,7 +647,18 @@ MLAPI mla_result mla_refit_apply(mla_refit *rf, mla_converted *cv, int targets, 
 #endif
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__linux__) && defined(__x86_64__) && !defined(MLA_NO_AMX)
 #define MLA__AMX 1 /* bf16 rows on AMX tiles when Linux grants them (and these hold:) */
-#define MLA__AMX_FOR(type, H, dv, dk) ((type) == MLA_BF16 && (H) >= 16 && (dv) % 16 == 0 && (dk) % 2 == 0)
+#define MLA__AMX_FOR(type, H, dv, dk) \
+    ((type) == MLA_BF16 && (dv) % 16 == 0 && (dk) % 2 == 0 && ((H) >= 16 || MLA__AMX_ROWS(H, dk)))
+/* 8 to 16 heads with whole 32-value chunks: the cached rows are the tiles'
+   M (read as stored); more heads: the heads are, and the rows transposed.
+   (Below 8 heads the padding to 16 costs more than the tiles gain.) */
+#define MLA__AMX_ROWS(H, dk) ((H) >= 8 && (H) <= 16 && (dk) % 32 == 0)
+#if defined(__AMX_INT8__)
+#define MLA__AMXI8 1 /* int8 rows of 8 to 16 heads with whole 64-byte parts: int8 tile products (amx 3) */
+#define MLA__AMX_I8(type, H, dv, dk) ((type) == MLA_I8 && (H) >= 8 && (H) <= 16 && (dv) % 64 == 0 && ((dk) - (dv)) % 64 == 0)
+#else
+#define MLA__AMX_I8(type, H, dv, dk) 0
+#endif
 static int mla__amx_ok(void);
 #endif
 #endif
@@ -1370,7 +1384,8 @@ static int mla__rows_at(const mla__rows *src, int t, int want, const char **k, c
 typedef struct {
     int H, Hp, dk, dv;  /* heads (Hp: rounded up to MLA__HB), lengths              */
     int H16, Hr, amx;   /* heads rounded up to 16; rows of o and p, max(Hp, H16);  */
-                        /* AMX tiles in use (bf16 rows)                            */
+                        /* AMX tiles in use (bf16 rows): 0 no, 1 heads as the      */
+                        /* tiles' M, 2 rows as M (MLA__AMX_ROWS)                   */
     int rp, mp;         /* int8 rows: c (dv) and k_pe (dk-dv) parts padded to IPAD */
     int dk32;           /* bf16 query row stride (dk padded to 32)                 */
     float *q;           /* [H][dk] queries, softmax scale folded in                */
@@ -1379,10 +1394,12 @@ typedef struct {
     float *kb, *vb;     /* [TILE][dk], [TILE][dv] rows converted to f32            */
     int16_t *qi, *ki;   /* int8 rows: [H][rp+mp] query, [TILE][rp+mp] rows         */
     float *qs, *rs;     /* int8 rows: [2][H] query scales, [2][PST] row scales     */
-    uint16_t *qh;       /* AMX: [2][H16][dk32] query as bf16 hi + lo               */
+    uint16_t *qh;       /* AMX: the query as bf16 hi + lo: [2][H16][dk32] (amx 1), */
+                        /* [dk32/32][2][16 pairs][16 heads][2] B tiles (amx 2)     */
     float *qw;          /* AVX-512, f32 and bf16 rows: [H][dk32] the query laid    */
                         /* out for mla__scores_512 (the memory of qh)              */
     uint32_t *kt;       /* AMX: [dk32/32][2][16][16] bf16 pairs of k, transposed   */
+                        /* (amx 1); 16 rows zero padded to 16 (amx 2)              */
     uint16_t *vv;       /* AMX: [2][dv/16][16][32] value rows, pairs interleaved   */
     uint16_t *pa;       /* AMX: [2][2][16][32] probabilities of 16 heads, hi + lo  */
     float *ct;          /* AMX: [16][32] the query-lo part of 16 heads' scores     */
@@ -1865,6 +1882,40 @@ static void mla__transpose16(const __m512i *r, __m512i *u) {
     }
 }
 
+/* x = hi + lo, two bf16 vectors: |x - hi - lo| <= 2^-16 |x| */
+static void mla__split_bf16(__m512 x, __m256i *hi, __m256i *lo) {
+    __m512 f;
+    *hi = (__m256i)_mm512_cvtneps_pbh(x);
+    f = _mm512_castsi512_ps(_mm512_maskz_slli_epi32(0xffff, _mm512_maskz_cvtepu16_epi32(0xffff, *hi), 16));
+    *lo = (__m256i)_mm512_cvtneps_pbh(_mm512_sub_ps(x, f));
+}
+
+/* The query of the AMX kernels (a->amx set): bf16 hi + lo, zero padded to
+   H16 x dk32; as rows [2][H16][dk32] (amx 1), or (amx 2) each 32-value
+   chunk as B tiles, hi then lo, of 16 value pairs by 16 heads: those rows
+   (made in kt) with each 16 x 16 block of pairs transposed. */
+static void mla__query_amx(mla__att *a) {
+    int dk32 = a->dk32, j, i, c, part;
+    size_t lo = (size_t)a->H16 * dk32;
+    uint16_t *hl = a->amx == 2 ? (uint16_t *)a->kt : a->qh;
+    for (j = 0; j < a->H16; j++)
+        for (i = 0; i < dk32; i += 16) {
+            __mmask16 m = j < a->H ? (__mmask16)(mla__mask32(a->dk - i) & 0xffff) : 0;
+            __m256i h, l;
+            mla__split_bf16(_mm512_maskz_loadu_ps(m, a->q + (size_t)j * a->dk + i), &h, &l);
+            _mm256_storeu_si256((__m256i *)(hl + (size_t)j * dk32 + i), h);
+            _mm256_storeu_si256((__m256i *)(hl + lo + (size_t)j * dk32 + i), l);
+        }
+    if (a->amx == 2)
+        for (c = 0; c < dk32 / 32; c++)
+            for (part = 0; part < 2; part++) {
+                __m512i r[16], u[16];
+                for (j = 0; j < 16; j++) r[j] = _mm512_loadu_si512(hl + part * lo + (size_t)j * dk32 + 32 * c);
+                mla__transpose16(r, u);
+                for (i = 0; i < 16; i++) _mm512_storeu_si512(a->qh + ((size_t)(2 * c + part) * 16 + i) * 32, u[i]);
+            }
+}
+
 /* s[j][t] (rows MLA__PST apart, from column t0) = q_j . k_t for j < H16,
    t < 32 (0 past n <= 32): k bf16 rows ks bytes apart, dk even. */
 static void mla__scores_amx(mla__att *a, const char *k, size_t ks, int n, int t0) {
@@ -1913,6 +1964,142 @@ static void mla__scores_amx(mla__att *a, const char *k, size_t ks, int n, int t0
     }
 }
 
+/* The same for H <= 16 heads and dk % 32 == 0 (amx 2), t < n <= 32: 16
+   cached rows as stored are an A tile (a part with fewer rows is copied,
+   zero padded, into kt: no read past them), the query's chunks B tiles;
+   the 16 rows x 16 heads sums (query hi and lo apart) are transposed into s. */
+static void mla__scores_amx_rows(mla__att *a, const char *k, size_t ks, int n, int t0) {
+    int nc = a->dk32 / 32, c, hf, i;
+    const char *kb[2];
+    size_t st[2];
+    for (hf = 0; hf < 2; hf++) {
+        int m = n - 16 * hf;
+        kb[hf] = k + (size_t)16 * hf * ks;
+        st[hf] = ks;
+        if (m > 0 && m < 16) {
+            char *z = (char *)a->kt + (size_t)hf * 32 * a->dk32;
+            st[hf] = 2 * (size_t)a->dk32;
+            for (i = 0; i < m; i++) memcpy(z + i * st[hf], kb[hf] + i * ks, st[hf]);
+            memset(z + m * st[hf], 0, (16 - m) * st[hf]);
+            kb[hf] = z;
+        }
+    }
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(6);
+    _tile_zero(7);
+    for (c = 0; c < nc; c++) {
+        _tile_loadd(4, a->qh + (size_t)c * 1024, 64);
+        _tile_loadd(5, a->qh + (size_t)c * 1024 + 512, 64);
+        _tile_loadd(2, kb[0] + 64 * c, st[0]);
+        _tile_dpbf16ps(0, 2, 4);
+        _tile_dpbf16ps(6, 2, 5);
+        if (n > 16) {
+            _tile_loadd(3, kb[1] + 64 * c, st[1]);
+            _tile_dpbf16ps(1, 3, 4);
+            _tile_dpbf16ps(7, 3, 5);
+        }
+    }
+    _tile_stored(0, a->ct, 64);
+    _tile_stored(6, a->ct + 256, 64);
+    if (n > 16) {
+        _tile_stored(1, a->ct + 512, 64);
+        _tile_stored(7, a->ct + 768, 64);
+    }
+    for (hf = 0; hf < 1 + (n > 16); hf++) {
+        __m512i r[16], u[16];
+        const float *ch = a->ct + 512 * hf;
+        for (i = 0; i < 16; i++)
+            r[i] = _mm512_castps_si512(_mm512_add_ps(_mm512_loadu_ps(ch + 16 * i), _mm512_loadu_ps(ch + 256 + 16 * i)));
+        mla__transpose16(r, u);
+        for (i = 0; i < a->H; i++) _mm512_storeu_si512(a->p + (size_t)i * MLA__PST + t0 + 16 * hf, u[i]);
+    }
+}
+
+/* The int16 query of int8 rows (amx 3) as int8 B tiles: qi = 256 hi + lo
+   (lo in [-128, 127], |hi| <= 64), each 64-value chunk as hi then lo tiles of
+   16 value quads x 16 heads (rows of 16 heads' 64 bytes, transposed in 4-byte
+   groups). Both products are exact in int32, so the scores are those of the
+   vpdpwssd path. */
+#ifdef MLA__AMXI8
+static void mla__query_amx_i8(mla__att *a) {
+    int w = a->rp + a->mp, nc = w / 64, c, j, i, part;
+    for (c = 0; c < nc; c++)
+        for (part = 0; part < 2; part++) {
+            __m512i r[16], u[16];
+            for (j = 0; j < 16; j++) {
+                __m256i h8[2];
+                for (i = 0; i < 2; i++) {
+                    __m512i q = j < a->H ? _mm512_loadu_si512(a->qi + (size_t)j * w + 64 * c + 32 * i) : _mm512_setzero_si512();
+                    __m512i lo = _mm512_sub_epi16(_mm512_and_si512(_mm512_add_epi16(q, _mm512_set1_epi16(128)), _mm512_set1_epi16(255)),
+                                                  _mm512_set1_epi16(128));
+                    h8[i] = _mm512_maskz_cvtepi16_epi8(0xffffffffu, part ? lo : _mm512_srai_epi16(_mm512_sub_epi16(q, lo), 8));
+                }
+                r[j] = _mm512_inserti64x4(_mm512_castsi256_si512(h8[0]), h8[1], 1);
+            }
+            mla__transpose16(r, u);
+            for (i = 0; i < 16; i++) _mm512_storeu_si512((char *)a->qh + ((size_t)(2 * c + part) * 16 + i) * 64, u[i]);
+        }
+}
+
+/* int8 rows (amx 3): s[j][t0 + t] for j < H, t < n <= 16, the row scales in
+   a->rs (c part) and a->rs + MLA__PST (k_pe part) from column t0: 16 rows as
+   stored are an int8 A tile (fewer rows: copied, zero padded, into kt); the
+   c and k_pe parts' sums (query hi and lo apart) in four int32 tiles. */
+static void mla__scores_amx_i8(mla__att *a, const char *k, size_t ks, int n, int t0) {
+    int nc = (a->rp + a->mp) / 64, ncc = a->rp / 64, c, i, j;
+    const char *kb = k;
+    size_t st = ks;
+    __m512 qc, qp;
+    const int32_t *ct = (const int32_t *)a->ct;
+    __m512i r[16], u[16];
+    float qv[2][16];
+    if (n < 16) {
+        char *z = (char *)a->kt;
+        st = (size_t)nc * 64;
+        for (i = 0; i < n; i++) memcpy(z + i * st, k + i * ks, st);
+        memset(z + n * st, 0, (16 - n) * st);
+        kb = z;
+    }
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    for (c = 0; c < nc; c++) {
+        _tile_loadd(4, kb + 64 * c, st);
+        _tile_loadd(5, (const char *)a->qh + (size_t)c * 2048, 64);
+        _tile_loadd(6, (const char *)a->qh + (size_t)c * 2048 + 1024, 64);
+        if (c < ncc) {
+            _tile_dpbssd(0, 4, 5);
+            _tile_dpbssd(1, 4, 6);
+        } else {
+            _tile_dpbssd(2, 4, 5);
+            _tile_dpbssd(3, 4, 6);
+        }
+    }
+    _tile_stored(0, a->ct, 64);
+    _tile_stored(1, a->ct + 256, 64);
+    _tile_stored(2, a->ct + 512, 64);
+    _tile_stored(3, a->ct + 768, 64);
+    for (j = 0; j < 16; j++) {
+        qv[0][j] = j < a->H ? a->qs[j] : 0.0f;
+        qv[1][j] = j < a->H ? a->qs[a->H + j] : 0.0f;
+    }
+    qc = _mm512_loadu_ps(qv[0]);
+    qp = _mm512_loadu_ps(qv[1]);
+    for (i = 0; i < 16; i++) { /* row i: 16 heads' scores, as the vpdpwssd path computes them */
+        __m512i dc = _mm512_add_epi32(_mm512_slli_epi32(_mm512_loadu_si512(ct + 16 * i), 8), _mm512_loadu_si512(ct + 256 + 16 * i));
+        __m512i dp = _mm512_add_epi32(_mm512_slli_epi32(_mm512_loadu_si512(ct + 512 + 16 * i), 8), _mm512_loadu_si512(ct + 768 + 16 * i));
+        __m512 sc = _mm512_mul_ps(_mm512_mul_ps(qc, _mm512_set1_ps(a->rs[t0 + i])), _mm512_cvtepi32_ps(dc));
+        if (ncc < nc)
+            sc = _mm512_add_ps(sc, _mm512_mul_ps(_mm512_mul_ps(qp, _mm512_set1_ps(a->rs[MLA__PST + t0 + i])), _mm512_cvtepi32_ps(dp)));
+        r[i] = _mm512_castps_si512(sc);
+    }
+    mla__transpose16(r, u);
+    for (j = 0; j < a->H; j++) _mm512_storeu_si512(a->p + (size_t)j * MLA__PST + t0, u[j]);
+}
+#endif
+
 /* o[j][0..dv) += sum_t p[j][t] v_t for j < H16 (p rows of heads >= H and
    columns >= n are taken as 0; n <= 64): v bf16 rows vs bytes apart, dv % 16
    == 0. Each block of o is loaded into a tile once for the n rows. */
@@ -1938,11 +2125,10 @@ static void mla__pv_amx(mla__att *a, const char *v, size_t vs, int n) {
                 const float *pj = a->p + (size_t)(g + j) * MLA__PST + t;
                 uint16_t *dst = a->pa + (size_t)(t / 32) * 1024 + 32 * j + t % 32;
                 __mmask16 m = g + j >= a->H ? 0 : n - t >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - t)) - 1);
-                __m512 x = _mm512_maskz_loadu_ps(m, pj), f;
-                __m256i h = (__m256i)_mm512_cvtneps_pbh(x);
-                f = _mm512_castsi512_ps(_mm512_maskz_slli_epi32(0xffff, _mm512_maskz_cvtepu16_epi32(0xffff, h), 16));
+                __m256i h, l;
+                mla__split_bf16(_mm512_maskz_loadu_ps(m, pj), &h, &l);
                 _mm256_storeu_si256((__m256i *)dst, h);
-                _mm256_storeu_si256((__m256i *)(dst + 512), (__m256i)_mm512_cvtneps_pbh(_mm512_sub_ps(x, f)));
+                _mm256_storeu_si256((__m256i *)(dst + 512), l);
             }
         if (n % 32 && n % 32 <= 16) /* the unwritten half of the last part */
             for (j = 0; j < 16; j++) {
@@ -2036,6 +2222,16 @@ static void mla__att_tile(mla__att *a, mla_dtype type, const char *k, size_t ks,
 #else
     const int wide = 0;
 #endif
+#ifdef MLA__AMXI8
+    if (a->amx == 3) { /* int8 rows on tiles: only their scales are read here */
+        for (t = 0; t < n; t++) {
+            const char *row = k + (size_t)t * ks + mla__i8_scales_at(dv, dk - dv);
+            memcpy(a->rs + t, row, 4);
+            memcpy(a->rs + MLA__PST + t, row + 4, 4);
+        }
+        for (t = 0; t < n; t += 16) mla__scores_amx_i8(a, k + (size_t)t * ks, ks, mla__imin(n - t, 16), t);
+    } else
+#endif
     if (type == MLA_I8) {
         int w = a->rp + a->mp;
         for (t = 0; t < n; t++)
@@ -2047,8 +2243,9 @@ static void mla__att_tile(mla__att *a, mla_dtype type, const char *k, size_t ks,
         vf = a->vb; vst = (size_t)dv;
 #ifdef MLA__AMX
     } else if (a->amx) {
-        mla__scores_amx(a, k, ks, mla__imin(n, 32), 0);
-        if (n > 32) mla__scores_amx(a, k + 32 * ks, ks, n - 32, 32);
+        void (*sc)(mla__att *, const char *, size_t, int, int) = a->amx == 2 ? mla__scores_amx_rows : mla__scores_amx;
+        sc(a, k, ks, mla__imin(n, 32), 0);
+        if (n > 32) sc(a, k + 32 * ks, ks, n - 32, 32);
 #endif
 #ifdef MLA__AVX512
     } else if (type == MLA_F32 || type == MLA_BF16) {
@@ -2095,7 +2292,7 @@ static void mla__att_tile(mla__att *a, mla_dtype type, const char *k, size_t ks,
             for (t = 0; t < n; t++) pj[t] *= a->rs[t];
     }
 #ifdef MLA__AMX
-    if (a->amx) {
+    if (a->amx == 1) { /* (rows as M: the heads fill too little of a tile to pay for the value pairs' interleave) */
         mla__pv_amx(a, v, vs, n);
         return;
     }
@@ -2111,10 +2308,13 @@ static void mla__att_tile(mla__att *a, mla_dtype type, const char *k, size_t ks,
 }
 
 #ifdef MLA__AVX512
-/* Whether a state runs rows of this type on AMX tiles */
+/* Whether a state runs rows of this type on AMX tiles: 0 no, 1 heads as
+   the tiles' M, 2 cached rows as M */
 static int mla__att_amx(const mla__att *a, mla_dtype type) {
 #ifdef MLA__AMX
-    return MLA__AMX_FOR(type, a->H, a->dv, a->dk) && mla__amx_ok();
+    if (MLA__AMX_I8(type, a->H, a->dv, a->dk)) return mla__amx_ok() ? 3 : 0;
+    if (!MLA__AMX_FOR(type, a->H, a->dv, a->dk) || !mla__amx_ok()) return 0;
+    return MLA__AMX_ROWS(a->H, a->dk) ? 2 : 1;
 #else
     (void)a; (void)type;
     return 0;
@@ -2133,16 +2333,12 @@ static void mla__att_query(mla__att *a, mla_dtype type, const float *qa, size_t 
         for (i = dv; i < dk; i++) q[i] = scale * qb[(size_t)j * ldb + i - dv];
     }
 #ifdef MLA__AVX512
-    if (mla__att_amx(a, type)) /* AMX: the query as bf16 hi + lo (zero padded to H16 x dk32) */
-        for (j = 0; j < a->H16; j++) {
-            uint16_t *hi = a->qh + (size_t)j * a->dk32, *lo = hi + (size_t)a->H16 * a->dk32;
-            for (i = 0; i < a->dk32; i++) {
-                float x = j < H && i < dk ? a->q[(size_t)j * dk + i] : 0.0f;
-                hi[i] = mla_f32_to_bf16(x);
-                lo[i] = mla_f32_to_bf16(x - mla_bf16_to_f32(hi[i]));
-            }
-        }
-    else if (type == MLA_F32 || type == MLA_BF16)
+    a->amx = mla__att_amx(a, type);
+#ifdef MLA__AMX
+    if (a->amx == 1 || a->amx == 2) mla__query_amx(a);
+    else
+#endif
+    if (type == MLA_F32 || type == MLA_BF16)
         mla__query_512(a->qw, a->dk32, a->q, H, dk, type);
 #endif
     if (type != MLA_I8) return;
@@ -2155,10 +2351,22 @@ static void mla__att_query(mla__att *a, mla_dtype type, const float *qa, size_t 
             float amax = 0.0f, lim = len > 0 ? (float)mla__imin(16383, (int)(2147483647.0 / (127.0 * len))) : 1.0f, sc;
             for (i = b; i < e; i++) amax = fabsf(q[i]) > amax ? fabsf(q[i]) : amax;
             sc = amax > 0 ? amax / lim : 0.0f;
-            for (i = 0; i < len; i++) qi[i] = (int16_t)(b + i < e && sc > 0 ? lrintf(q[b + i] / sc) : 0);
+            i = 0;
+#ifdef MLA__AVX512
+            if (sc > 0) /* (rounded as lrintf rounds: to nearest even) */
+                for (; i + 16 <= e - b; i += 16)
+                    _mm256_storeu_si256((__m256i *)(qi + i),
+                                        _mm512_maskz_cvtsepi32_epi16(0xffff, _mm512_maskz_cvtps_epi32(
+                                                                                 0xffff, _mm512_div_ps(_mm512_loadu_ps(q + b + i),
+                                                                                                       _mm512_set1_ps(sc)))));
+#endif
+            for (; i < len; i++) qi[i] = (int16_t)(b + i < e && sc > 0 ? lrintf(q[b + i] / sc) : 0);
             a->qs[part * H + j] = sc;
         }
     }
+#ifdef MLA__AMXI8
+    if (a->amx == 3) mla__query_amx_i8(a);
+#endif
 }
 
 /* Runs a state over rows [t0, t1) of src from empty; leaves o normalised, lse. */
@@ -2189,6 +2397,7 @@ static void mla__att_run(mla__att *a, const mla__rows *src, int t0, int t1, floa
                 kb = 0;
             }
 #endif
+            if (a->amx >= 2) kb = 0; /* rows read by tile loads: the hardware's prefetch measured best */
             for (u = 0; u < n2; u++) {
                 for (b = 0; b < kb; b += 64) _mm_prefetch(k2 + u * ks2 + b, _MM_HINT_T0);
                 for (b = 0; b < vb; b += 64) _mm_prefetch(v2 + u * vs2 + b, _MM_HINT_T0);

@@ -88,11 +88,11 @@ static double triad_gbs(int threads) {
    operands would otherwise be merged into one (common subexpressions), or
    all but the used ones dropped, and the loop would time the instruction's
    latency, not its throughput. */
-enum { FMA256, MADD256, FMA512, DPBF16, DPWSSD, DPBUSD, AMXBF16, NPEAK };
+enum { FMA256, MADD256, FMA512, DPBF16, DPWSSD, DPBUSD, AMXBF16, AMXI8, NPEAK };
 static const char *const peak_name[NPEAK] = {"fp32 FMA (AVX2)", "int16 madd (AVX2)", "fp32 FMA (AVX-512)",
                                              "bf16 dot (vdpbf16ps)", "int16 dot (vpdpwssd)", "int8 dot (vpdpbusd)",
-                                             "bf16 tiles (AMX tdpbf16ps)"};
-static const int peak_ops[NPEAK] = {16, 32, 32, 64, 64, 128, 16384}; /* per instruction */
+                                             "bf16 tiles (AMX tdpbf16ps)", "int8 tiles (AMX tdpbssd)"};
+static const int peak_ops[NPEAK] = {16, 32, 32, 64, 64, 128, 16384, 32768}; /* per instruction */
 #define CHAINS(T, OP)                                                                                   \
     {                                                                                                   \
         T a0 = z, a1 = z, a2 = z, a3 = z, a4 = z, a5 = z, a6 = z, a7 = z, a8 = z, a9 = z;               \
@@ -110,6 +110,9 @@ static const int peak_ops[NPEAK] = {16, 32, 32, 64, 64, 128, 16384}; /* per inst
 static int peak_built(int kind) {
 #ifdef MLA__AMX
     if (kind == AMXBF16) return mla__amx_ok();
+#endif
+#ifdef MLA__AMXI8
+    if (kind == AMXI8) return mla__amx_ok();
 #endif
 #ifdef MLA__VNNI
     if (kind == DPWSSD || kind == DPBUSD) return 1;
@@ -168,13 +171,19 @@ static double peak_gflops(int kind, int threads) {
             }
 #endif
 #ifdef MLA__AMX
-            if (kind == AMXBF16) { /* 4 sums, one A and one B tile (zeros) */
+            if (kind >= AMXBF16) { /* 4 sums, one A and one B tile (zeros) */
                 static const char zero[1024];
                 mla__amx_config();
                 _tile_loadd(2, zero, 64);
                 _tile_loadd(4, zero, 64);
                 _tile_zero(0); _tile_zero(1); _tile_zero(6); _tile_zero(7);
                 for (i = 0; i < iters / 40; i++) {
+#ifdef MLA__AMXI8
+                    if (kind == AMXI8) {
+                        _tile_dpbssd(0, 2, 4); _tile_dpbssd(1, 2, 4); _tile_dpbssd(6, 2, 4); _tile_dpbssd(7, 2, 4);
+                        continue;
+                    }
+#endif
                     _tile_dpbf16ps(0, 2, 4); _tile_dpbf16ps(1, 2, 4); _tile_dpbf16ps(6, 2, 4); _tile_dpbf16ps(7, 2, 4);
                 }
                 _tile_release();
@@ -195,28 +204,32 @@ static double peak_gflops(int kind, int threads) {
         t = now() - t;
         if (t < best) best = t;
     }
-    return (double)threads * (kind == AMXBF16 ? iters / 10 : iters) * peak_ops[kind] / best / 1e9;
+    return (double)threads * (kind >= AMXBF16 ? iters / 10 : iters) * peak_ops[kind] / best / 1e9;
 }
 
 /* ---- 2. the kernel ---- */
 typedef struct { double bw[3], pk[NPEAK][3]; } machine;
 
-/* the instructions the kernel runs the scores (q.k) and P.V with, per row type */
+/* the instructions the kernel runs the scores (q.k) and P.V with, per row
+   type (mla__att_amx's rule): 0 vector, 1 bf16 tiles (heads as M: P.V too),
+   2 bf16 tiles (rows as M: scores only), 3 int8 tiles (scores only) */
 static int amx_for(mla_dtype t, int H, int r, int m) {
 #ifdef MLA__AMX
-    return MLA__AMX_FOR(t, H, r, r + m) && peak_built(AMXBF16);
+    if (MLA__AMX_I8(t, H, r, r + m)) return peak_built(AMXI8) ? 3 : 0;
+    if (!MLA__AMX_FOR(t, H, r, r + m) || !peak_built(AMXBF16)) return 0;
+    return MLA__AMX_ROWS(H, r + m) ? 2 : 1;
 #else
     (void)t; (void)H; (void)r; (void)m;
     return 0;
 #endif
 }
 static int score_instr(mla_dtype t, int H, int r, int m) {
-    if (amx_for(t, H, r, m)) return AMXBF16;
+    if (amx_for(t, H, r, m)) return amx_for(t, H, r, m) == 3 ? AMXI8 : AMXBF16;
     if (t == MLA_I8) return peak_built(DPWSSD) ? DPWSSD : MADD256;
     return peak_built(FMA512) ? FMA512 : FMA256;
 }
 static int pv_instr(mla_dtype t, int H, int r, int m) {
-    return amx_for(t, H, r, m) ? AMXBF16 : peak_built(FMA512) ? FMA512 : FMA256;
+    return amx_for(t, H, r, m) == 1 ? AMXBF16 : peak_built(FMA512) ? FMA512 : FMA256;
 }
 
 static const char *tname(mla_dtype t) { return t == MLA_F32 ? "f32" : t == MLA_BF16 ? "bf16" : t == MLA_I8 ? "int8" : "f16"; }

@@ -96,7 +96,10 @@ static void kcase_free(kcase *k) {
    0 = f32 arithmetic (every other path: the rows widened, the query exact). */
 static int bf16_path(const kcase *k) {
     if (k->type != MLA_BF16) return 0;
-    return !strncmp(mla_kernel_name(), "amx", 3) && k->H >= 16 && k->r % 16 == 0 && (k->r + k->m) % 2 == 0 ? 2 : 0;
+    return !strncmp(mla_kernel_name(), "amx", 3) && k->r % 16 == 0 && (k->r + k->m) % 2 == 0 &&
+                   (k->H >= 16 || (k->H >= 8 && (k->r + k->m) % 32 == 0))
+               ? 2
+               : 0;
 }
 
 /* Double-precision attention over rows [t0, t1) of the stored values: o [H][r],
@@ -181,10 +184,12 @@ static void test_kernel_shapes(void) {
         {1, 1, 0, 1, 1},     {2, 7, 2, 1, 5},      {3, 16, 6, 3, 31},     {4, 37, 6, 64, 32},   {5, 24, 8, 5, 33},
         {7, 128, 64, 64, 100}, {9, 128, 64, 16, 600}, {16, 40, 0, 7, 257},  {128, 512, 64, 64, 130}, {9, 129, 62, 33, 520},
         {16, 16, 2, 3, 45},  {17, 48, 14, 64, 200}, {33, 32, 0, 100, 70}, /* AMX tails: rows, dk % 32, head groups */
+        {8, 16, 16, 3, 50},  {15, 32, 32, 64, 77}, /* AMX with rows as M: parts of 3 rows, a 13-row tail */
+        {12, 64, 64, 5, 50}, {8, 128, 0, 64, 77},  /* int8 on AMX too: parts of 5 rows, no k_pe, a 13-row tail */
     };
     static const mla_dtype types[] = {MLA_F32, MLA_F16, MLA_BF16, MLA_I8};
     double worst[4][4] = {{0}};
-    int amx_cases = 0;
+    int amx_cases = 0, amx_i8 = 0;
     int ci, ti, b;
     for (ci = 0; ci < (int)(sizeof cs / sizeof cs[0]); ci++)
         for (ti = 0; ti < 4; ti++) {
@@ -214,6 +219,8 @@ static void test_kernel_shapes(void) {
                 else {
                     lim = bound(omax, dq, cm, bf16_path(&k) == 2);
                     amx_cases += bf16_path(&k) == 2 && b == 0;
+                    amx_i8 += types[ti] == MLA_I8 && b == 0 && !strncmp(mla_kernel_name(), "amx", 3) && H >= 8 && H <= 16 &&
+                              r % 64 == 0 && m % 64 == 0;
                 }
                 if (!(e <= lim))
                     fprintf(stderr, "    H=%d r=%d m=%d bs=%d n=%d %s build %d: err %.3g > bound %.3g\n", H, r, m, cs[ci].bs,
@@ -225,7 +232,8 @@ static void test_kernel_shapes(void) {
             kcase_free(&k);
             free(scratch); free(o); free(ref); free(lse);
         }
-    th_note("bf16 rows: %d of %d shapes on AMX tiles (bound 2^-16), the rest in f32", amx_cases, (int)(sizeof cs / sizeof cs[0]));
+    th_note("bf16 rows: %d of %d shapes on AMX tiles (bound 2^-16), the rest in f32; int8 rows: %d on int8 tiles (exact "
+            "integer sums, as vpdpwssd)", amx_cases, (int)(sizeof cs / sizeof cs[0]), amx_i8);
     for (ti = 0; ti < 4; ti++)
         th_note("%-4s rows, %d shapes: worst err / bound: this build (%s) %.3f, plain (%s) %.3f, OpenMP 1 thread %.3f, 2 threads %.3f",
                 tname(types[ti]), (int)(sizeof cs / sizeof cs[0]), mla_kernel_name(), worst[ti][0], plain_kernel_name(), worst[ti][1], worst[ti][2],
