@@ -1767,11 +1767,12 @@ static void mla__scores_512(const mla__att *at, mla_dtype type, const char *k, s
         }
 }
 
-/* o[j][0..dv) += sum_t p[j][t] v_t for j < Hp (pad rows of p are 0; rows
-   MLA__PST apart): v rows of f32, bf16 or int8 values, vs bytes apart, widened
+/* o[j][0..dv) += sum_t p[j][t] v_t for j < Hp (pad heads of p are 0; p[j][t]
+   at p + j hs + t ts): v rows of f32, bf16 or int8 values, vs bytes apart, widened
    to f32 in registers; f32 FMAs, so P.V rounds as the plain path does. Blocks
    of 9 heads (3 at the end) x 32 values. */
-static void mla__pv_512(float *o, int Hp, int dv, const float *p, mla_dtype type, const char *v, size_t vs, int n) {
+static void mla__pv_512(float *o, int Hp, int dv, const float *p, size_t hs, size_t ts, mla_dtype type, const char *v,
+                        size_t vs, int n) {
     int j0, nh, d, t;
     for (j0 = 0; j0 < Hp; j0 += nh) {
         nh = Hp - j0 >= 9 ? 9 : 3;
@@ -1779,7 +1780,7 @@ static void mla__pv_512(float *o, int Hp, int dv, const float *p, mla_dtype type
             __mmask32 mr = mla__mask32(dv - d);
             __mmask16 m0 = (__mmask16)(mr & 0xffff), m1 = (__mmask16)(mr >> 16);
             __m512 lo[9], hi[9], x0, x1, b;
-            const float *pt = p + (size_t)j0 * MLA__PST;
+            const float *pt = p + (size_t)j0 * hs;
             float *oj;
 #define MLA__LD(j)                                                                                  \
     oj = o + (size_t)(j0 + j) * dv + d;                                                             \
@@ -1788,7 +1789,7 @@ static void mla__pv_512(float *o, int Hp, int dv, const float *p, mla_dtype type
     oj = o + (size_t)(j0 + j) * dv + d;                                                             \
     _mm512_mask_storeu_ps(oj, m0, lo[j]); _mm512_mask_storeu_ps(oj + 16, m1, hi[j]);
 #define MLA__PV(j)                                                                                  \
-    b = _mm512_set1_ps(pt[(size_t)(j) * MLA__PST + t]);                                             \
+    b = _mm512_set1_ps(pt[(size_t)(j) * hs + (size_t)t * ts]);                                      \
     lo[j] = _mm512_fmadd_ps(b, x0, lo[j]); hi[j] = _mm512_fmadd_ps(b, x1, hi[j]);
 #define MLA__ROWS(LOAD)                                                                             \
     for (t = 0; t < n; t++) {                                                                       \
@@ -1964,10 +1965,11 @@ static void mla__scores_amx(mla__att *a, const char *k, size_t ks, int n, int t0
     }
 }
 
-/* The same for H <= 16 heads and dk % 32 == 0 (amx 2), t < n <= 32: 16
-   cached rows as stored are an A tile (a part with fewer rows is copied,
-   zero padded, into kt: no read past them), the query's chunks B tiles;
-   the 16 rows x 16 heads sums (query hi and lo apart) are transposed into s. */
+/* The scores of H <= 16 heads for dk % 32 == 0 (amx 2), laid out the other
+   way: p[t0 + t][j] (rows of 16 heads) = q_j . k_t for t < n <= 32 (0 past n).
+   16 cached rows as stored are an A tile (a part with fewer rows is copied,
+   zero padded, into kt: no read past them), the query's chunks B tiles; the
+   sums of the query's hi and lo parts are added here. */
 static void mla__scores_amx_rows(mla__att *a, const char *k, size_t ks, int n, int t0) {
     int nc = a->dk32 / 32, c, hf, i;
     const char *kb[2];
@@ -2000,19 +2002,15 @@ static void mla__scores_amx_rows(mla__att *a, const char *k, size_t ks, int n, i
             _tile_dpbf16ps(7, 3, 5);
         }
     }
-    _tile_stored(0, a->ct, 64);
-    _tile_stored(6, a->ct + 256, 64);
+    _tile_stored(0, a->p + (size_t)t0 * 16, 64);
+    _tile_stored(6, a->ct, 64);
     if (n > 16) {
-        _tile_stored(1, a->ct + 512, 64);
-        _tile_stored(7, a->ct + 768, 64);
+        _tile_stored(1, a->p + (size_t)(t0 + 16) * 16, 64);
+        _tile_stored(7, a->ct + 256, 64);
     }
-    for (hf = 0; hf < 1 + (n > 16); hf++) {
-        __m512i r[16], u[16];
-        const float *ch = a->ct + 512 * hf;
-        for (i = 0; i < 16; i++)
-            r[i] = _mm512_castps_si512(_mm512_add_ps(_mm512_loadu_ps(ch + 16 * i), _mm512_loadu_ps(ch + 256 + 16 * i)));
-        mla__transpose16(r, u);
-        for (i = 0; i < a->H; i++) _mm512_storeu_si512(a->p + (size_t)i * MLA__PST + t0 + 16 * hf, u[i]);
+    for (i = 0; i < n; i++) {
+        float *pt = a->p + (size_t)(t0 + i) * 16;
+        _mm512_storeu_ps(pt, _mm512_add_ps(_mm512_loadu_ps(pt), _mm512_loadu_ps(a->ct + 16 * i)));
     }
 }
 
@@ -2042,17 +2040,17 @@ static void mla__query_amx_i8(mla__att *a) {
         }
 }
 
-/* int8 rows (amx 3): s[j][t0 + t] for j < H, t < n <= 16, the row scales in
-   a->rs (c part) and a->rs + MLA__PST (k_pe part) from column t0: 16 rows as
-   stored are an int8 A tile (fewer rows: copied, zero padded, into kt); the
-   c and k_pe parts' sums (query hi and lo apart) in four int32 tiles. */
+/* int8 rows (amx 3): p[t0 + t][j] (rows of 16 heads, 0 past H) for t < n <=
+   16, the row scales in a->rs (c part) and a->rs + MLA__PST (k_pe part) from
+   column t0: 16 rows as stored are an int8 A tile (fewer rows: copied, zero
+   padded, into kt); the c and k_pe parts' sums (query hi and lo apart) in
+   four int32 tiles, combined as mla__scores_i16 combines its sums. */
 static void mla__scores_amx_i8(mla__att *a, const char *k, size_t ks, int n, int t0) {
     int nc = (a->rp + a->mp) / 64, ncc = a->rp / 64, c, i, j;
     const char *kb = k;
     size_t st = ks;
     __m512 qc, qp;
     const int32_t *ct = (const int32_t *)a->ct;
-    __m512i r[16], u[16];
     float qv[2][16];
     if (n < 16) {
         char *z = (char *)a->kt;
@@ -2087,16 +2085,14 @@ static void mla__scores_amx_i8(mla__att *a, const char *k, size_t ks, int n, int
     }
     qc = _mm512_loadu_ps(qv[0]);
     qp = _mm512_loadu_ps(qv[1]);
-    for (i = 0; i < 16; i++) { /* row i: 16 heads' scores, as the vpdpwssd path computes them */
+    for (i = 0; i < n; i++) { /* row i: 16 heads' scores, as the vpdpwssd path computes them */
         __m512i dc = _mm512_add_epi32(_mm512_slli_epi32(_mm512_loadu_si512(ct + 16 * i), 8), _mm512_loadu_si512(ct + 256 + 16 * i));
         __m512i dp = _mm512_add_epi32(_mm512_slli_epi32(_mm512_loadu_si512(ct + 512 + 16 * i), 8), _mm512_loadu_si512(ct + 768 + 16 * i));
         __m512 sc = _mm512_mul_ps(_mm512_mul_ps(qc, _mm512_set1_ps(a->rs[t0 + i])), _mm512_cvtepi32_ps(dc));
         if (ncc < nc)
             sc = _mm512_add_ps(sc, _mm512_mul_ps(_mm512_mul_ps(qp, _mm512_set1_ps(a->rs[MLA__PST + t0 + i])), _mm512_cvtepi32_ps(dp)));
-        r[i] = _mm512_castps_si512(sc);
+        _mm512_storeu_ps(a->p + (size_t)(t0 + i) * 16, sc);
     }
-    mla__transpose16(r, u);
-    for (j = 0; j < a->H; j++) _mm512_storeu_si512(a->p + (size_t)j * MLA__PST + t0, u[j]);
 }
 #endif
 
@@ -2212,6 +2208,50 @@ static void mla__i8_row(const int8_t *row, int r, int m, int rp, int mp, int16_t
     for (; j < mp; j++) ki[rp + j] = 0;
 }
 
+#ifdef MLA__AMX
+/* The online softmax of mla__att_tile (below) for scores laid out [t][16
+   heads] (amx 2, 3): all heads' lanes at once; lanes past H become 0. */
+static void mla__softmax_t16(mla__att *a, mla_dtype type, int n) {
+    float mt[16], sum[16];
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), h = _mm256_set1_epi32(a->H);
+    const __m256 keep0 = _mm256_castsi256_ps(_mm256_cmpgt_epi32(h, lane)),
+                 keep1 = _mm256_castsi256_ps(_mm256_cmpgt_epi32(h, _mm256_add_epi32(lane, _mm256_set1_epi32(8))));
+    __m256 m0, m1, s0 = _mm256_setzero_ps(), s1 = s0;
+    __m512 mx = _mm512_loadu_ps(a->p);
+    int j, t, u;
+    for (t = 1; t < n; t++) mx = _mm512_max_ps(mx, _mm512_loadu_ps(a->p + (size_t)t * 16));
+    _mm512_storeu_ps(mt, mx);
+    for (j = 0; j < 16; j++) {
+        if (j < a->H && mt[j] > a->mx[j]) { /* rescale what came before */
+            float alpha = expf(a->mx[j] - mt[j]), *oj = a->o + (size_t)j * a->dv;
+            for (u = 0; u < a->dv; u++) oj[u] *= alpha;
+            a->l[j] *= alpha;
+            a->mx[j] = mt[j];
+        }
+        mt[j] = j < a->H ? a->mx[j] : 0.0f;
+    }
+    m0 = _mm256_loadu_ps(mt);
+    m1 = _mm256_loadu_ps(mt + 8);
+    for (t = 0; t < n; t++) {
+        float *pt = a->p + (size_t)t * 16;
+        __m256 y0 = _mm256_and_ps(mla__exp8(_mm256_sub_ps(_mm256_loadu_ps(pt), m0)), keep0);
+        __m256 y1 = _mm256_and_ps(mla__exp8(_mm256_sub_ps(_mm256_loadu_ps(pt + 8), m1)), keep1);
+        s0 = _mm256_add_ps(s0, y0);
+        s1 = _mm256_add_ps(s1, y1);
+        if (type == MLA_I8) { /* the value rows are int8: fold each row's scale into p */
+            __m256 r = _mm256_set1_ps(a->rs[t]);
+            y0 = _mm256_mul_ps(y0, r);
+            y1 = _mm256_mul_ps(y1, r);
+        }
+        _mm256_storeu_ps(pt, y0);
+        _mm256_storeu_ps(pt + 8, y1);
+    }
+    _mm256_storeu_ps(sum, s0);
+    _mm256_storeu_ps(sum + 8, s1);
+    for (j = 0; j < a->H; j++) a->l[j] += sum[j];
+}
+#endif
+
 /* ---- one tile of n rows: scores, online softmax, P.V ---- */
 static void mla__att_tile(mla__att *a, mla_dtype type, const char *k, size_t ks, const char *v, size_t vs, int n) {
     int H = a->H, dk = a->dk, dv = a->dv, j, t;
@@ -2222,15 +2262,26 @@ static void mla__att_tile(mla__att *a, mla_dtype type, const char *k, size_t ks,
 #else
     const int wide = 0;
 #endif
-#ifdef MLA__AMXI8
-    if (a->amx == 3) { /* int8 rows on tiles: only their scales are read here */
-        for (t = 0; t < n; t++) {
-            const char *row = k + (size_t)t * ks + mla__i8_scales_at(dv, dk - dv);
-            memcpy(a->rs + t, row, 4);
-            memcpy(a->rs + MLA__PST + t, row + 4, 4);
+#ifdef MLA__AMX
+    if (a->amx >= 2) { /* AMX with the rows as M: scores [t][16 heads], read so by the softmax and P.V */
+        if (a->amx == 2) {
+            mla__scores_amx_rows(a, k, ks, mla__imin(n, 32), 0);
+            if (n > 32) mla__scores_amx_rows(a, k + 32 * ks, ks, n - 32, 32);
         }
-        for (t = 0; t < n; t += 16) mla__scores_amx_i8(a, k + (size_t)t * ks, ks, mla__imin(n - t, 16), t);
-    } else
+#ifdef MLA__AMXI8
+        else {
+            for (t = 0; t < n; t++) { /* int8 rows: only their scales are read here */
+                const char *row = k + (size_t)t * ks + mla__i8_scales_at(dv, dk - dv);
+                memcpy(a->rs + t, row, 4);
+                memcpy(a->rs + MLA__PST + t, row + 4, 4);
+            }
+            for (t = 0; t < n; t += 16) mla__scores_amx_i8(a, k + (size_t)t * ks, ks, mla__imin(n - t, 16), t);
+        }
+#endif
+        mla__softmax_t16(a, type, n);
+        mla__pv_512(a->o, a->Hp, dv, a->p, 1, 16, type, v, vs, n);
+        return;
+    }
 #endif
     if (type == MLA_I8) {
         int w = a->rp + a->mp;
@@ -2243,9 +2294,8 @@ static void mla__att_tile(mla__att *a, mla_dtype type, const char *k, size_t ks,
         vf = a->vb; vst = (size_t)dv;
 #ifdef MLA__AMX
     } else if (a->amx) {
-        void (*sc)(mla__att *, const char *, size_t, int, int) = a->amx == 2 ? mla__scores_amx_rows : mla__scores_amx;
-        sc(a, k, ks, mla__imin(n, 32), 0);
-        if (n > 32) sc(a, k + 32 * ks, ks, n - 32, 32);
+        mla__scores_amx(a, k, ks, mla__imin(n, 32), 0);
+        if (n > 32) mla__scores_amx(a, k + 32 * ks, ks, n - 32, 32);
 #endif
 #ifdef MLA__AVX512
     } else if (type == MLA_F32 || type == MLA_BF16) {
@@ -2292,14 +2342,14 @@ static void mla__att_tile(mla__att *a, mla_dtype type, const char *k, size_t ks,
             for (t = 0; t < n; t++) pj[t] *= a->rs[t];
     }
 #ifdef MLA__AMX
-    if (a->amx == 1) { /* (rows as M: the heads fill too little of a tile to pay for the value pairs' interleave) */
+    if (a->amx) { /* (rows as M, above: the heads fill too little of a tile to pay for the value pairs' interleave) */
         mla__pv_amx(a, v, vs, n);
         return;
     }
 #endif
 #ifdef MLA__AVX512
     if (wide) {
-        mla__pv_512(a->o, a->Hp, dv, a->p, type, v, vs, n);
+        mla__pv_512(a->o, a->Hp, dv, a->p, MLA__PST, 1, type, v, vs, n);
         return;
     }
 #endif
