@@ -2898,7 +2898,12 @@ static void mla__absorb_q(const mla_config *c, const mla_layer_weights *w, const
         float *ql = qlat + (size_t)j * r;
 #ifdef MLA__AVX512
         if (w->w_kvb_q8) {
+            size_t b, vb = (size_t)dv * r;
             mla__axpys_q8(ql, qn, dn, w->w_kvb_q8 + k0, w->w_kvb_q8_scale + k0 / r * nb, nb, r);
+            /* head j's W_uv rows and scales, read by mla__absorb_o after the
+               attention, start toward L2 now (2-4 % of the 1K layer, A/B) */
+            for (b = 0; b < vb; b += 64) _mm_prefetch((const char *)(w->w_kvb_q8 + k0 + (size_t)dn * r) + b, _MM_HINT_T1);
+            for (b = 0; b < 4 * dv * nb; b += 64) _mm_prefetch((const char *)(w->w_kvb_q8_scale + (k0 / r + dn) * nb) + b, _MM_HINT_T1);
             continue;
         }
 #endif
