@@ -100,7 +100,7 @@ hello: $(BIN)/hello_mla
 
 # the header must compile warning-free as C99 (gcc, clang if present) and as C++,
 # with each instruction set it has kernels for (compiled here whatever this CPU has)
-AVX512 = -mavx2 -mfma -mf16c -mavx512f -mavx512bw -mavx512vl -mavx512bf16 -mavx512vnni -mamx-tile -mamx-bf16
+AVX512 = -mavx2 -mfma -mf16c -mavx512f -mavx512bw -mavx512vl -mavx512bf16 -mavx512vnni -mamx-tile -mamx-bf16 -mamx-int8
 AVX512_BASE = -mavx2 -mfma -mf16c -mavx512f -mavx512bw -mavx512vl  # Skylake-X: the AVX-512 path without BF16, VNNI, AMX
 headercheck: | $(BIN)
 	@printf '#define MLA_IMPLEMENTATION\n#include "mla.h"\nint main(void){return 0;}\n' > $(BIN)/hc.c

@@ -2033,7 +2033,7 @@ static void mla__query_amx_i8(mla__att *a) {
                                                   _mm512_set1_epi16(128));
                     h8[i] = _mm512_maskz_cvtepi16_epi8(0xffffffffu, part ? lo : _mm512_srai_epi16(_mm512_sub_epi16(q, lo), 8));
                 }
-                r[j] = _mm512_inserti64x4(_mm512_castsi256_si512(h8[0]), h8[1], 1);
+                r[j] = _mm512_maskz_inserti64x4(0xff, _mm512_castsi256_si512(h8[0]), h8[1], 1);
             }
             mla__transpose16(r, u);
             for (i = 0; i < 16; i++) _mm512_storeu_si512((char *)a->qh + ((size_t)(2 * c + part) * 16 + i) * 64, u[i]);
@@ -2086,11 +2086,11 @@ static void mla__scores_amx_i8(mla__att *a, const char *k, size_t ks, int n, int
     qc = _mm512_loadu_ps(qv[0]);
     qp = _mm512_loadu_ps(qv[1]);
     for (i = 0; i < n; i++) { /* row i: 16 heads' scores, as the vpdpwssd path computes them */
-        __m512i dc = _mm512_add_epi32(_mm512_slli_epi32(_mm512_loadu_si512(ct + 16 * i), 8), _mm512_loadu_si512(ct + 256 + 16 * i));
-        __m512i dp = _mm512_add_epi32(_mm512_slli_epi32(_mm512_loadu_si512(ct + 512 + 16 * i), 8), _mm512_loadu_si512(ct + 768 + 16 * i));
-        __m512 sc = _mm512_mul_ps(_mm512_mul_ps(qc, _mm512_set1_ps(a->rs[t0 + i])), _mm512_cvtepi32_ps(dc));
+        __m512i dc = _mm512_add_epi32(_mm512_maskz_slli_epi32(0xffff, _mm512_loadu_si512(ct + 16 * i), 8), _mm512_loadu_si512(ct + 256 + 16 * i));
+        __m512i dp = _mm512_add_epi32(_mm512_maskz_slli_epi32(0xffff, _mm512_loadu_si512(ct + 512 + 16 * i), 8), _mm512_loadu_si512(ct + 768 + 16 * i));
+        __m512 sc = _mm512_mul_ps(_mm512_mul_ps(qc, _mm512_set1_ps(a->rs[t0 + i])), _mm512_maskz_cvtepi32_ps(0xffff, dc));
         if (ncc < nc)
-            sc = _mm512_add_ps(sc, _mm512_mul_ps(_mm512_mul_ps(qp, _mm512_set1_ps(a->rs[MLA__PST + t0 + i])), _mm512_cvtepi32_ps(dp)));
+            sc = _mm512_add_ps(sc, _mm512_mul_ps(_mm512_mul_ps(qp, _mm512_set1_ps(a->rs[MLA__PST + t0 + i])), _mm512_maskz_cvtepi32_ps(0xffff, dp)));
         _mm512_storeu_ps(a->p + (size_t)(t0 + i) * 16, sc);
     }
 }
@@ -2219,7 +2219,7 @@ static void mla__softmax_t16(mla__att *a, mla_dtype type, int n) {
     __m256 m0, m1, s0 = _mm256_setzero_ps(), s1 = s0;
     __m512 mx = _mm512_loadu_ps(a->p);
     int j, t, u;
-    for (t = 1; t < n; t++) mx = _mm512_max_ps(mx, _mm512_loadu_ps(a->p + (size_t)t * 16));
+    for (t = 1; t < n; t++) mx = _mm512_maskz_max_ps(0xffff, mx, _mm512_loadu_ps(a->p + (size_t)t * 16));
     _mm512_storeu_ps(mt, mx);
     for (j = 0; j < 16; j++) {
         if (j < a->H && mt[j] > a->mx[j]) { /* rescale what came before */
