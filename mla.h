@@ -353,7 +353,8 @@ MLAPI mla_result mla_attend_projected(const mla_config *cfg, const mla_layer_wei
    aligned for float, whatever n_ctx is (mla_workspace_bytes covers it).
    Precision: sums and softmax in f32. f32 and f16 rows use the query as
    given. int8 rows round each query part to int16 (a score moves by at most
-   scale * 2^-14 * (max|q_lat| sum|c| + max|q_pe| sum|k_pe|)). bf16 rows:
+   scale * 2^-14 * (max|q_lat| sum|c| + max|q_pe| sum|k_pe|); the same
+   integer sums on AMX-INT8 tiles, 8-16 heads, r and m multiples of 64). bf16 rows:
    - AMX (mla_kernel_name() starts "amx"; r % 16 == 0, r + m even, and
      h >= 16, or 8 <= h <= 16 with (r + m) % 32 == 0; with fewer heads the
      padding to 16 costs more than the tiles gain): scores with the query
@@ -646,7 +647,7 @@ MLAPI mla_result mla_refit_apply(mla_refit *rf, mla_converted *cv, int targets, 
 #define MLA__VNNI 1 /* int8 cache scores: vpdpwssd */
 #endif
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__linux__) && defined(__x86_64__) && !defined(MLA_NO_AMX)
-#define MLA__AMX 1 /* bf16 rows on AMX tiles when Linux grants them (and these hold:) */
+#define MLA__AMX 1 /* bf16 (and int8) rows on AMX tiles when Linux grants them (and these hold:) */
 #define MLA__AMX_FOR(type, H, dv, dk) \
     ((type) == MLA_BF16 && (dv) % 16 == 0 && (dk) % 2 == 0 && ((H) >= 16 || MLA__AMX_ROWS(H, dk)))
 /* 8 to 16 heads with whole 32-value chunks: the cached rows are the tiles'
@@ -1384,25 +1385,28 @@ static int mla__rows_at(const mla__rows *src, int t, int want, const char **k, c
 typedef struct {
     int H, Hp, dk, dv;  /* heads (Hp: rounded up to MLA__HB), lengths              */
     int H16, Hr, amx;   /* heads rounded up to 16; rows of o and p, max(Hp, H16);  */
-                        /* AMX tiles in use (bf16 rows): 0 no, 1 heads as the      */
-                        /* tiles' M, 2 rows as M (MLA__AMX_ROWS)                   */
+                        /* AMX tiles in use: 0 no; bf16 rows: 1 heads as the tiles'*/
+                        /* M, 2 rows as M (MLA__AMX_ROWS); 3 int8 rows, rows as M  */
     int rp, mp;         /* int8 rows: c (dv) and k_pe (dk-dv) parts padded to IPAD */
     int dk32;           /* bf16 query row stride (dk padded to 32)                 */
     float *q;           /* [H][dk] queries, softmax scale folded in                */
     float *o, *mx, *l;  /* [max(Hp,H16)][dv] output (unnormalised), [H] max, sum   */
-    float *p;           /* [max(Hp,H16)][PST] scores, then probabilities           */
+    float *p;           /* [max(Hp,H16)][PST] scores, then probabilities (amx 2, 3:*/
+                        /* [TILE][16 heads])                                       */
     float *kb, *vb;     /* [TILE][dk], [TILE][dv] rows converted to f32            */
     int16_t *qi, *ki;   /* int8 rows: [H][rp+mp] query, [TILE][rp+mp] rows         */
     float *qs, *rs;     /* int8 rows: [2][H] query scales, [2][PST] row scales     */
     uint16_t *qh;       /* AMX: the query as bf16 hi + lo: [2][H16][dk32] (amx 1), */
-                        /* [dk32/32][2][16 pairs][16 heads][2] B tiles (amx 2)     */
+                        /* [dk32/32][2][16 pairs][16 heads][2] B tiles (amx 2);    */
+                        /* int8 hi + lo, [dk/64][2][16 quads][16 heads][4] (amx 3) */
     float *qw;          /* AVX-512, f32 and bf16 rows: [H][dk32] the query laid    */
                         /* out for mla__scores_512 (the memory of qh)              */
     uint32_t *kt;       /* AMX: [dk32/32][2][16][16] bf16 pairs of k, transposed   */
-                        /* (amx 1); 16 rows zero padded to 16 (amx 2)              */
+                        /* (amx 1); up to 16 rows zero padded to 16 (amx 2, 3)     */
     uint16_t *vv;       /* AMX: [2][dv/16][16][32] value rows, pairs interleaved   */
     uint16_t *pa;       /* AMX: [2][2][16][32] probabilities of 16 heads, hi + lo  */
-    float *ct;          /* AMX: [16][32] the query-lo part of 16 heads' scores     */
+    float *ct;          /* AMX: [16][32] the query-lo part of 16 heads' scores;    */
+                        /* [4][16][16] int32 sums (amx 3)                          */
     const char *pf;     /* AVX-512 f32/bf16 rows: the next tile's key rows (pfn of */
     size_t pfs, pfb;    /* them, pfs bytes apart, pfb bytes each), prefetched by   */
     int pfn;            /* mla__scores_512 8 rows per register block; NULL: none   */
@@ -2358,8 +2362,8 @@ static void mla__att_tile(mla__att *a, mla_dtype type, const char *k, size_t ks,
 }
 
 #ifdef MLA__AVX512
-/* Whether a state runs rows of this type on AMX tiles: 0 no, 1 heads as
-   the tiles' M, 2 cached rows as M */
+/* Whether a state runs rows of this type on AMX tiles: 0 no; bf16 rows: 1
+   heads as the tiles' M, 2 cached rows as M; 3 int8 rows, rows as M */
 static int mla__att_amx(const mla__att *a, mla_dtype type) {
 #ifdef MLA__AMX
     if (MLA__AMX_I8(type, a->H, a->dv, a->dk)) return mla__amx_ok() ? 3 : 0;

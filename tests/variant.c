@@ -1,6 +1,7 @@
 /* A private (MLA_STATIC) copy of the library built with other options (see
-   the Makefile: MLA_NO_SIMD, or -fopenmp), its entry points exported under
-   VARIANT_PREFIX, so one test binary compares the builds with each other. */
+   the Makefile: MLA_NO_SIMD, -fopenmp, or without AMX and AVX-512 VNNI), its
+   entry points exported under VARIANT_PREFIX, so one test binary compares
+   the builds with each other. */
 #define MLA_STATIC
 #define MLA_IMPLEMENTATION
 #include "../mla.h"
