@@ -96,7 +96,8 @@ static void kcase_free(kcase *k) {
 }
 
 /* How this build runs a case's bf16 rows (the rule in mla_attend_latent's
-   comment): 2 = AMX tiles, query and probabilities split into bf16 hi + lo;
+   comment): 2 = AMX tiles, the query split into bf16 hi + lo (and, with
+   the heads as the tiles' M, the probabilities: the bound allows for both);
    0 = f32 arithmetic (every other path: the rows widened, the query exact). */
 static int bf16_path(const kcase *k) {
     if (k->type != MLA_BF16) return 0;
