@@ -12,10 +12,11 @@
       1 and 8, 1 and 2 threads, f32 / bf16 / int8 cache. Roofline fraction =
       max(bytes / bandwidth, flops / compute peak) / measured time, where the
       compute time is that of the instructions the kernel uses on this CPU
-      at their measured peaks: bf16 rows of 16+ heads on AMX tiles; else
-      scores (q.k) on f32 and bf16 rows by fp32 FMA (AVX-512 where built, the
-      rows widened in registers), on int8 rows by vpdpwssd (AVX2 vpmaddwd);
-      P.V by fp32 FMA.
+      at their measured peaks: scores on AMX tiles where mla.h runs them
+      there (bf16 rows of 8+ heads, int8 rows of 8-16 heads); else scores
+      (q.k) on f32 and bf16 rows by fp32 FMA (AVX-512 where built, the rows
+      widened in registers), on int8 rows by vpdpwssd (AVX2 vpmaddwd); P.V
+      on tiles for bf16 rows of 17+ heads, else by fp32 FMA.
    3. MLA (r 128, m 64: half the KV cache) vs GQA (3 KV heads of 64) at
       SmolLM2 shapes, per layer, with the working set of a 30-layer model (each
       step runs all 30 layers' attention), both with the same kernel, bf16
