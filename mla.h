@@ -1887,6 +1887,15 @@ static void mla__transpose16(const __m512i *r, __m512i *u) {
     }
 }
 
+/* n < 16 rows of k (ks bytes apart), `bytes` of each, copied into z and
+   zero padded to 16 rows: an A tile's worth that no tile load reads past */
+static const char *mla__pad16(char *z, const char *k, size_t ks, int n, size_t bytes) {
+    int i;
+    for (i = 0; i < n; i++) memcpy(z + i * bytes, k + i * ks, bytes);
+    memset(z + n * bytes, 0, (16 - n) * bytes);
+    return z;
+}
+
 /* x = hi + lo, two bf16 vectors: |x - hi - lo| <= 2^-16 |x| */
 static void mla__split_bf16(__m512 x, __m256i *hi, __m256i *lo) {
     __m512 f;
@@ -1983,11 +1992,8 @@ static void mla__scores_amx_rows(mla__att *a, const char *k, size_t ks, int n, i
         kb[hf] = k + (size_t)16 * hf * ks;
         st[hf] = ks;
         if (m > 0 && m < 16) {
-            char *z = (char *)a->kt + (size_t)hf * 32 * a->dk32;
             st[hf] = 2 * (size_t)a->dk32;
-            for (i = 0; i < m; i++) memcpy(z + i * st[hf], kb[hf] + i * ks, st[hf]);
-            memset(z + m * st[hf], 0, (16 - m) * st[hf]);
-            kb[hf] = z;
+            kb[hf] = mla__pad16((char *)a->kt + (size_t)hf * 32 * a->dk32, kb[hf], ks, m, st[hf]);
         }
     }
     _tile_zero(0);
@@ -2057,11 +2063,8 @@ static void mla__scores_amx_i8(mla__att *a, const char *k, size_t ks, int n, int
     const int32_t *ct = (const int32_t *)a->ct;
     float qv[2][16];
     if (n < 16) {
-        char *z = (char *)a->kt;
         st = (size_t)nc * 64;
-        for (i = 0; i < n; i++) memcpy(z + i * st, k + i * ks, st);
-        memset(z + n * st, 0, (16 - n) * st);
-        kb = z;
+        kb = mla__pad16((char *)a->kt, k, ks, n, st);
     }
     _tile_zero(0);
     _tile_zero(1);
@@ -2186,12 +2189,17 @@ static void mla__half_to_f32(float *dst, const uint16_t *src, int n, mla_dtype t
     for (; i < n; i++) dst[i] = t == MLA_BF16 ? mla_bf16_to_f32(src[i]) : mla_f16_to_f32(src[i]);
 }
 
+/* the two scales of an int8 row [c (r) | k_pe (m) | pad | scale_c | scale_pe] */
+static void mla__i8_scales(const int8_t *row, int r, int m, float *rs_c, float *rs_pe) {
+    memcpy(rs_c, row + mla__i8_scales_at(r, m), 4);
+    memcpy(rs_pe, row + mla__i8_scales_at(r, m) + 4, 4);
+}
+
 /* int8 row [c (r) | k_pe (m) | pad | scale_c | scale_pe] -> int16 [rp | mp] (zero
    padded), scales, and (cf not NULL) f32 c values (unscaled) */
 static void mla__i8_row(const int8_t *row, int r, int m, int rp, int mp, int16_t *ki, float *rs_c, float *rs_pe, float *cf) {
     int i = 0, j = 0;
-    memcpy(rs_c, row + mla__i8_scales_at(r, m), 4);
-    memcpy(rs_pe, row + mla__i8_scales_at(r, m) + 4, 4);
+    mla__i8_scales(row, r, m, rs_c, rs_pe);
 #ifdef MLA__AVX2
     for (; i + 16 <= r; i += 16) {
         __m256i w = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(row + i)));
@@ -2274,11 +2282,8 @@ static void mla__att_tile(mla__att *a, mla_dtype type, const char *k, size_t ks,
         }
 #ifdef MLA__AMXI8
         else {
-            for (t = 0; t < n; t++) { /* int8 rows: only their scales are read here */
-                const char *row = k + (size_t)t * ks + mla__i8_scales_at(dv, dk - dv);
-                memcpy(a->rs + t, row, 4);
-                memcpy(a->rs + MLA__PST + t, row + 4, 4);
-            }
+            for (t = 0; t < n; t++) /* int8 rows: only their scales are read here */
+                mla__i8_scales((const int8_t *)(k + (size_t)t * ks), dv, dk - dv, a->rs + t, a->rs + MLA__PST + t);
             for (t = 0; t < n; t += 16) mla__scores_amx_i8(a, k + (size_t)t * ks, ks, mla__imin(n - t, 16), t);
         }
 #endif

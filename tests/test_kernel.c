@@ -96,21 +96,21 @@ static void kcase_free(kcase *k) {
 }
 
 /* How this build runs a case's bf16 rows (the rule in mla_attend_latent's
-   comment): 2 = AMX tiles, the query split into bf16 hi + lo (and, with
-   the heads as the tiles' M, the probabilities: the bound allows for both);
-   0 = f32 arithmetic (every other path: the rows widened, the query exact). */
+   comment): 2 = AMX tiles with the heads as M, query and probabilities
+   split into bf16 hi + lo; 3 = AMX tiles with the rows as M (8-16 heads,
+   (r + m) % 32 == 0), the query split, P.V in f32; 0 = f32 arithmetic
+   (every other path: the rows widened, the query exact). */
 static int bf16_path(const kcase *k) {
-    if (k->type != MLA_BF16) return 0;
-    return !strncmp(mla_kernel_name(), "amx", 3) && k->r % 16 == 0 && (k->r + k->m) % 2 == 0 &&
-                   (k->H >= 16 || (k->H >= 8 && (k->r + k->m) % 32 == 0))
-               ? 2
-               : 0;
+    int dk = k->r + k->m;
+    if (k->type != MLA_BF16 || strncmp(mla_kernel_name(), "amx", 3) || k->r % 16 || dk % 2) return 0;
+    if (k->H >= 8 && k->H <= 16 && dk % 32 == 0) return 3;
+    return k->H >= 16 ? 2 : 0;
 }
 
 /* Double-precision attention over rows [t0, t1) of the stored values: o [H][r],
    lse [H]; and the largest score change that the kernel's query can cause:
    int8 rows, rounded to int16 (half a step of 2^-13 of each part's largest
-   |q|); bf16 rows on AMX (path 2), 2^-16 of each |q_i k_i|. */
+   |q|); bf16 rows on AMX (paths 2, 3), 2^-16 of each |q_i k_i|. */
 static void reference(const kcase *k, int t0, int t1, double *o, double *lse, double *dq) {
     int H = k->H, r = k->r, m = k->m, j, t, i;
     double *row = (double *)malloc(sizeof(double) * (size_t)(r + m)), *s = (double *)malloc(sizeof(double) * (size_t)(t1 - t0 + 1));
@@ -133,7 +133,7 @@ static void reference(const kcase *k, int t0, int t1, double *o, double *lse, do
             s[t - t0] = k->scale * d;
             mx = s[t - t0] > mx ? s[t - t0] : mx;
             d = k->type == MLA_I8 ? k->scale * (aq * ac + ap * apd) * ldexp(1.0, -14)
-              : k->scale * aqk * (bf16_path(k) == 2 ? ldexp(1.0, -16) : 0.0);
+              : k->scale * aqk * (bf16_path(k) >= 2 ? ldexp(1.0, -16) : 0.0);
             *dq = d > *dq ? d : *dq;
         }
         for (t = t0; t < t1; t++) sum += exp(s[t - t0] - mx);
@@ -224,7 +224,7 @@ static void test_kernel_shapes(void) {
                     lim = bound(omax, types[ti] == MLA_I8 ? dq : 0.0, cm, 0);
                 else {
                     lim = bound(omax, dq, cm, bf16_path(&k) == 2);
-                    amx_cases += bf16_path(&k) == 2 && b == 0;
+                    amx_cases += bf16_path(&k) >= 2 && b == 0;
                     amx_i8 += types[ti] == MLA_I8 && b == 0 && !strncmp(mla_kernel_name(), "amx", 3) && H >= 8 && H <= 16 &&
                               r % 64 == 0 && m % 64 == 0;
                 }
