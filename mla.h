@@ -636,6 +636,14 @@ MLAPI mla_result mla_refit_apply(mla_refit *rf, mla_converted *cv, int targets, 
 #include <immintrin.h>
 /* keeps a loaded vector in a register (GCC would fold the load into every use) */
 #define MLA__KEEP(v) __asm__("" : "+x"(v))
+/* a += vpmaddwd(w, x), the sum written in place: as intrinsics, GCC 12 gives
+   each sum a new register and copies it back (or spills it) every iteration */
+#define MLA__MADD(a_, w_, x_)                                                                           \
+    {                                                                                                   \
+        __m256i t_;                                                                                     \
+        __asm__("{vpmaddwd %[w], %[x], %[t]\n\tvpaddd %[t], %[a], %[a]|vpmaddwd %[t], %[x], %[w]\n\tvpaddd %[a], %[a], %[t]}" \
+                : [a] "+x"(a_), [t] "=&x"(t_) : [w] "x"(w_), [x] "x"(x_));                          \
+    }
 #endif
 /* AVX-512 F/BW/VL: f32 and bf16 rows widened to f32 in registers for both
    GEMMs (512-bit FMAs). MLA_NO_AVX512 (or its old name MLA_NO_BF16_DOT):
@@ -1621,14 +1629,14 @@ static void mla__scores_i16(const int16_t *qi, size_t ldq, int H, const int16_t 
                     a02 = _mm256_add_epi32(a02, _mm256_madd_epi16(w0, x)); a12 = _mm256_add_epi32(a12, _mm256_madd_epi16(w1, x));
                     a22 = _mm256_add_epi32(a22, _mm256_madd_epi16(w2, x));
                 }
-                {
-                    __m256i h0 = _mm256_hadd_epi32(_mm256_hadd_epi32(a00, a01), _mm256_hadd_epi32(a02, a10));
-                    __m256i h1 = _mm256_hadd_epi32(_mm256_hadd_epi32(a11, a12), _mm256_hadd_epi32(a20, a21));
-                    __m256i h2 = _mm256_hadd_epi32(_mm256_hadd_epi32(a22, a22), _mm256_hadd_epi32(a22, a22));
-                    _mm256_storeu_si256((__m256i *)o, _mm256_add_epi32(_mm256_permute2x128_si256(h0, h1, 0x20),
-                                                                      _mm256_permute2x128_si256(h0, h1, 0x31)));
-                    _mm256_storeu_si256((__m256i *)(o + 8), _mm256_add_epi32(_mm256_permute2x128_si256(h2, h2, 0x20),
-                                                                            _mm256_permute2x128_si256(h2, h2, 0x31)));
+                { /* each sum folded to 128 bits on its own (hadd on the 256-bit sums makes GCC spill them) */
+#define MLA__FOLD(a) _mm_add_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1))
+                    __m128i b0 = MLA__FOLD(a00), b1 = MLA__FOLD(a01), b2 = MLA__FOLD(a02), b3 = MLA__FOLD(a10);
+                    __m128i b4 = MLA__FOLD(a11), b5 = MLA__FOLD(a12), b6 = MLA__FOLD(a20), b7 = MLA__FOLD(a21), b8 = MLA__FOLD(a22);
+#undef MLA__FOLD
+                    _mm_storeu_si128((__m128i *)o, _mm_hadd_epi32(_mm_hadd_epi32(b0, b1), _mm_hadd_epi32(b2, b3)));
+                    _mm_storeu_si128((__m128i *)(o + 4), _mm_hadd_epi32(_mm_hadd_epi32(b4, b5), _mm_hadd_epi32(b6, b7)));
+                    _mm_storeu_si128((__m128i *)(o + 8), _mm_hadd_epi32(_mm_hadd_epi32(b8, b8), _mm_hadd_epi32(b8, b8)));
                 }
             }
 #else
@@ -1694,26 +1702,235 @@ static void mla__pv_f32(float *o, int Hp, int dv, const float *p, const float *v
         }
 }
 
-#ifdef MLA__AVX512
-/* ---- AVX-512: the two GEMMs on rows as stored, widened to f32 in registers ---- */
-
-/* The query of mla__scores_512, qw [H][dk32] f32 (zero padded), laid out as
-   the row loader below produces each 32-value chunk of a row: f32 rows in
-   order; bf16 rows as its 16 even then its 16 odd values (a 32-bit lane
-   holds a bf16 pair: the low half shifted up is the even value, the high
-   half masked the odd one; no shuffle). */
-static void mla__query_512(float *qw, int dk32, const float *q, int H, int dk, mla_dtype type) {
-    int j, i;
+#ifdef MLA__AVX2
+/* The query of the vector GEMMs that read rows as stored (mla__scores_256,
+   mla__scores_512): qw [H][dk32] f32, zero padded, laid out as their row
+   loaders produce each chunk of c values (AVX2 16, AVX-512 32) of the first
+   `whole` values of a row: f32 and f16 rows in order; bf16 rows as the
+   chunk's c/2 even then c/2 odd values (a 32-bit lane holds a bf16 pair:
+   the low half shifted up is the even value, the high half masked the odd
+   one; no shuffle). Past `whole`, in order. */
+static void mla__query_w(float *qw, int dk32, const float *q, int H, int dk, mla_dtype type, int c, int whole) {
+    int j, i, h = c / 2;
     for (j = 0; j < H; j++)
         for (i = 0; i < dk32; i++) {
-            int src = type == MLA_BF16 ? (i & ~31) + 2 * (i & 15) + ((i >> 4) & 1) : i;
+            int src = type == MLA_BF16 && i < whole ? (i & ~(c - 1)) + 2 * (i & (h - 1)) + ((i / h) & 1) : i;
             qw[(size_t)j * dk32 + i] = src < dk ? q[(size_t)j * dk + src] : 0.0f;
         }
 }
+#endif
+
+#if defined(MLA__AVX2) && !defined(MLA__AVX512)
+/* ---- AVX2: the two GEMMs on rows as stored, widened to f32 in registers ---- */
+
+/* value u of a stored row as f32 (int8: unscaled) */
+static float mla__val(const char *row, mla_dtype t, int u) {
+    uint16_t h;
+    if (t == MLA_F32) { float f; memcpy(&f, row + 4 * (size_t)u, 4); return f; }
+    if (t == MLA_I8) return (float)((const int8_t *)row)[u];
+    memcpy(&h, row + 2 * (size_t)u, 2);
+    return t == MLA_BF16 ? mla_bf16_to_f32(h) : mla_f16_to_f32(h);
+}
+
+/* s[j][t] (row stride MLA__PST) = q_j . k_t, j < H, t < n, for f32, bf16 or
+   (with F16C) f16 rows ks bytes apart: each 16-value chunk of a row becomes
+   two f32 vectors in registers (bf16: its even and its odd values, see
+   mla__query_w), multiplied by the query qw with f32 FMAs, so every row type
+   is scored as precisely as f32 rows; the rest of a row (dk % 16 values) in
+   scalar. Blocks of 3 heads x 4 rows (12 accumulators, 3 query vectors, one
+   row vector: the 16 registers), clamped like mla__scores_f32; rows outer, so
+   a block's 4 rows stay in L1 while all heads read them. */
+static void mla__scores_256(const mla__att *at, mla_dtype type, const char *k, size_t ks, int n, float *s) {
+    const float *qw = at->qw;
+    const int dk32 = at->dk32, H = at->H, dk = at->dk, d16 = dk & ~15;
+    int j0, t0, j, t, i, u;
+    for (t0 = 0; t0 < n; t0 += 4)
+        for (j0 = 0; j0 < H; j0 += MLA__HB) {
+            const float *q0 = qw + (size_t)mla__imin(j0, H - 1) * dk32, *q1 = qw + (size_t)mla__imin(j0 + 1, H - 1) * dk32;
+            const float *q2 = qw + (size_t)mla__imin(j0 + 2, H - 1) * dk32;
+            const char *k0 = k + (size_t)t0 * ks, *k1 = k + (size_t)mla__imin(t0 + 1, n - 1) * ks;
+            const char *k2 = k + (size_t)mla__imin(t0 + 2, n - 1) * ks, *k3 = k + (size_t)mla__imin(t0 + 3, n - 1) * ks;
+            const char *kr[4];
+            __m256 a00 = _mm256_setzero_ps(), a01 = a00, a02 = a00, a03 = a00, a10 = a00, a11 = a00;
+            __m256 a12 = a00, a13 = a00, a20 = a00, a21 = a00, a22 = a00, a23 = a00, w0, w1, w2, x;
+            float o[16];
+            /* one half (8 values) of chunk i of each of the 4 rows against the query's 8 at qo */
+#define MLA__HALF(LOAD, qo)                                                                             \
+    w0 = _mm256_loadu_ps(q0 + (qo)); w1 = _mm256_loadu_ps(q1 + (qo)); w2 = _mm256_loadu_ps(q2 + (qo));  \
+    MLA__KEEP(w0); MLA__KEEP(w1); MLA__KEEP(w2);                                                        \
+    x = LOAD(k0); MLA__KEEP(x);                                                                         \
+    a00 = _mm256_fmadd_ps(w0, x, a00); a10 = _mm256_fmadd_ps(w1, x, a10); a20 = _mm256_fmadd_ps(w2, x, a20); \
+    x = LOAD(k1); MLA__KEEP(x);                                                                         \
+    a01 = _mm256_fmadd_ps(w0, x, a01); a11 = _mm256_fmadd_ps(w1, x, a11); a21 = _mm256_fmadd_ps(w2, x, a21); \
+    x = LOAD(k2); MLA__KEEP(x);                                                                         \
+    a02 = _mm256_fmadd_ps(w0, x, a02); a12 = _mm256_fmadd_ps(w1, x, a12); a22 = _mm256_fmadd_ps(w2, x, a22); \
+    x = LOAD(k3); MLA__KEEP(x);                                                                         \
+    a03 = _mm256_fmadd_ps(w0, x, a03); a13 = _mm256_fmadd_ps(w1, x, a13); a23 = _mm256_fmadd_ps(w2, x, a23);
+#define MLA__F32(r) _mm256_loadu_ps((const float *)(r) + i)
+#define MLA__F16(r) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)(r) + i)))
+#define MLA__BF_0(r) _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_loadu_si256((const __m256i *)((const uint16_t *)(r) + i)), 16))
+#define MLA__BF_1(r) _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_srli_epi32(                                 \
+                                          _mm256_loadu_si256((const __m256i *)((const uint16_t *)(r) + i)), 16), 16))
+            /* one half per loop (two in one body need more than 16 registers) */
+            if (type == MLA_BF16) {
+                for (i = 0; i < d16; i += 16) { MLA__HALF(MLA__BF_0, i) }
+                for (i = 0; i < d16; i += 16) { MLA__HALF(MLA__BF_1, i + 8) }
+            }
+#ifdef __F16C__
+            else if (type == MLA_F16)
+                for (i = 0; i < d16; i += 8) { MLA__HALF(MLA__F16, i) }
+#endif
+            else
+                for (i = 0; i < d16; i += 8) { MLA__HALF(MLA__F32, i) }
+#undef MLA__HALF
+#undef MLA__F32
+#undef MLA__F16
+#undef MLA__BF_0
+#undef MLA__BF_1
+            x = _mm256_setzero_ps();
+            _mm256_storeu_ps(o, mla__hsum8(a00, a01, a02, a03, a10, a11, a12, a13));
+            _mm256_storeu_ps(o + 8, mla__hsum8(a20, a21, a22, a23, x, x, x, x));
+            kr[0] = k0; kr[1] = k1; kr[2] = k2; kr[3] = k3;
+            for (u = d16; u < dk; u++) /* the rest of the rows, in order in qw */
+                for (j = 0; j < 3; j++)
+                    for (t = 0; t < 4; t++)
+                        o[j * 4 + t] += qw[(size_t)mla__imin(j0 + j, H - 1) * dk32 + u] * mla__val(kr[t], type, u);
+            for (j = 0; j < 3; j++) /* s has rows to a multiple of 3 and columns to TILE + 4 */
+                memcpy(s + (size_t)(j0 + j) * MLA__PST + t0, o + j * 4, 4 * sizeof(float));
+        }
+}
+
+/* int8 rows [c (r) | k_pe (m) | pad | scales] as stored (r, m multiples of
+   16): s[j][t] = qs[j] rs[t] (qi_j . c_t) + qs[H+j] rs[PST+t] (qi_j . pe_t)
+   against the int16 query qi [H][ldq] (c at 0, k_pe at rp); each 16 values
+   widened to int16 in a register (no copy of the row), vpmaddwd. Blocks of
+   3 heads x 3 rows, clamped like mla__scores_f32. */
+static void mla__scores_i8_256(const int16_t *qi, size_t ldq, int rp, int H, const char *k, size_t ks, int n, int r,
+                               int m, const float *qs, const float *rs, float *s) {
+    int j0, t0, i, part;
+    for (t0 = 0; t0 < n; t0 += 3)
+        for (j0 = 0; j0 < H; j0 += MLA__HB) {
+            const int16_t *w0p = qi + (size_t)mla__imin(j0, H - 1) * ldq, *w1p = qi + (size_t)mla__imin(j0 + 1, H - 1) * ldq;
+            const int16_t *w2p = qi + (size_t)mla__imin(j0 + 2, H - 1) * ldq;
+            const int8_t *r0 = (const int8_t *)(k + (size_t)t0 * ks), *r1 = (const int8_t *)(k + (size_t)mla__imin(t0 + 1, n - 1) * ks);
+            const int8_t *r2 = (const int8_t *)(k + (size_t)mla__imin(t0 + 2, n - 1) * ks);
+            __m128 f0 = _mm_setzero_ps(), f1 = f0, f2 = f0; /* rows t0.. of heads j0, j0+1, j0+2 */
+            for (part = 0; part < 2; part++) {
+                const int len = part ? m : r;
+                __m256i a00 = _mm256_setzero_si256(), a01 = a00, a02 = a00, a10 = a00, a11 = a00, a12 = a00;
+                __m256i a20 = a00, a21 = a00, a22 = a00, w0, w1, w2, x;
+                for (i = 0; i < len; i += 16) {
+                    w0 = _mm256_loadu_si256((const __m256i *)(w0p + i));
+                    w1 = _mm256_loadu_si256((const __m256i *)(w1p + i));
+                    w2 = _mm256_loadu_si256((const __m256i *)(w2p + i));
+                    MLA__KEEP(w0); MLA__KEEP(w1); MLA__KEEP(w2);
+#define MLA__SC(rr, t)                                                                                 \
+    x = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)((rr) + i))); MLA__KEEP(x);             \
+    MLA__MADD(a0##t, w0, x) MLA__MADD(a1##t, w1, x) MLA__MADD(a2##t, w2, x)
+                    MLA__SC(r0, 0) MLA__SC(r1, 1) MLA__SC(r2, 2)
+#undef MLA__SC
+                }
+                { /* each head's 3 sums into the lanes of its rows, times the scales (rs has room past n) */
+                    const __m128 rv = _mm_loadu_ps(rs + part * MLA__PST + t0);
+#define MLA__FOLD(a) _mm_add_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1))
+#define MLA__ROW(f, j, x0, x1, x2)                                                                     \
+    f = _mm_add_ps(f, _mm_mul_ps(_mm_mul_ps(_mm_cvtepi32_ps(_mm_hadd_epi32(_mm_hadd_epi32(MLA__FOLD(x0), MLA__FOLD(x1)), \
+                                                                          _mm_hadd_epi32(MLA__FOLD(x2), MLA__FOLD(x2)))), rv), \
+                                 _mm_set1_ps(qs[part * H + mla__imin(j0 + (j), H - 1)])));
+                    MLA__ROW(f0, 0, a00, a01, a02) MLA__ROW(f1, 1, a10, a11, a12) MLA__ROW(f2, 2, a20, a21, a22)
+#undef MLA__ROW
+#undef MLA__FOLD
+                }
+                if (!m) break;
+                w0p += rp; w1p += rp; w2p += rp; r0 += r; r1 += r; r2 += r;
+            }
+            /* s has rows to a multiple of 3 and columns to TILE + 4 (lane 3: overwritten by the next block) */
+            _mm_storeu_ps(s + (size_t)j0 * MLA__PST + t0, f0);
+            _mm_storeu_ps(s + (size_t)(j0 + 1) * MLA__PST + t0, f1);
+            _mm_storeu_ps(s + (size_t)(j0 + 2) * MLA__PST + t0, f2);
+        }
+}
+
+/* o[j][0..dv) += sum_t p[j][t] v_t for j < Hp (pad heads of p are 0; p rows
+   MLA__PST apart): v rows of f32, bf16, f16 (F16C) or int8 values as stored,
+   vs bytes apart, each 8 widened to f32 in a register; f32 FMAs, so P.V
+   rounds as the plain path does. Blocks of 3 heads x 32 values (12
+   accumulators, 3 broadcast probabilities, one value vector), then x 8, the
+   rest (dv % 8) in scalar. */
+static void mla__pv_256(float *o, int Hp, int dv, const float *p, mla_dtype type, const char *v, size_t vs, int n) {
+    int j0, d = 0, t, j;
+    for (j0 = 0; j0 < Hp; j0 += MLA__HB) {
+        const float *p0 = p + (size_t)j0 * MLA__PST, *p1 = p0 + MLA__PST, *p2 = p1 + MLA__PST;
+        float *o0 = o + (size_t)j0 * dv, *o1 = o0 + dv, *o2 = o1 + dv;
+        __m256 b0, b1, b2, x;
+        /* 8 values from u of row vt as f32, by type */
+#define MLA__V_F32(u) _mm256_loadu_ps((const float *)vt + (u))
+#define MLA__V_BF(u) _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)vt + (u)))), 16))
+#define MLA__V_I8(u) _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)((const int8_t *)vt + (u)))))
+#define MLA__V_F16(u) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)vt + (u))))
+#define MLA__FMA3(LD, a0, a1, a2, u)                                                                     \
+    x = LD(u); MLA__KEEP(x);                                                                            \
+    a0 = _mm256_fmadd_ps(b0, x, a0); a1 = _mm256_fmadd_ps(b1, x, a1); a2 = _mm256_fmadd_ps(b2, x, a2);
+#define MLA__ROWS(BODY)                                                                                 \
+    for (t = 0; t < n; t++) {                                                                           \
+        const char *vt = v + (size_t)t * vs;                                                            \
+        b0 = _mm256_broadcast_ss(p0 + t); b1 = _mm256_broadcast_ss(p1 + t); b2 = _mm256_broadcast_ss(p2 + t); \
+        MLA__KEEP(b0); MLA__KEEP(b1); MLA__KEEP(b2);                                                    \
+        BODY                                                                                            \
+    }
+#define MLA__B32(LD) MLA__FMA3(LD, a00, a10, a20, d) MLA__FMA3(LD, a01, a11, a21, d + 8) \
+                     MLA__FMA3(LD, a02, a12, a22, d + 16) MLA__FMA3(LD, a03, a13, a23, d + 24)
+#define MLA__B8(LD) MLA__FMA3(LD, a0, a1, a2, d)
+#ifdef __F16C__
+#define MLA__BY_TYPE(B)                                                                                 \
+    if (type == MLA_BF16) { MLA__ROWS(B(MLA__V_BF)) } else if (type == MLA_I8) { MLA__ROWS(B(MLA__V_I8)) } \
+    else if (type == MLA_F16) { MLA__ROWS(B(MLA__V_F16)) } else { MLA__ROWS(B(MLA__V_F32)) }
+#else /* (f16 rows come here only with F16C) */
+#define MLA__BY_TYPE(B)                                                                                 \
+    if (type == MLA_BF16) { MLA__ROWS(B(MLA__V_BF)) } else if (type == MLA_I8) { MLA__ROWS(B(MLA__V_I8)) } \
+    else { MLA__ROWS(B(MLA__V_F32)) }
+#endif
+        for (d = 0; d + 32 <= dv; d += 32) {
+            __m256 a00 = _mm256_loadu_ps(o0 + d), a01 = _mm256_loadu_ps(o0 + d + 8), a02 = _mm256_loadu_ps(o0 + d + 16);
+            __m256 a03 = _mm256_loadu_ps(o0 + d + 24), a10 = _mm256_loadu_ps(o1 + d), a11 = _mm256_loadu_ps(o1 + d + 8);
+            __m256 a12 = _mm256_loadu_ps(o1 + d + 16), a13 = _mm256_loadu_ps(o1 + d + 24), a20 = _mm256_loadu_ps(o2 + d);
+            __m256 a21 = _mm256_loadu_ps(o2 + d + 8), a22 = _mm256_loadu_ps(o2 + d + 16), a23 = _mm256_loadu_ps(o2 + d + 24);
+            MLA__BY_TYPE(MLA__B32)
+            _mm256_storeu_ps(o0 + d, a00); _mm256_storeu_ps(o0 + d + 8, a01); _mm256_storeu_ps(o0 + d + 16, a02);
+            _mm256_storeu_ps(o0 + d + 24, a03); _mm256_storeu_ps(o1 + d, a10); _mm256_storeu_ps(o1 + d + 8, a11);
+            _mm256_storeu_ps(o1 + d + 16, a12); _mm256_storeu_ps(o1 + d + 24, a13); _mm256_storeu_ps(o2 + d, a20);
+            _mm256_storeu_ps(o2 + d + 8, a21); _mm256_storeu_ps(o2 + d + 16, a22); _mm256_storeu_ps(o2 + d + 24, a23);
+        }
+        for (; d + 8 <= dv; d += 8) {
+            __m256 a0 = _mm256_loadu_ps(o0 + d), a1 = _mm256_loadu_ps(o1 + d), a2 = _mm256_loadu_ps(o2 + d);
+            MLA__BY_TYPE(MLA__B8)
+            _mm256_storeu_ps(o0 + d, a0); _mm256_storeu_ps(o1 + d, a1); _mm256_storeu_ps(o2 + d, a2);
+        }
+#undef MLA__V_F32
+#undef MLA__V_BF
+#undef MLA__V_I8
+#undef MLA__V_F16
+#undef MLA__FMA3
+#undef MLA__ROWS
+#undef MLA__B32
+#undef MLA__B8
+#undef MLA__BY_TYPE
+    }
+    for (j = 0; j < Hp && d < dv; j++) /* the rest */
+        for (t = 0; t < n; t++) {
+            float pj = p[(size_t)j * MLA__PST + t], *oj = o + (size_t)j * dv;
+            int u;
+            for (u = d; u < dv; u++) oj[u] += pj * mla__val(v + (size_t)t * vs, type, u);
+        }
+}
+#endif
+
+#ifdef MLA__AVX512
+/* ---- AVX-512: the two GEMMs on rows as stored, widened to f32 in registers ---- */
 
 /* s[j][t] (row stride MLA__PST) = q_j . k_t, j < H, t < n, for f32 or bf16
    rows ks bytes apart: each 32-value chunk of a row becomes two f32 vectors
-   in registers, multiplied by the query qw (mla__query_512) with f32 FMAs:
+   in registers, multiplied by the query qw (mla__query_w) with f32 FMAs:
    the products are exact (a bf16 times an f32 fits an f32 FMA), so bf16 rows
    are scored as precisely as f32 rows. (vdpbf16ps would round the query to
    bf16 and, on the Xeon this was measured on, issues every other cycle: half
@@ -2269,8 +2486,12 @@ static void mla__att_tile(mla__att *a, mla_dtype type, const char *k, size_t ks,
     int H = a->H, dk = a->dk, dv = a->dv, j, t;
     const float *vf = NULL; /* f32 value rows for mla__pv_f32, vst floats apart */
     size_t vst = 0;
-#ifdef MLA__AVX512
+#if defined(MLA__AVX512)
     const int wide = type != MLA_F16; /* P.V by mla__pv_512 from the rows as stored */
+#elif defined(MLA__AVX2) && defined(__F16C__)
+    const int wide = 1; /* both GEMMs by mla__scores_256 (mla__scores_i8_256) and mla__pv_256 */
+#elif defined(MLA__AVX2)
+    const int wide = type != MLA_F16;
 #else
     const int wide = 0;
 #endif
@@ -2291,6 +2512,15 @@ static void mla__att_tile(mla__att *a, mla_dtype type, const char *k, size_t ks,
         mla__pv_512(a->o, a->Hp, dv, a->p, 1, 16, type, v, vs, n);
         return;
     }
+#endif
+#if defined(MLA__AVX2) && !defined(MLA__AVX512)
+    if (type == MLA_I8 && dv % 16 == 0 && (dk - dv) % 16 == 0) { /* int8 rows as stored */
+        for (t = 0; t < n; t++)
+            mla__i8_scales((const int8_t *)(k + (size_t)t * ks), dv, dk - dv, a->rs + t, a->rs + MLA__PST + t);
+        mla__scores_i8_256(a->qi, (size_t)(a->rp + a->mp), a->rp, H, k, ks, n, dv, dk - dv, a->qs, a->rs, a->p);
+    } else if (wide && type != MLA_I8) {
+        mla__scores_256(a, type, k, ks, n, a->p);
+    } else
 #endif
     if (type == MLA_I8) {
         int w = a->rp + a->mp;
@@ -2356,9 +2586,14 @@ static void mla__att_tile(mla__att *a, mla_dtype type, const char *k, size_t ks,
         return;
     }
 #endif
-#ifdef MLA__AVX512
+#if defined(MLA__AVX512)
     if (wide) {
         mla__pv_512(a->o, a->Hp, dv, a->p, MLA__PST, 1, type, v, vs, n);
+        return;
+    }
+#elif defined(MLA__AVX2)
+    if (wide) {
+        mla__pv_256(a->o, a->Hp, dv, a->p, type, v, vs, n);
         return;
     }
 #endif
@@ -2398,7 +2633,9 @@ static void mla__att_query(mla__att *a, mla_dtype type, const float *qa, size_t 
     else
 #endif
     if (type == MLA_F32 || type == MLA_BF16)
-        mla__query_512(a->qw, a->dk32, a->q, H, dk, type);
+        mla__query_w(a->qw, a->dk32, a->q, H, dk, type, 32, a->dk32);
+#elif defined(MLA__AVX2)
+    if (type != MLA_I8) mla__query_w(a->qw, a->dk32, a->q, H, dk, type, 16, dk & ~15);
 #endif
     if (type != MLA_I8) return;
     for (j = 0; j < H; j++) { /* int16 query, one scale per part; |sum| < 2^31 for any row */
