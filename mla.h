@@ -1858,11 +1858,12 @@ static void mla__scores_i8_256(const int16_t *qi, size_t ldq, int rp, int H, con
    accumulators, 3 broadcast probabilities, one value vector), then x 8, the
    rest (dv % 8) in scalar. */
 static void mla__pv_256(float *o, int Hp, int dv, const float *p, mla_dtype type, const char *v, size_t vs, int n) {
-    int j0, d = 0, t, j;
-    for (j0 = 0; j0 < Hp; j0 += MLA__HB) {
+    int j0, d = 0, t, j, nh;
+    for (j0 = 0; j0 < Hp; j0 += nh) {
         const float *p0 = p + (size_t)j0 * MLA__PST, *p1 = p0 + MLA__PST, *p2 = p1 + MLA__PST;
         float *o0 = o + (size_t)j0 * dv, *o1 = o0 + dv, *o2 = o1 + dv;
         __m256 b0, b1, b2, x;
+        nh = Hp - j0 >= 9 && type != MLA_F32 ? 9 : 3;
         /* 8 values from u of row vt as f32, by type */
 #define MLA__V_F32(u) _mm256_loadu_ps((const float *)vt + (u))
 #define MLA__V_BF(u) _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)vt + (u)))), 16))
@@ -1890,6 +1891,29 @@ static void mla__pv_256(float *o, int Hp, int dv, const float *p, mla_dtype type
     if (type == MLA_BF16) { MLA__ROWS(B(MLA__V_BF)) } else if (type == MLA_I8) { MLA__ROWS(B(MLA__V_I8)) } \
     else { MLA__ROWS(B(MLA__V_F32)) }
 #endif
+        if (nh == 9) { /* widened rows: 9 heads x 8 values, each 8 widened once for all 9 */
+            for (d = 0; d + 8 <= dv; d += 8) {
+                __m256 c0 = _mm256_loadu_ps(o0 + d), c1 = _mm256_loadu_ps(o1 + d), c2 = _mm256_loadu_ps(o2 + d);
+                __m256 c3 = _mm256_loadu_ps(o2 + dv + d), c4 = _mm256_loadu_ps(o2 + 2 * dv + d), c5 = _mm256_loadu_ps(o2 + 3 * dv + d);
+                __m256 c6 = _mm256_loadu_ps(o2 + 4 * dv + d), c7 = _mm256_loadu_ps(o2 + 5 * dv + d), c8 = _mm256_loadu_ps(o2 + 6 * dv + d);
+#define MLA__P(c, j) c = _mm256_fmadd_ps(_mm256_broadcast_ss(p0 + (j) * MLA__PST + t), x, c);
+#define MLA__B9(LD) x = LD(d); MLA__KEEP(x); MLA__P(c0, 0) MLA__P(c1, 1) MLA__P(c2, 2) MLA__P(c3, 3) MLA__P(c4, 4) \
+                    MLA__P(c5, 5) MLA__P(c6, 6) MLA__P(c7, 7) MLA__P(c8, 8)
+#define MLA__ROWS9(B) for (t = 0; t < n; t++) { const char *vt = v + (size_t)t * vs; B }
+                if (type == MLA_BF16) { MLA__ROWS9(MLA__B9(MLA__V_BF)) }
+                else if (type == MLA_I8) { MLA__ROWS9(MLA__B9(MLA__V_I8)) }
+#ifdef __F16C__
+                else { MLA__ROWS9(MLA__B9(MLA__V_F16)) }
+#endif
+#undef MLA__P
+#undef MLA__B9
+#undef MLA__ROWS9
+                _mm256_storeu_ps(o0 + d, c0); _mm256_storeu_ps(o1 + d, c1); _mm256_storeu_ps(o2 + d, c2);
+                _mm256_storeu_ps(o2 + dv + d, c3); _mm256_storeu_ps(o2 + 2 * dv + d, c4); _mm256_storeu_ps(o2 + 3 * dv + d, c5);
+                _mm256_storeu_ps(o2 + 4 * dv + d, c6); _mm256_storeu_ps(o2 + 5 * dv + d, c7); _mm256_storeu_ps(o2 + 6 * dv + d, c8);
+            }
+            continue;
+        }
         for (d = 0; d + 32 <= dv; d += 32) {
             __m256 a00 = _mm256_loadu_ps(o0 + d), a01 = _mm256_loadu_ps(o0 + d + 8), a02 = _mm256_loadu_ps(o0 + d + 16);
             __m256 a03 = _mm256_loadu_ps(o0 + d + 24), a10 = _mm256_loadu_ps(o1 + d), a11 = _mm256_loadu_ps(o1 + d + 8);
@@ -2513,37 +2537,39 @@ static void mla__att_tile(mla__att *a, mla_dtype type, const char *k, size_t ks,
         return;
     }
 #endif
-#if defined(MLA__AVX2) && !defined(MLA__AVX512)
-    if (type == MLA_I8 && dv % 16 == 0 && (dk - dv) % 16 == 0) { /* int8 rows as stored */
-        for (t = 0; t < n; t++)
-            mla__i8_scales((const int8_t *)(k + (size_t)t * ks), dv, dk - dv, a->rs + t, a->rs + MLA__PST + t);
-        mla__scores_i8_256(a->qi, (size_t)(a->rp + a->mp), a->rp, H, k, ks, n, dv, dk - dv, a->qs, a->rs, a->p);
-    } else if (wide && type != MLA_I8) {
-        mla__scores_256(a, type, k, ks, n, a->p);
-    } else
-#endif
     if (type == MLA_I8) {
         int w = a->rp + a->mp;
-        for (t = 0; t < n; t++)
-            mla__i8_row((const int8_t *)(k + (size_t)t * ks), dv, dk - dv, a->rp, a->mp, a->ki + (size_t)t * w,
-                        a->rs + t, a->rs + MLA__PST + t, wide ? NULL : a->vb + (size_t)t * dv);
-        mla__scores_i16(a->qi, (size_t)w, H, a->ki, (size_t)w, n, 0, a->rp, a->qs, a->rs, 0, a->p);
-        if (a->mp)
-            mla__scores_i16(a->qi, (size_t)w, H, a->ki, (size_t)w, n, a->rp, a->mp, a->qs + H, a->rs + MLA__PST, 1, a->p);
+#if defined(MLA__AVX2) && !defined(MLA__AVX512)
+        if (dv % 16 == 0 && (dk - dv) % 16 == 0) { /* the rows as stored, widened in registers */
+            for (t = 0; t < n; t++)
+                mla__i8_scales((const int8_t *)(k + (size_t)t * ks), dv, dk - dv, a->rs + t, a->rs + MLA__PST + t);
+            mla__scores_i8_256(a->qi, (size_t)w, a->rp, H, k, ks, n, dv, dk - dv, a->qs, a->rs, a->p);
+        } else
+#endif
+        {
+            for (t = 0; t < n; t++)
+                mla__i8_row((const int8_t *)(k + (size_t)t * ks), dv, dk - dv, a->rp, a->mp, a->ki + (size_t)t * w,
+                            a->rs + t, a->rs + MLA__PST + t, wide ? NULL : a->vb + (size_t)t * dv);
+            mla__scores_i16(a->qi, (size_t)w, H, a->ki, (size_t)w, n, 0, a->rp, a->qs, a->rs, 0, a->p);
+            if (a->mp)
+                mla__scores_i16(a->qi, (size_t)w, H, a->ki, (size_t)w, n, a->rp, a->mp, a->qs + H, a->rs + MLA__PST, 1, a->p);
+        }
         vf = a->vb; vst = (size_t)dv;
 #ifdef MLA__AMX
     } else if (a->amx) {
         mla__scores_amx(a, k, ks, mla__imin(n, 32), 0);
         if (n > 32) mla__scores_amx(a, k + 32 * ks, ks, n - 32, 32);
 #endif
-#ifdef MLA__AVX512
+#if defined(MLA__AVX512)
     } else if (type == MLA_F32 || type == MLA_BF16) {
         mla__scores_512(a, type, k, ks, n, a->p);
-#else
+#elif defined(MLA__AVX2)
+    } else if (wide) {
+        mla__scores_256(a, type, k, ks, n, a->p);
+#endif
     } else if (type == MLA_F32) {
         mla__scores_f32(a->q, H, dk, (const float *)k, ks / 4, n, a->p);
         vf = (const float *)v; vst = vs / 4;
-#endif
     } else {
         for (t = 0; t < n; t++) mla__half_to_f32(a->kb + (size_t)t * dk, (const uint16_t *)(k + (size_t)t * ks), dk, type);
         mla__scores_f32(a->q, H, dk, a->kb, (size_t)dk, n, a->p);
@@ -2655,6 +2681,12 @@ static void mla__att_query(mla__att *a, mla_dtype type, const float *qa, size_t 
                                         _mm512_maskz_cvtsepi32_epi16(0xffff, _mm512_maskz_cvtps_epi32(
                                                                                  0xffff, _mm512_div_ps(_mm512_loadu_ps(q + b + i),
                                                                                                        _mm512_set1_ps(sc)))));
+#elif defined(MLA__AVX2)
+            if (sc > 0)
+                for (; i + 8 <= e - b; i += 8) {
+                    __m256i v = _mm256_cvtps_epi32(_mm256_div_ps(_mm256_loadu_ps(q + b + i), _mm256_set1_ps(sc)));
+                    _mm_storeu_si128((__m128i *)(qi + i), _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1)));
+                }
 #endif
             for (; i < len; i++) qi[i] = (int16_t)(b + i < e && sc > 0 ? lrintf(q[b + i] / sc) : 0);
             a->qs[part * H + j] = sc;
