@@ -1804,17 +1804,25 @@ static void mla__scores_256(const mla__att *at, mla_dtype type, const char *k, s
    16): s[j][t] = qs[j] rs[t] (qi_j . c_t) + qs[H+j] rs[PST+t] (qi_j . pe_t)
    against the int16 query qi [H][ldq] (c at 0, k_pe at rp); each 16 values
    widened to int16 in a register (no copy of the row), vpmaddwd. Blocks of
-   3 heads x 3 rows, clamped like mla__scores_f32. */
+   3 heads x 3 rows, clamped like mla__scores_f32; the 9 sums of a block
+   reduced together and scaled as one vector. */
 static void mla__scores_i8_256(const int16_t *qi, size_t ldq, int rp, int H, const char *k, size_t ks, int n, int r,
                                int m, const float *qs, const float *rs, float *s) {
+    const __m256i rows = _mm256_setr_epi32(0, 1, 2, 0, 1, 2, 0, 1); /* lane: block row of sums 0..7 */
     int j0, t0, i, part;
-    for (t0 = 0; t0 < n; t0 += 3)
-        for (j0 = 0; j0 < H; j0 += MLA__HB) {
-            const int16_t *w0p = qi + (size_t)mla__imin(j0, H - 1) * ldq, *w1p = qi + (size_t)mla__imin(j0 + 1, H - 1) * ldq;
-            const int16_t *w2p = qi + (size_t)mla__imin(j0 + 2, H - 1) * ldq;
+    for (j0 = 0; j0 < H; j0 += MLA__HB) {
+        const int j1 = mla__imin(j0 + 1, H - 1), j2 = mla__imin(j0 + 2, H - 1);
+        __m256 qv[2]; /* the query scales of sums 0..7 (head j0 x3, j1 x3, j2 x2), per part */
+        for (part = 0; part < 2; part++) {
+            const float *q = qs + part * H;
+            qv[part] = _mm256_setr_ps(q[j0], q[j0], q[j0], q[j1], q[j1], q[j1], q[j2], q[j2]);
+        }
+        for (t0 = 0; t0 < n; t0 += 3) {
+            const int16_t *w0p = qi + (size_t)j0 * ldq, *w1p = qi + (size_t)j1 * ldq, *w2p = qi + (size_t)j2 * ldq;
             const int8_t *r0 = (const int8_t *)(k + (size_t)t0 * ks), *r1 = (const int8_t *)(k + (size_t)mla__imin(t0 + 1, n - 1) * ks);
             const int8_t *r2 = (const int8_t *)(k + (size_t)mla__imin(t0 + 2, n - 1) * ks);
-            __m128 f0 = _mm_setzero_ps(), f1 = f0, f2 = f0; /* rows t0.. of heads j0, j0+1, j0+2 */
+            __m256 f = _mm256_setzero_ps(); /* scores of heads j0, j0+1, j0+2 (the last: f8 at row 2) x rows t0.. */
+            float f8 = 0.0f, o[8];
             for (part = 0; part < 2; part++) {
                 const int len = part ? m : r;
                 __m256i a00 = _mm256_setzero_si256(), a01 = a00, a02 = a00, a10 = a00, a11 = a00, a12 = a00;
@@ -1830,25 +1838,28 @@ static void mla__scores_i8_256(const int16_t *qi, size_t ldq, int rp, int H, con
                     MLA__SC(r0, 0) MLA__SC(r1, 1) MLA__SC(r2, 2)
 #undef MLA__SC
                 }
-                { /* each head's 3 sums into the lanes of its rows, times the scales (rs has room past n) */
-                    const __m128 rv = _mm_loadu_ps(rs + part * MLA__PST + t0);
-#define MLA__FOLD(a) _mm_add_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1))
-#define MLA__ROW(f, j, x0, x1, x2)                                                                     \
-    f = _mm_add_ps(f, _mm_mul_ps(_mm_mul_ps(_mm_cvtepi32_ps(_mm_hadd_epi32(_mm_hadd_epi32(MLA__FOLD(x0), MLA__FOLD(x1)), \
-                                                                          _mm_hadd_epi32(MLA__FOLD(x2), MLA__FOLD(x2)))), rv), \
-                                 _mm_set1_ps(qs[part * H + mla__imin(j0 + (j), H - 1)])));
-                    MLA__ROW(f0, 0, a00, a01, a02) MLA__ROW(f1, 1, a10, a11, a12) MLA__ROW(f2, 2, a20, a21, a22)
-#undef MLA__ROW
-#undef MLA__FOLD
+                { /* sums 0..7 in the lanes of one vector, times row and query scales (rs has room past n) */
+                    const float *rsp = rs + part * MLA__PST + t0;
+                    __m256i h0 = _mm256_hadd_epi32(_mm256_hadd_epi32(a00, a01), _mm256_hadd_epi32(a02, a10));
+                    __m256i h1 = _mm256_hadd_epi32(_mm256_hadd_epi32(a11, a12), _mm256_hadd_epi32(a20, a21));
+                    __m128i g = _mm_add_epi32(_mm256_castsi256_si128(a22), _mm256_extracti128_si256(a22, 1));
+                    __m256 v = _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_permute2x128_si256(h0, h1, 0x20),
+                                                                   _mm256_permute2x128_si256(h0, h1, 0x31)));
+                    v = _mm256_mul_ps(_mm256_mul_ps(v, _mm256_permutevar8x32_ps(_mm256_loadu_ps(rsp), rows)), qv[part]);
+                    f = _mm256_add_ps(f, v);
+                    g = _mm_hadd_epi32(g, g);
+                    f8 += (float)_mm_cvtsi128_si32(_mm_hadd_epi32(g, g)) * rsp[2] * qs[part * H + j2];
                 }
                 if (!m) break;
                 w0p += rp; w1p += rp; w2p += rp; r0 += r; r1 += r; r2 += r;
             }
-            /* s has rows to a multiple of 3 and columns to TILE + 4 (lane 3: overwritten by the next block) */
-            _mm_storeu_ps(s + (size_t)j0 * MLA__PST + t0, f0);
-            _mm_storeu_ps(s + (size_t)(j0 + 1) * MLA__PST + t0, f1);
-            _mm_storeu_ps(s + (size_t)(j0 + 2) * MLA__PST + t0, f2);
+            _mm256_storeu_ps(o, f); /* s has rows to a multiple of 3 and columns to TILE + 4 */
+            memcpy(s + (size_t)j0 * MLA__PST + t0, o, 3 * sizeof(float));
+            memcpy(s + (size_t)(j0 + 1) * MLA__PST + t0, o + 3, 3 * sizeof(float));
+            memcpy(s + (size_t)(j0 + 2) * MLA__PST + t0, o + 6, 2 * sizeof(float));
+            s[(size_t)(j0 + 2) * MLA__PST + t0 + 2] = f8;
         }
+    }
 }
 
 /* o[j][0..dv) += sum_t p[j][t] v_t for j < Hp (pad heads of p are 0; p rows
