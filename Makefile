@@ -76,7 +76,11 @@ $(BIN)/variant_omp.o: tests/variant.c mla.h | $(BIN)
 NOVNNI = $(shell $(CC) -mno-avx512vnni -E -x c /dev/null >/dev/null 2>&1 && echo -mno-avx512vnni)
 $(BIN)/variant_vec.o: tests/variant.c mla.h | $(BIN)
 	$(CC) $(CFLAGS) -DMLA_NO_AMX $(NOVNNI) -DVARIANT_PREFIX=vec_ -c -o $@ $<
-VARIANTS = $(BIN)/cblas_impl.o $(BIN)/mla_cuda_cpu.o $(BIN)/variant_plain.o $(BIN)/variant_omp.o $(BIN)/variant_vec.o
+# and with AVX2 at most (MLA_NO_AVX512): the AVX2 kernels, also on an AVX-512 machine
+$(BIN)/variant_avx2.o: tests/variant.c mla.h | $(BIN)
+	$(CC) $(CFLAGS) -DMLA_NO_AVX512 -DVARIANT_PREFIX=avx2_ -c -o $@ $<
+VARIANTS = $(BIN)/cblas_impl.o $(BIN)/mla_cuda_cpu.o $(BIN)/variant_plain.o $(BIN)/variant_omp.o $(BIN)/variant_vec.o \
+           $(BIN)/variant_avx2.o
 
 $(BIN)/run_tests: $(TEST_SRC) $(TEST_HDR) $(VARIANTS)
 	$(CC) $(CFLAGS) $(OMP) -g -I. -o $@ $(TEST_SRC) $(VARIANTS) $(CBLAS_LIB) $(LDLIBS)
@@ -195,8 +199,10 @@ sanitize: $(CLI_BIN) $(MODEL) | $(BIN)
 	$(CC) $(WARN) -O1 -g $(ARCH) $(SAN) -DMLA_NO_SIMD -DVARIANT_PREFIX=plain_ -c -o $(BIN)/variant_plain_san.o tests/variant.c
 	$(CC) $(WARN) -O1 -g $(ARCH) $(SAN) $(OMP) -DVARIANT_PREFIX=omp_ -c -o $(BIN)/variant_omp_san.o tests/variant.c
 	$(CC) $(WARN) -O1 -g $(ARCH) $(SAN) -DMLA_NO_AMX $(NOVNNI) -DVARIANT_PREFIX=vec_ -c -o $(BIN)/variant_vec_san.o tests/variant.c
+	$(CC) $(WARN) -O1 -g $(ARCH) $(SAN) -DMLA_NO_AVX512 -DVARIANT_PREFIX=avx2_ -c -o $(BIN)/variant_avx2_san.o tests/variant.c
 	$(CC) $(WARN) -O1 -g $(ARCH) $(SAN) $(OMP) -I. -o $(BIN)/run_tests_san $(TEST_SRC) $(BIN)/cblas_impl_san.o $(BIN)/mla_cuda_cpu_san.o \
-	  $(BIN)/variant_plain_san.o $(BIN)/variant_omp_san.o $(BIN)/variant_vec_san.o $(CBLAS_LIB) $(LDLIBS)
+	  $(BIN)/variant_plain_san.o $(BIN)/variant_omp_san.o $(BIN)/variant_vec_san.o $(BIN)/variant_avx2_san.o \
+	  $(CBLAS_LIB) $(LDLIBS)
 	ASAN_OPTIONS=detect_leaks=1 ./$(BIN)/run_tests_san
 
 # ---- valgrind on a portable build (no -march=native: valgrind does not know

@@ -13,6 +13,9 @@ const char *plain_kernel_name(void);
 size_t plain_attend_scratch_bytes(int H, int r, int m);
 mla_result plain_attend_latent(const mla_pool *pool, const mla_seq *seq, int layer, int H, int n_ctx, const float *q_lat,
                                const float *q_pe, float scale, float *o_lat, void *scratch, size_t scratch_bytes);
+const char *avx2_kernel_name(void);
+mla_result avx2_attend_latent(const mla_pool *pool, const mla_seq *seq, int layer, int H, int n_ctx, const float *q_lat,
+                              const float *q_pe, float scale, float *o_lat, void *scratch, size_t scratch_bytes);
 const char *vec_kernel_name(void);
 mla_result vec_attend_latent(const mla_pool *pool, const mla_seq *seq, int layer, int H, int n_ctx, const float *q_lat,
                              const float *q_pe, float scale, float *o_lat, void *scratch, size_t scratch_bytes);
@@ -193,7 +196,7 @@ static void test_kernel_shapes(void) {
         {12, 64, 64, 5, 50}, {8, 128, 0, 64, 77},  /* int8 on AMX too: parts of 5 rows, no k_pe, a 13-row tail */
     };
     static const mla_dtype types[] = {MLA_F32, MLA_F16, MLA_BF16, MLA_I8};
-    double worst[4][5] = {{0}};
+    double worst[4][6] = {{0}};
     int amx_cases = 0, amx_i8 = 0;
     int ci, ti, b;
     for (ci = 0; ci < (int)(sizeof cs / sizeof cs[0]); ci++)
@@ -208,19 +211,20 @@ static void test_kernel_shapes(void) {
             kcase_init(&k, types[ti], H, r, m, cs[ci].bs, n);
             reference(&k, 0, n, ref, lse, &dq); /* dq: the bound of this build's query rounding */
             cm = cmax_of(&k);
-            for (b = 0; b < 5; b++) { /* this build, plain, OpenMP 1 thread, OpenMP 2 threads, vector (no AMX, VNNI) */
+            for (b = 0; b < 6; b++) { /* this build, plain, OpenMP 1 thread, OpenMP 2 threads, vector (no AMX, VNNI), AVX2 */
                 mla_result rc;
                 memset(o, 0xff, sizeof(float) * (size_t)H * r); /* NaN: every output must be written */
                 if (b == 0) rc = mla_attend_latent(&k.pool, &k.seq, 1, H, n, k.ql, k.qp, k.scale, o, scratch, sb);
                 else if (b == 1) rc = plain_attend_latent(&k.pool, &k.seq, 1, H, n, k.ql, k.qp, k.scale, o, scratch, sp);
                 else if (b == 4) rc = vec_attend_latent(&k.pool, &k.seq, 1, H, n, k.ql, k.qp, k.scale, o, scratch, sb);
+                else if (b == 5) rc = avx2_attend_latent(&k.pool, &k.seq, 1, H, n, k.ql, k.qp, k.scale, o, scratch, sb);
                 else {
                     omp_set_threads(b - 1);
                     rc = omp_attend_latent(&k.pool, &k.seq, 1, H, n, k.ql, k.qp, k.scale, o, scratch, sb);
                 }
                 CHECK(rc == MLA_OK);
                 e = maxdiff(o, ref, (size_t)H * r, &omax);
-                if (b == 1 || b == 4) /* the plain and vector builds round only int8 queries */
+                if (b == 1 || b >= 4) /* the plain, vector and AVX2 builds round only int8 queries */
                     lim = bound(omax, types[ti] == MLA_I8 ? dq : 0.0, cm, 0);
                 else {
                     lim = bound(omax, dq, cm, bf16_path(&k) == 2);
@@ -242,9 +246,9 @@ static void test_kernel_shapes(void) {
             "integer sums, as vpdpwssd)", amx_cases, (int)(sizeof cs / sizeof cs[0]), amx_i8);
     for (ti = 0; ti < 4; ti++)
         th_note("%-4s rows, %d shapes: worst err / bound: this build (%s) %.3f, plain (%s) %.3f, OpenMP 1 thread %.3f, 2 threads "
-                "%.3f, vector (%s) %.3f",
+                "%.3f, vector (%s) %.3f, AVX2 (%s) %.3f",
                 tname(types[ti]), (int)(sizeof cs / sizeof cs[0]), mla_kernel_name(), worst[ti][0], plain_kernel_name(), worst[ti][1], worst[ti][2],
-                worst[ti][3], vec_kernel_name(), worst[ti][4]);
+                worst[ti][3], vec_kernel_name(), worst[ti][4], avx2_kernel_name(), worst[ti][5]);
 }
 
 /* partial attention over any split of the rows, merged, == the whole */
