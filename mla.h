@@ -1538,6 +1538,7 @@ static void mla__scores_f32(const float *q, int H, int dk, const float *k, size_
                 __m256 a12 = a00, a13 = a00, a20 = a00, a21 = a00, a22 = a00, a23 = a00, w0, w1, w2, x;
                 for (; i + 8 <= dk; i += 8) {
                     w0 = _mm256_loadu_ps(qr[0] + i); w1 = _mm256_loadu_ps(qr[1] + i); w2 = _mm256_loadu_ps(qr[2] + i);
+                    MLA__KEEP(w0); MLA__KEEP(w1); MLA__KEEP(w2); /* (else GCC folds their loads into every FMA) */
                     x = _mm256_loadu_ps(kr[0] + i); MLA__KEEP(x);
                     a00 = _mm256_fmadd_ps(w0, x, a00); a10 = _mm256_fmadd_ps(w1, x, a10); a20 = _mm256_fmadd_ps(w2, x, a20);
                     x = _mm256_loadu_ps(kr[1] + i); MLA__KEEP(x);
