@@ -1866,9 +1866,10 @@ static void mla__scores_i8_256(const int16_t *qi, size_t ldq, int rp, int H, con
 /* o[j][0..dv) += sum_t p[j][t] v_t for j < Hp (pad heads of p are 0; p rows
    MLA__PST apart): v rows of f32, bf16, f16 (F16C) or int8 values as stored,
    vs bytes apart, each 8 widened to f32 in a register; f32 FMAs, so P.V
-   rounds as the plain path does. Blocks of 3 heads x 32 values (12
-   accumulators, 3 broadcast probabilities, one value vector), then x 8, the
-   rest (dv % 8) in scalar. */
+   rounds as the plain path does. Rows to widen, 9 heads at a time: blocks of
+   9 heads x 8 values (each 8 widened once for the 9); f32 rows, and the
+   last heads: 3 heads x 32 values (12 accumulators, 3 broadcast
+   probabilities, one value vector), then x 8; the rest (dv % 8) in scalar. */
 static void mla__pv_256(float *o, int Hp, int dv, const float *p, mla_dtype type, const char *v, size_t vs, int n) {
     int j0, d = 0, t, j, nh;
     for (j0 = 0; j0 < Hp; j0 += nh) {
