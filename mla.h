@@ -1839,14 +1839,14 @@ static void mla__scores_i8_256(const int16_t *qi, size_t ldq, int rp, int H, con
                     MLA__SC(r0, 0) MLA__SC(r1, 1) MLA__SC(r2, 2)
 #undef MLA__SC
                 }
-                { /* sums 0..7 in the lanes of one vector, times row and query scales (rs has room past n) */
+                { /* sums 0..7 in the lanes of one vector, times row and query scales (rs: 4 floats read, room past n) */
                     const float *rsp = rs + part * MLA__PST + t0;
                     __m256i h0 = _mm256_hadd_epi32(_mm256_hadd_epi32(a00, a01), _mm256_hadd_epi32(a02, a10));
                     __m256i h1 = _mm256_hadd_epi32(_mm256_hadd_epi32(a11, a12), _mm256_hadd_epi32(a20, a21));
                     __m128i g = _mm_add_epi32(_mm256_castsi256_si128(a22), _mm256_extracti128_si256(a22, 1));
                     __m256 v = _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_permute2x128_si256(h0, h1, 0x20),
                                                                    _mm256_permute2x128_si256(h0, h1, 0x31)));
-                    v = _mm256_mul_ps(_mm256_mul_ps(v, _mm256_permutevar8x32_ps(_mm256_loadu_ps(rsp), rows)), qv[part]);
+                    v = _mm256_mul_ps(_mm256_mul_ps(v, _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(rsp)), rows)), qv[part]);
                     f = _mm256_add_ps(f, v);
                     g = _mm_hadd_epi32(g, g);
                     f8 += (float)_mm_cvtsi128_si32(_mm_hadd_epi32(g, g)) * rsp[2] * qs[part * H + j2];
