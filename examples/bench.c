@@ -6,7 +6,13 @@
       multiply-add; with AVX-512: fp32 FMA, int16 and int8 dots, and the bf16
       dot where the CPU has it, for comparison: the kernels do not use it),
       1 and 2 threads, measured here.
-   2. The absorbed attention kernel (mla_attend_latent: the latent rows read
+   2. MLA (r 128, m 64: half the KV cache) vs GQA (3 KV heads of 64) at
+      SmolLM2 shapes, per layer, with the working set of a 30-layer model (each
+      step runs all 30 layers' attention), both with the same kernel, bf16
+      caches (and MLA int8). MLA includes its absorption (W_uk into the query,
+      W_uv after attention; each layer its own W_kvb, read as int8 blocks as
+      mla-run reads a Q8_0 file's); projections are left out on both sides.
+   3. The absorbed attention kernel (mla_attend_latent: the latent rows read
       once for all heads) at DeepSeek-V3 shape (128 heads, r 512 + m 64) and
       at converted-SmolLM2 shape (9 heads, 128 + 64): contexts 1K..32K, batch
       1 and 8, 1 and 2 threads, f32 / bf16 / int8 cache. Roofline fraction =
@@ -17,12 +23,6 @@
       (q.k) on f32 and bf16 rows by fp32 FMA (AVX-512 where built, the rows
       widened in registers), on int8 rows by vpdpwssd (AVX2 vpmaddwd); P.V
       on tiles for bf16 rows of 17+ heads, else by fp32 FMA.
-   3. MLA (r 128, m 64: half the KV cache) vs GQA (3 KV heads of 64) at
-      SmolLM2 shapes, per layer, with the working set of a 30-layer model (each
-      step runs all 30 layers' attention), both with the same kernel, bf16
-      caches (and MLA int8). MLA includes its absorption (W_uk into the query,
-      W_uv after attention; each layer its own W_kvb, read as int8 blocks as
-      mla-run reads a Q8_0 file's); projections are left out on both sides.
    Timings are wall time; compare ratios within a run. */
 #define _POSIX_C_SOURCE 199309L
 #define MLA_IMPLEMENTATION
@@ -429,10 +429,9 @@ int main(int argc, char **argv) {
         printf(" GFLOP/s\n");
     }
     if (!peak_built(FMA256)) printf("  (no AVX2/FMA in this build: peaks not measured; roofline columns meaningless)\n");
-    printf("\n2. absorbed attention kernel; roof = roofline time / measured (C: compute-bound, M: memory-bound)\n");
-    if (!quick) kernel_table(&mc, "DeepSeek-V3 shape", 128, 512, 64);
-    kernel_table(&mc, "converted SmolLM2 shape", 9, 128, 64);
-    printf("\n3. one layer's decode attention, 30-layer working set, SmolLM2 shapes (us per layer)\n");
+    /* before the kernel tables: after their large allocations GQA ran 1.3-1.6x slower at 1K in the
+       same process (MLA did not; seen on Zen 3, cause not found), flattering MLA */
+    printf("\n2. one layer's decode attention, 30-layer working set, SmolLM2 shapes (us per layer)\n");
     printf("%6s %2s | %10s | %10s %6s | %10s %6s | KV bytes/token/layer\n", "ctx", "th", "GQA bf16", "MLA bf16", "vs GQA",
            "MLA int8", "vs GQA");
     for (ci = 0; ci < 4; ci++) {
@@ -455,5 +454,8 @@ int main(int argc, char **argv) {
         ab_free(&a);
     }
     printf("(vs GQA: GQA time / MLA time, > 1 means MLA is faster)\n");
+    printf("\n3. absorbed attention kernel; roof = roofline time / measured (C: compute-bound, M: memory-bound)\n");
+    if (!quick) kernel_table(&mc, "DeepSeek-V3 shape", 128, 512, 64);
+    kernel_table(&mc, "converted SmolLM2 shape", 9, 128, 64);
     return 0;
 }
