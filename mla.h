@@ -1630,14 +1630,14 @@ static void mla__scores_i16(const int16_t *qi, size_t ldq, int H, const int16_t 
                     a02 = _mm256_add_epi32(a02, _mm256_madd_epi16(w0, x)); a12 = _mm256_add_epi32(a12, _mm256_madd_epi16(w1, x));
                     a22 = _mm256_add_epi32(a22, _mm256_madd_epi16(w2, x));
                 }
-                { /* each sum folded to 128 bits on its own (hadd on the 256-bit sums makes GCC spill them) */
-#define MLA__FOLD(a) _mm_add_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1))
-                    __m128i b0 = MLA__FOLD(a00), b1 = MLA__FOLD(a01), b2 = MLA__FOLD(a02), b3 = MLA__FOLD(a10);
-                    __m128i b4 = MLA__FOLD(a11), b5 = MLA__FOLD(a12), b6 = MLA__FOLD(a20), b7 = MLA__FOLD(a21), b8 = MLA__FOLD(a22);
-#undef MLA__FOLD
-                    _mm_storeu_si128((__m128i *)o, _mm_hadd_epi32(_mm_hadd_epi32(b0, b1), _mm_hadd_epi32(b2, b3)));
-                    _mm_storeu_si128((__m128i *)(o + 4), _mm_hadd_epi32(_mm_hadd_epi32(b4, b5), _mm_hadd_epi32(b6, b7)));
-                    _mm_storeu_si128((__m128i *)(o + 8), _mm_hadd_epi32(_mm_hadd_epi32(b8, b8), _mm_hadd_epi32(b8, b8)));
+                {
+                    __m256i h0 = _mm256_hadd_epi32(_mm256_hadd_epi32(a00, a01), _mm256_hadd_epi32(a02, a10));
+                    __m256i h1 = _mm256_hadd_epi32(_mm256_hadd_epi32(a11, a12), _mm256_hadd_epi32(a20, a21));
+                    __m256i h2 = _mm256_hadd_epi32(_mm256_hadd_epi32(a22, a22), _mm256_hadd_epi32(a22, a22));
+                    _mm256_storeu_si256((__m256i *)o, _mm256_add_epi32(_mm256_permute2x128_si256(h0, h1, 0x20),
+                                                                      _mm256_permute2x128_si256(h0, h1, 0x31)));
+                    _mm256_storeu_si256((__m256i *)(o + 8), _mm256_add_epi32(_mm256_permute2x128_si256(h2, h2, 0x20),
+                                                                            _mm256_permute2x128_si256(h2, h2, 0x31)));
                 }
             }
 #else
