@@ -538,6 +538,72 @@ static void test_gqa_negative_len(void) {
     free(mem); free(ws);
 }
 
+/* GQA runs the KV groups of a token in one pass over the cached rows (up to
+   MLA_MAX_THREADS / threads groups per pass): each group's output must be
+   what that group alone gives. A layer of G groups against G one-group
+   layers cut from its weights (w_o's columns too, outputs summed), prefill
+   (parallel over tokens) and decode (rows split), this build and the OpenMP
+   build at 1 and 2 threads; shapes: 12 groups (more than one pass), 3 of 64
+   (SmolLM2), MHA (groups of one head). */
+static void test_gqa_groups(void) {
+    static const int shapes[3][4] = {{24, 12, 16, 32}, {9, 3, 64, 48}, {4, 4, 8, 16}}; /* H, G, d, D */
+    int si;
+    for (si = 0; si < 3; si++) {
+        const int H = shapes[si][0], G = shapes[si][1], d = shapes[si][2], D = shapes[si][3], grp = H / G;
+        const int P = 600, N = P + 3, hd = H * d;
+        mla_gqa_config c, c1;
+        mla_gqa_weights w, w1;
+        mla_gqa_cache kc, k1[12];
+        float *mem = (float *)malloc(sizeof(float) * (size_t)(hd + 2 * G * d + hd) * D), *x = (float *)malloc(sizeof(float) * N * D);
+        float *out = (float *)malloc(sizeof(float) * N * D), *ref = (float *)calloc((size_t)N * D, sizeof(float));
+        float *part = (float *)malloc(sizeof(float) * N * D), *wo1 = (float *)malloc(sizeof(float) * D * grp * d);
+        size_t wb, i;
+        void *ws;
+        int g, t, th, b;
+        double worst = 0;
+        for (i = 0; i < (size_t)(hd + 2 * G * d + hd) * D; i++) mem[i] = (float)(urand() * 1.7 / sqrt((double)D));
+        for (i = 0; i < (size_t)N * D; i++) x[i] = urand();
+        memset(&c, 0, sizeof c);
+        c.dim = D; c.n_heads = H; c.n_kv_heads = G; c.head_dim = d;
+        memset(&w, 0, sizeof w);
+        w.w_q = mem; w.w_k = w.w_q + (size_t)hd * D; w.w_v = w.w_k + (size_t)G * d * D; w.w_o = w.w_v + (size_t)G * d * D;
+        c1 = c; c1.n_heads = grp; c1.n_kv_heads = 1;
+        wb = mla_gqa_workspace_bytes(&c, N, N) > mla_gqa_workspace_bytes(&c1, N, N) ? mla_gqa_workspace_bytes(&c, N, N)
+                                                                                    : mla_gqa_workspace_bytes(&c1, N, N);
+        ws = malloc(wb);
+        for (g = 0; g < G; g++) { /* the reference: group g alone, outputs summed */
+            int o;
+            memset(&w1, 0, sizeof w1);
+            w1.w_q = w.w_q + (size_t)g * grp * d * D; w1.w_k = w.w_k + (size_t)g * d * D; w1.w_v = w.w_v + (size_t)g * d * D;
+            for (o = 0; o < D; o++) memcpy(wo1 + (size_t)o * grp * d, w.w_o + (size_t)o * hd + (size_t)g * grp * d, sizeof(float) * grp * d);
+            w1.w_o = wo1;
+            CHECK(mla_gqa_cache_init(&k1[g], 1, N, d) == MLA_OK);
+            CHECK(mla_gqa_forward(&c1, &w1, &k1[g], 0, x, P, part, ws, wb) == MLA_OK);
+            k1[g].len = P;
+            for (t = P; t < N; t++, k1[g].len++)
+                CHECK(mla_gqa_forward(&c1, &w1, &k1[g], 0, x + (size_t)t * D, 1, part + (size_t)t * D, ws, wb) == MLA_OK);
+            for (i = 0; i < (size_t)N * D; i++) ref[i] += part[i];
+            mla_gqa_cache_free(&k1[g]);
+        }
+        for (b = 0; b < 3; b++) { /* this build; the OpenMP build at 1, 2 threads */
+            th = b;
+            if (b) omp_set_threads(th);
+            CHECK(mla_gqa_cache_init(&kc, 1, N, G * d) == MLA_OK);
+            CHECK((b ? omp_gqa_forward : mla_gqa_forward)(&c, &w, &kc, 0, x, P, out, ws, wb) == MLA_OK);
+            kc.len = P;
+            for (t = P; t < N; t++, kc.len++)
+                CHECK((b ? omp_gqa_forward : mla_gqa_forward)(&c, &w, &kc, 0, x + (size_t)t * D, 1, out + (size_t)t * D, ws, wb) == MLA_OK);
+            worst = th_relerr(out, ref, (size_t)N * D) > worst ? th_relerr(out, ref, (size_t)N * D) : worst;
+            mla_gqa_cache_free(&kc);
+        }
+        omp_set_threads(1);
+        th_note("GQA %d heads, %d groups of %d: the groups in one pass vs each alone (600 prefill + 3 decode; this "
+                "build, OpenMP 1 and 2 threads): rel err %.2e", H, G, d, worst);
+        CHECK_LE(worst, 1e-5);
+        free(mem); free(x); free(out); free(ref); free(part); free(wo1); free(ws);
+    }
+}
+
 void suite_kernel(void) {
     RUN(test_size_overflow);
     RUN(test_gqa_negative_len);
@@ -545,4 +611,5 @@ void suite_kernel(void) {
     RUN(test_partial_merge);
     RUN(test_int8_cache);
     RUN(test_threads);
+    RUN(test_gqa_groups);
 }
