@@ -3203,6 +3203,60 @@ static void mla__dots_q8(float *y, int rows, const int8_t *X, const float *sc, s
         y[i] = mla__sum8(mla__half512(acc));
     }
 }
+#elif defined(MLA__AVX2)
+/* The same at 256 bits (AVX2): 64 values of y in 8 registers across all
+   rows (the rest of y, n % 64, row by row); and the dots of 4 rows at once,
+   their 4 sums reduced together (rows to a multiple of 4 and n to one of 32;
+   the rest by mla__dot_q8). Measured on Zen 3 at SmolLM2's shapes: the
+   absorption of one decode step 3x faster than row by row. */
+static void mla__axpys_q8(float *y, const float *a, int rows, const int8_t *X, const float *sc, size_t nb, int n) {
+    int c, i;
+    for (c = 0; c + 64 <= n; c += 64) {
+        __m256 y0 = _mm256_setzero_ps(), y1 = y0, y2 = y0, y3 = y0, y4 = y0, y5 = y0, y6 = y0, y7 = y0;
+        for (i = 0; i < rows; i++) {
+            const int8_t *x = X + (size_t)i * n + c;
+            const float *si = sc + (size_t)i * nb + c / 32;
+            __m256 s0 = _mm256_set1_ps(a[i] * si[0]), s1 = _mm256_set1_ps(a[i] * si[1]);
+#define MLA__AX(acc, u, sv) \
+    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(x + 8 * (u))))), sv, acc);
+            MLA__AX(y0, 0, s0) MLA__AX(y1, 1, s0) MLA__AX(y2, 2, s0) MLA__AX(y3, 3, s0)
+            MLA__AX(y4, 4, s1) MLA__AX(y5, 5, s1) MLA__AX(y6, 6, s1) MLA__AX(y7, 7, s1)
+#undef MLA__AX
+        }
+        _mm256_storeu_ps(y + c, y0); _mm256_storeu_ps(y + c + 8, y1); _mm256_storeu_ps(y + c + 16, y2);
+        _mm256_storeu_ps(y + c + 24, y3); _mm256_storeu_ps(y + c + 32, y4); _mm256_storeu_ps(y + c + 40, y5);
+        _mm256_storeu_ps(y + c + 48, y6); _mm256_storeu_ps(y + c + 56, y7);
+    }
+    if (c < n) {
+        memset(y + c, 0, sizeof(float) * (size_t)(n - c));
+        for (i = 0; i < rows; i++) mla__axpy_q8(y + c, a[i], X + (size_t)i * n + c, sc + (size_t)i * nb + c / 32, n - c);
+    }
+}
+
+static void mla__dots_q8(float *y, int rows, const int8_t *X, const float *sc, size_t nb, const float *v, int n) {
+    int i = 0, c;
+    if (n % 32 == 0)
+        for (; i + 4 <= rows; i += 4) {
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            __m128 h;
+            for (c = 0; c < n; c += 32) {
+                __m256 v0 = _mm256_loadu_ps(v + c), v1 = _mm256_loadu_ps(v + c + 8);
+                __m256 v2 = _mm256_loadu_ps(v + c + 16), v3 = _mm256_loadu_ps(v + c + 24), t;
+#define MLA__X(row, u) _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(X + (size_t)(row) * n + c + 8 * (u)))))
+#define MLA__DOT(acc, row)                                                                                 \
+    t = _mm256_mul_ps(MLA__X(row, 0), v0); t = _mm256_fmadd_ps(MLA__X(row, 1), v1, t);                    \
+    t = _mm256_fmadd_ps(MLA__X(row, 2), v2, t); t = _mm256_fmadd_ps(MLA__X(row, 3), v3, t);               \
+    acc = _mm256_fmadd_ps(t, _mm256_set1_ps(sc[(size_t)(row) * nb + c / 32]), acc);
+                MLA__DOT(a0, i) MLA__DOT(a1, i + 1) MLA__DOT(a2, i + 2) MLA__DOT(a3, i + 3)
+#undef MLA__DOT
+#undef MLA__X
+            }
+            a0 = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3)); /* lanes: rows 0-3, twice */
+            h = _mm_add_ps(_mm256_castps256_ps128(a0), _mm256_extractf128_ps(a0, 1));
+            _mm_storeu_ps(y + i, h);
+        }
+    for (; i < rows; i++) y[i] = mla__dot_q8(X + (size_t)i * n, sc + (size_t)i * nb, v, n);
+}
 #endif
 
 /* q_lat [h][r] = W_uk^T q_nope per head (q [h][qd]); heads split over
@@ -3221,7 +3275,7 @@ static void mla__absorb_q(const mla_config *c, const mla_layer_weights *w, const
         const float *qn = q + (size_t)j * qd;
         size_t k0 = (size_t)j * (dn + dv) * r; /* head j's first W_uk row */
         float *ql = qlat + (size_t)j * r;
-#ifdef MLA__AVX512
+#ifdef MLA__AVX2
         if (w->w_kvb_q8) {
             size_t b, vb = (size_t)dv * r;
             mla__axpys_q8(ql, qn, dn, w->w_kvb_q8 + k0, w->w_kvb_q8_scale + k0 / r * nb, nb, r);
@@ -3252,7 +3306,7 @@ static void mla__absorb_o(const mla_config *c, const mla_layer_weights *w, const
 #endif
     for (j = 0; j < H; j++) {
         size_t v0 = ((size_t)j * (dn + dv) + dn) * r; /* head j's first W_uv row */
-#ifdef MLA__AVX512
+#ifdef MLA__AVX2
         if (w->w_kvb_q8) {
             mla__dots_q8(o + (size_t)j * dv, dv, w->w_kvb_q8 + v0, w->w_kvb_q8_scale + v0 / r * nb, nb, olat + (size_t)j * r, r);
             continue;

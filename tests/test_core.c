@@ -304,10 +304,18 @@ static void test_absorbed_equals_naive(void) {
 
 /* w_kvb_bf16 and w_kvb_q8: the absorbed path on the compact copy of W_uk/W_uv
    equals the f32 path on the same rounded values (1e-5: only the order of the
-   f32 sums differs; r = 44 leaves SIMD tails and a short last q8 block); the
-   rounding itself is noted; NaN or Inf in the copy, or codes without scales,
-   are refused by name; mla_quant_q8 gives a Q8_0 matrix's values back exactly */
+   f32 sums differs; r = 44 leaves SIMD tails and a short last q8 block, r = 96
+   with d_v = 22 runs the vector paths' 64-value and 4-row blocks and their
+   rests); the rounding itself is noted; NaN or Inf in the copy, or codes
+   without scales, are refused by name; mla_quant_q8 gives a Q8_0 matrix's
+   values back exactly */
+static void kvb_copies(int r, int dv, int refusals);
 static void test_kvb_copies(void) {
+    kvb_copies(44, 20, 1);
+    kvb_copies(96, 22, 0);
+}
+
+static void kvb_copies(int r, int dv, int refusals) {
     rand_layer L;
     mla_layer_weights wr, wb;
     mla_pool pr, pb, pf;
@@ -320,7 +328,7 @@ static void test_kvb_copies(void) {
     const char *bad = NULL;
     void *ws;
     size_t wsb;
-    rand_layer_init(&L, 64, 6, 0, 44, 24, 16, 20, 1, 1);
+    rand_layer_init(&L, 64, 6, 0, r, 24, 16, dv, 1, 1);
     D = L.c.dim;
     n = (size_t)L.c.n_heads * (L.c.qk_nope_head_dim + L.c.v_head_dim) * L.c.kv_lora_rank;
     nb = (L.c.kv_lora_rank + 31) / 32;
@@ -347,9 +355,9 @@ static void test_kvb_copies(void) {
         if (kind == 0) wb.w_kvb_bf16 = half;
         else { wb.w_kvb_bf16 = half; wb.w_kvb_q8 = codes; wb.w_kvb_q8_scale = scale; } /* q8 wins over bf16 */
         CHECK(mla_weights_validate(&L.c, &wb, 1, NULL) == MLA_OK);
-        CHECK(mla_pool_init(&pr, MLA_F32, 1, 44, 16, 16, 10, NULL) == MLA_OK);
-        CHECK(mla_pool_init(&pb, MLA_F32, 1, 44, 16, 16, 10, NULL) == MLA_OK);
-        CHECK(mla_pool_init(&pf, MLA_F32, 1, 44, 16, 16, 10, NULL) == MLA_OK);
+        CHECK(mla_pool_init(&pr, MLA_F32, 1, r, 16, 16, 10, NULL) == MLA_OK);
+        CHECK(mla_pool_init(&pb, MLA_F32, 1, r, 16, 16, 10, NULL) == MLA_OK);
+        CHECK(mla_pool_init(&pf, MLA_F32, 1, r, 16, 16, 10, NULL) == MLA_OK);
         mla_seq_init(&sr, tr, 64); mla_seq_init(&sb, tb, 64); mla_seq_init(&sf, tf, 64);
         CHECK(mla_forward(&L.c, &wr, &pr, &sr, 0, x, P, orr, MLA_ABSORBED, ws, wsb) == MLA_OK);
         CHECK(mla_forward(&L.c, &wb, &pb, &sb, 0, x, P, ob, MLA_ABSORBED, ws, wsb) == MLA_OK);
@@ -367,13 +375,13 @@ static void test_kvb_copies(void) {
             if (e > worst) worst = e;
             if (f > moved) moved = f;
         }
-        th_note("%s W_kvb vs f32 on the same rounded values %.2e; vs the unrounded f32 weights %.2e (the rounding)",
-                kind ? "q8" : "bf16", worst, moved);
+        th_note("r %d: %s W_kvb vs f32 on the same rounded values %.2e; vs the unrounded f32 weights %.2e (the rounding)",
+                r, kind ? "q8" : "bf16", worst, moved);
         CHECK_LE(worst, 1e-5);
         CHECK(moved > 0); /* the copy was read */
         mla_pool_free(&pr); mla_pool_free(&pb); mla_pool_free(&pf);
     }
-    { /* refusals by name */
+    if (refusals) { /* refusals by name */
         mla_layer_weights wq = L.w;
         wq.w_kvb_bf16 = half;
         half[7] = 0x7fc0; /* NaN */
@@ -389,7 +397,7 @@ static void test_kvb_copies(void) {
         scale[3] = NAN;
         CHECK(mla_weights_validate(&L.c, &wq, 1, &bad) == MLA_ERR_NONFINITE && bad && strcmp(bad, "w_kvb_q8_scale") == 0);
     }
-    { /* a Q8_0 matrix's values (f16 scale d, codes with max |q| = 127) come back exactly */
+    if (refusals) { /* a Q8_0 matrix's values (f16 scale d, codes with max |q| = 127) come back exactly */
         float v[2 * 40], sc2[2 * 2];
         int8_t q[2 * 40];
         int same = 1, k;
