@@ -1712,12 +1712,19 @@ static void mla__pv_f32(float *o, int Hp, int dv, const float *p, const float *v
    the low half shifted up is the even value, the high half masked the odd
    one; no shuffle). Past `whole`, in order. */
 static void mla__query_w(float *qw, int dk32, const float *q, int H, int dk, mla_dtype type, int c, int whole) {
-    int j, i, h = c / 2;
-    for (j = 0; j < H; j++)
-        for (i = 0; i < dk32; i++) {
-            int src = type == MLA_BF16 && i < whole ? (i & ~(c - 1)) + 2 * (i & (h - 1)) + ((i / h) & 1) : i;
-            qw[(size_t)j * dk32 + i] = src < dk ? q[(size_t)j * dk + src] : 0.0f;
-        }
+    int j, i, u, h = c / 2;
+    for (j = 0; j < H; j++) {
+        float *w = qw + (size_t)j * dk32;
+        const float *qj = q + (size_t)j * dk;
+        i = 0;
+        if (type == MLA_BF16)
+            for (; i < whole; i += c)
+                for (u = 0; u < h; u++) {
+                    w[i + u] = i + 2 * u < dk ? qj[i + 2 * u] : 0.0f;
+                    w[i + h + u] = i + 2 * u + 1 < dk ? qj[i + 2 * u + 1] : 0.0f;
+                }
+        for (; i < dk32; i++) w[i] = i < dk ? qj[i] : 0.0f;
+    }
 }
 #endif
 
