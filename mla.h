@@ -3584,19 +3584,21 @@ static size_t mla__gqa_layout(const mla_gqa_config *c, int T, int ctx, float *ba
 }
 
 /* GQA attention of T tokens (positions len0..) over cached k and v rows
-   (row stride rs bytes; group g's d values at element g*d): q [T][H][d] ->
-   o [T][H][d], the same kernel as MLA's, the groups of a token in one pass
-   over the rows (up to MLA_MAX_THREADS / threads of them per pass).
-   slots: MLA_MAX_THREADS slots. */
+   (group g's rows gs bytes after group 0's, each row rs bytes after the one
+   before: token-major [pos][G][d] has gs = d values, rs = G d; head-major
+   [G][pos][d], gs = capacity d, rs = d): q [T][H][d] -> o [T][H][d], the
+   same kernel as MLA's, the groups of a token in one pass over the rows (up
+   to MLA_MAX_THREADS / threads of them per pass). slots: MLA_MAX_THREADS
+   slots. */
 static void mla__gqa_attend(int H, int G, int d, const float *q, int T, int len0, mla_dtype type,
-                            const char *k, const char *v, size_t rs, float scale, float *slots, float *o) {
+                            const char *k, const char *v, size_t rs, size_t gs, float scale, float *slots, float *o) {
     int grp = H / G, threads = mla__threads(), ng = mla__imin(G, MLA_MAX_THREADS / threads);
     int nb = (G + ng - 1) / ng, items = T * nb >= 4 * threads, i, b; /* nb passes per token */
-    size_t ss = mla__slot_layout(grp, d, d, NULL, NULL), el = type == MLA_F32 ? 4 : 2;
+    size_t ss = mla__slot_layout(grp, d, d, NULL, NULL);
     mla__job jb;
     memset(&jb, 0, sizeof jb);
     jb.lda = (size_t)d; jb.src.type = type; jb.src.ks = jb.src.vs = rs;
-    jb.gq = jb.go = (size_t)grp * d; jb.gkv = (size_t)d * el;
+    jb.gq = jb.go = (size_t)grp * d; jb.gkv = gs;
     /* job of token t, pass b: groups b*ng .. */
 #define MLA__GQA_JOB(jj, t, b)                                                                          \
     (jj) = jb; (jj).ng = mla__imin(ng, G - (b) * ng);                                                   \
@@ -3673,7 +3675,7 @@ static void mla__gqa_core(const mla_gqa_config *c, mla_gqa_cache *kc, int layer,
         memcpy(kc->v + base + (size_t)pos * L, v + (size_t)i * L, sizeof(float) * (size_t)L);
     }
     mla__gqa_attend(H, G, d, q, T, kc->len, MLA_F32, (const char *)(kc->k + base), (const char *)(kc->v + base),
-                    sizeof(float) * (size_t)L, scale, p, o);
+                    sizeof(float) * (size_t)L, sizeof(float) * (size_t)d, scale, p, o);
 }
 
 MLADEF mla_result mla_gqa_forward(const mla_gqa_config *c, const mla_gqa_weights *w,
