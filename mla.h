@@ -2718,10 +2718,9 @@ static void mla__att_query(mla__att *a, mla_dtype type, const float *qa, size_t 
 #endif
 }
 
-/* Runs a state over rows [t0, t1) of src from empty; leaves o normalised, lse. */
-/* Runs ns states (a[i], its log-sum-exp to lse[i]) over rows t0..t1-1 of src
-   in one pass: state i reads its key and value rows i*coff bytes into each
-   cached row. GQA: the KV groups of a token, so each tile of rows is read
+/* Runs ns states (a[i], its log-sum-exp to lse[i]) over rows [t0, t1) of src
+   from empty, in one pass, and leaves each o normalised: state i reads its
+   key and value rows i*coff bytes into each cached row. GQA: the KV groups of a token, so each tile of rows is read
    from memory once for all groups (group after group, each pass over the
    whole cache, measured 1.2-1.6x slower on Zen 3); MLA: one state. */
 static void mla__att_runs(mla__att *const *a, float *const *lse, int ns, size_t coff, const mla__rows *src, int t0,
@@ -3215,8 +3214,9 @@ static void mla__dots_q8(float *y, int rows, const int8_t *X, const float *sc, s
 /* The same at 256 bits (AVX2): 64 values of y in 8 registers across all
    rows (the rest of y, n % 64, row by row); and the dots of 4 rows at once,
    their 4 sums reduced together (rows to a multiple of 4 and n to one of 32;
-   the rest by mla__dot_q8). Measured on Zen 3 at SmolLM2's shapes: the
-   absorption of one decode step 3x faster than row by row. */
+   the rest by mla__dot_q8). On Zen 3, SmolLM2's shapes, 64 cached rows:
+   MLA's whole fixed cost per layer 31.8 -> 21.6 us against one axpy or dot
+   per W_kvb row (A/B medians). */
 static void mla__axpys_q8(float *y, const float *a, int rows, const int8_t *X, const float *sc, size_t nb, int n) {
     int c, i;
     for (c = 0; c + 64 <= n; c += 64) {

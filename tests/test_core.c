@@ -310,6 +310,8 @@ static void test_absorbed_equals_naive(void) {
    without scales, are refused by name; mla_quant_q8 gives a Q8_0 matrix's
    values back exactly */
 static void kvb_copies(int r, int dv, int refusals);
+mla_result avx2_decode(const mla_config *c, const mla_layer_weights *w, mla_pool *pool, mla_seq *const *seqs, int B,
+                       int layer, const float *x, float *out, void *ws, size_t ws_bytes);
 static void test_kvb_copies(void) {
     kvb_copies(44, 20, 1);
     kvb_copies(96, 22, 0);
@@ -368,6 +370,26 @@ static void kvb_copies(int r, int dv, int refusals) {
             CHECK(mla_decode(&L.c, &wb, &pb, SEQS1(&sb), 1, 0, x + (size_t)t * D, ob + (size_t)t * D, ws, wsb) == MLA_OK);
             CHECK(mla_decode(&L.c, &L.w, &pf, SEQS1(&sf), 1, 0, x + (size_t)t * D, of + (size_t)t * D, ws, wsb) == MLA_OK);
             mla_seq_advance(&sr, 1); mla_seq_advance(&sb, 1); mla_seq_advance(&sf, 1);
+        }
+        if (kind == 1) { /* the AVX2 build (MLA_NO_AVX512; on an AVX-512 machine too) decodes on the q8 copy */
+            mla_pool pv;
+            mla_seq sv;
+            int tv[64];
+            float *ov = (float *)malloc(sizeof(float) * P * D); /* the prefill's P outputs, then one per step */
+            double ev = 0;
+            CHECK(mla_pool_init(&pv, MLA_F32, 1, r, 16, 16, 10, NULL) == MLA_OK);
+            mla_seq_init(&sv, tv, 64);
+            CHECK(mla_forward(&L.c, &wb, &pv, &sv, 0, x, P, ov, MLA_ABSORBED, ws, wsb) == MLA_OK);
+            mla_seq_advance(&sv, P);
+            for (t = P; t < N; t++) {
+                CHECK(avx2_decode(&L.c, &wb, &pv, SEQS1(&sv), 1, 0, x + (size_t)t * D, ov, ws, wsb) == MLA_OK);
+                mla_seq_advance(&sv, 1);
+                if (th_relerr(ov, orr + (size_t)t * D, (size_t)D) > ev) ev = th_relerr(ov, orr + (size_t)t * D, (size_t)D);
+            }
+            th_note("r %d: q8 W_kvb, the AVX2 build's decode vs f32 on the same rounded values %.2e", r, ev);
+            CHECK_LE(ev, 1e-5);
+            mla_pool_free(&pv);
+            free(ov);
         }
         for (t = 0; t < N; t++) {
             double e = th_relerr(ob + (size_t)t * D, orr + (size_t)t * D, (size_t)D);
