@@ -9,12 +9,12 @@
    2. MLA (r 128, m 64: half the KV cache) vs GQA (3 KV heads of 64) at
       SmolLM2 shapes, per layer, with the working set of a 30-layer model (each
       step runs all 30 layers' attention), both with the same kernel, bf16
-      caches (and MLA int8; GQA's cache head-major, [group][position][64],
-      as Hugging Face's, its 3 groups in one pass over the rows: 1.3-1.4x
-      faster than token-major on Zen 3; GQA's own roofline fraction beside). MLA includes its absorption
-      (W_uk into the query, W_uv after attention; each layer its own W_kvb,
-      read as int8 blocks as mla-run reads a Q8_0 file's); projections are
-      left out on both sides.
+      caches (and MLA int8). GQA's cache is head-major, [group][pos][64],
+      as Hugging Face's, its 3 groups in one pass over the rows (1.3-1.4x
+      faster than token-major on Zen 3), and its own roofline fraction is
+      printed beside it. MLA includes its absorption (W_uk into the query,
+      W_uv after attention; each layer its own W_kvb, read as int8 blocks as
+      mla-run reads a Q8_0 file's); projections are left out on both sides.
    3. The absorbed attention kernel (mla_attend_latent: the latent rows read
       once for all heads) at DeepSeek-V3 shape (128 heads, r 512 + m 64) and
       at converted-SmolLM2 shape (9 heads, 128 + 64): contexts 1K..32K, batch
