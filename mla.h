@@ -2720,9 +2720,10 @@ static void mla__att_query(mla__att *a, mla_dtype type, const float *qa, size_t 
 
 /* Runs ns states (a[i], its log-sum-exp to lse[i]) over rows [t0, t1) of src
    from empty, in one pass, and leaves each o normalised: state i reads its
-   key and value rows i*coff bytes into each cached row. GQA: the KV groups of a token, so each tile of rows is read
-   from memory once for all groups (group after group, each pass over the
-   whole cache, measured 1.2-1.6x slower on Zen 3); MLA: one state. */
+   key and value rows i*coff bytes into each cached row. GQA: the KV groups
+   of a token, so each tile of rows is read from memory once for all groups
+   (group after group, each pass over the whole cache, measured 1.2-1.6x
+   slower on Zen 3); MLA: one state. */
 static void mla__att_runs(mla__att *const *a, float *const *lse, int ns, size_t coff, const mla__rows *src, int t0,
                           int t1) {
     int H = a[0]->H, dv = a[0]->dv, i, j, t, n, u;

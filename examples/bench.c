@@ -451,9 +451,8 @@ int main(int argc, char **argv) {
                     if (rep > 0 && t < best[wh]) best[wh] = t;
                 }
             /* GQA's own roofline: 768 B and 4 h d = 2304 flops (scores and P.V, fp32 FMA) per cached token */
-            double groof = (ctxs[ci] * 768.0 / (mc.bw[th] * 1e9) > ctxs[ci] * 2304.0 / (mc.pk[fma_instr()][th] * 1e9)
-                                ? ctxs[ci] * 768.0 / (mc.bw[th] * 1e9)
-                                : ctxs[ci] * 2304.0 / (mc.pk[fma_instr()][th] * 1e9)) / best[0];
+            double gm = ctxs[ci] * 768.0 / (mc.bw[th] * 1e9), gc = ctxs[ci] * 2304.0 / (mc.pk[fma_instr()][th] * 1e9);
+            double groof = (gm > gc ? gm : gc) / best[0];
             printf("%6d %2d | %10.1f %4.0f%% | %10.1f %5.2fx | %10.1f %5.2fx | GQA 768, MLA bf16 384 (2.00x), int8 %d (%.2fx)\n",
                    ctxs[ci], th, best[0] * 1e6, 100 * groof, best[1] * 1e6, best[0] / best[1], best[2] * 1e6, best[0] / best[2],
                    (int)mla__row_bytes(MLA_I8, 128, 64), 768.0 / mla__row_bytes(MLA_I8, 128, 64));

@@ -382,9 +382,11 @@ static void kvb_copies(int r, int dv, int refusals) {
             CHECK(mla_forward(&L.c, &wb, &pv, &sv, 0, x, P, ov, MLA_ABSORBED, ws, wsb) == MLA_OK);
             mla_seq_advance(&sv, P);
             for (t = P; t < N; t++) {
+                double e;
                 CHECK(avx2_decode(&L.c, &wb, &pv, SEQS1(&sv), 1, 0, x + (size_t)t * D, ov, ws, wsb) == MLA_OK);
+                e = th_relerr(ov, orr + (size_t)t * D, (size_t)D);
                 mla_seq_advance(&sv, 1);
-                if (th_relerr(ov, orr + (size_t)t * D, (size_t)D) > ev) ev = th_relerr(ov, orr + (size_t)t * D, (size_t)D);
+                if (e > ev) ev = e;
             }
             th_note("r %d: q8 W_kvb, the AVX2 build's decode vs f32 on the same rounded values %.2e", r, ev);
             CHECK_LE(ev, 1e-5);

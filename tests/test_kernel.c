@@ -553,13 +553,13 @@ static void test_gqa_groups(void) {
         const int P = 600, N = P + 3, hd = H * d;
         mla_gqa_config c, c1;
         mla_gqa_weights w, w1;
-        mla_gqa_cache kc, k1[12];
+        mla_gqa_cache kc, k1;
         float *mem = (float *)malloc(sizeof(float) * (size_t)(hd + 2 * G * d + hd) * D), *x = (float *)malloc(sizeof(float) * N * D);
         float *out = (float *)malloc(sizeof(float) * N * D), *ref = (float *)calloc((size_t)N * D, sizeof(float));
         float *part = (float *)malloc(sizeof(float) * N * D), *wo1 = (float *)malloc(sizeof(float) * D * grp * d);
         size_t wb, i;
         void *ws;
-        int g, t, th, b;
+        int g, t, b;
         double worst = 0;
         for (i = 0; i < (size_t)(hd + 2 * G * d + hd) * D; i++) mem[i] = (float)(urand() * 1.7 / sqrt((double)D));
         for (i = 0; i < (size_t)N * D; i++) x[i] = urand();
@@ -577,17 +577,16 @@ static void test_gqa_groups(void) {
             w1.w_q = w.w_q + (size_t)g * grp * d * D; w1.w_k = w.w_k + (size_t)g * d * D; w1.w_v = w.w_v + (size_t)g * d * D;
             for (o = 0; o < D; o++) memcpy(wo1 + (size_t)o * grp * d, w.w_o + (size_t)o * hd + (size_t)g * grp * d, sizeof(float) * grp * d);
             w1.w_o = wo1;
-            CHECK(mla_gqa_cache_init(&k1[g], 1, N, d) == MLA_OK);
-            CHECK(mla_gqa_forward(&c1, &w1, &k1[g], 0, x, P, part, ws, wb) == MLA_OK);
-            k1[g].len = P;
-            for (t = P; t < N; t++, k1[g].len++)
-                CHECK(mla_gqa_forward(&c1, &w1, &k1[g], 0, x + (size_t)t * D, 1, part + (size_t)t * D, ws, wb) == MLA_OK);
+            CHECK(mla_gqa_cache_init(&k1, 1, N, d) == MLA_OK);
+            CHECK(mla_gqa_forward(&c1, &w1, &k1, 0, x, P, part, ws, wb) == MLA_OK);
+            k1.len = P;
+            for (t = P; t < N; t++, k1.len++)
+                CHECK(mla_gqa_forward(&c1, &w1, &k1, 0, x + (size_t)t * D, 1, part + (size_t)t * D, ws, wb) == MLA_OK);
             for (i = 0; i < (size_t)N * D; i++) ref[i] += part[i];
-            mla_gqa_cache_free(&k1[g]);
+            mla_gqa_cache_free(&k1);
         }
         for (b = 0; b < 3; b++) { /* this build; the OpenMP build at 1, 2 threads */
-            th = b;
-            if (b) omp_set_threads(th);
+            if (b) omp_set_threads(b);
             CHECK(mla_gqa_cache_init(&kc, 1, N, G * d) == MLA_OK);
             CHECK((b ? omp_gqa_forward : mla_gqa_forward)(&c, &w, &kc, 0, x, P, out, ws, wb) == MLA_OK);
             kc.len = P;
